@@ -1,0 +1,54 @@
+"""The ``anytalker`` command: one entry point, one module per sub-command.
+
+Each sub-command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; this file only
+routes. Modules are imported when their command runs, so ``anytalker --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .errors import AnyTalkerError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "verify-fixture": ("anytalker_core.parity.command", "check this implementation against golden fixture files"),
+    "convert": ("anytalker_core.checkpoint_command", "convert a released .pth checkpoint to .safetensors"),
+    "generate": ("anytalker_core.generate_command", "image + one audio file per person + prompt -> mp4"),
+    "evaluate": ("anytalker_core.metrics.command", "score generated videos (Interactivity, Sync-C, Sync-C*)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anytalker", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser.set_defaults(_module=module_name)
+        module = importlib.import_module(module_name)
+        module.add_arguments(sub_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except AnyTalkerError as exc:
+        logging.getLogger("anytalker").error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""AnyTalker two-stage training (imports anytalker_core, never ComfyUI)."""
