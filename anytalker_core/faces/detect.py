@@ -1,0 +1,255 @@
+"""Face detection behind one small interface, with two interchangeable backends.
+
+* ``insightface`` — the reference's detector: ``FaceAnalysis(allowed_modules=['detection'])`` with
+  ``det_size=(640, 640)`` and threshold 0.15. Optional package (``pip install insightface
+  onnxruntime``); the model pack comes from a folder laid out like ComfyUI's ``models/insightface``:
+  ``<root>/models/antelopev2/*.onnx`` (or ``buffalo_l``). Nothing is ever downloaded.
+* ``mediapipe`` — offline: the BlazeFace models ship inside the mediapipe wheel. The full-range
+  model (faces up to ~5 m away) is the default because group photos have small faces.
+
+Both take an RGB ``uint8 [H, W, 3]`` image and return :class:`FaceBox` es in pixels, unsorted.
+The heavy packages are imported when a detector is created.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ..errors import InputError, MissingModelError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("insightface", "mediapipe")
+INSIGHTFACE_THRESHOLD = 0.15  # the reference scripts' det_thresh
+INSIGHTFACE_DET_SIZE = 640
+INSIGHTFACE_PACKS = ("antelopev2", "buffalo_l")  # looked for in this order when no pack is named
+MEDIAPIPE_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    """A detected (or user-given) face: corners in pixels, ``x2 > x1``, ``y2 > y1``."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: float = 1.0
+
+    @property
+    def xyxy(self) -> tuple[float, float, float, float]:
+        return (self.x1, self.y1, self.x2, self.y2)
+
+    @property
+    def width(self) -> float:
+        return self.x2 - self.x1
+
+    @property
+    def height(self) -> float:
+        return self.y2 - self.y1
+
+    @property
+    def area(self) -> float:
+        return self.width * self.height
+
+
+@runtime_checkable
+class FaceDetector(Protocol):
+    """Anything with ``detect(image uint8 [H, W, 3] RGB) -> list[FaceBox]``."""
+
+    name: str
+
+    def detect(self, image: np.ndarray) -> list[FaceBox]: ...
+
+
+def check_image(image: np.ndarray, what: str = "image") -> np.ndarray:
+    """An RGB uint8 ``[H, W, 3]`` C-contiguous array, or a clear error."""
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"{what}: expected a numpy array [H, W, 3] uint8 RGB, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f"{what}: expected an RGB array [H, W, 3], got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise InputError(f"{what}: expected dtype uint8 (0..255), got {image.dtype}")
+    if image.shape[0] < 2 or image.shape[1] < 2:
+        raise InputError(f"{what}: image of size {image.shape[1]}x{image.shape[0]} is too small to hold a face")
+    return np.ascontiguousarray(image)
+
+
+# --------------------------------------------------------------------------------------------
+# InsightFace
+
+
+def find_insightface_pack(models_dir: str | Path, pack: str | None = None) -> tuple[Path, str]:
+    """Locate an InsightFace model pack; returns ``(root, pack_name)`` for ``FaceAnalysis(name, root)``.
+
+    ``models_dir`` may be ComfyUI's ``models/insightface`` (holding ``models/<pack>/``), its
+    ``models`` subfolder, or the pack folder itself.
+    """
+    base = Path(models_dir).expanduser()
+    names = (pack,) if pack else INSIGHTFACE_PACKS
+    tried: list[Path] = []
+    for name in names:
+        for root in (base, base.parent, base.parent.parent):
+            folder = root / "models" / name
+            if folder in tried:
+                continue
+            tried.append(folder)
+            if folder.is_dir():
+                if any(folder.glob("*.onnx")):
+                    return root, name
+                nested = folder / name  # the antelopev2 zip unpacks into antelopev2/antelopev2/
+                if any(nested.glob("*.onnx")):
+                    raise MissingModelError(
+                        f"InsightFace models found one folder too deep at {nested}: move the .onnx files "
+                        f"up into {folder}"
+                    )
+    want = pack or " or ".join(INSIGHTFACE_PACKS)
+    raise MissingModelError(
+        f"InsightFace face detection models missing at {base / 'models' / (pack or INSIGHTFACE_PACKS[0])}: "
+        f"put the {want} pack there (its .onnx files, e.g. scrfd_10g_bnkps.onnx for antelopev2 or "
+        f"det_10g.onnx for buffalo_l), i.e. ComfyUI/models/insightface/models/<pack>/*.onnx"
+    )
+
+
+class InsightFaceDetector:
+    """The reference detector (SCRFD via ``insightface.app.FaceAnalysis``)."""
+
+    name = "insightface"
+
+    def __init__(self, models_dir: str | Path, pack: str | None = None, threshold: float = INSIGHTFACE_THRESHOLD,
+                 det_size: int = INSIGHTFACE_DET_SIZE, device: str = "cpu") -> None:
+        root, pack_name = find_insightface_pack(models_dir, pack)
+        try:
+            from insightface.app import FaceAnalysis
+        except ImportError as exc:
+            raise MissingModelError(
+                f"the 'insightface' face detector needs the insightface package, which could not be imported "
+                f"({exc}): pip install insightface onnxruntime (or onnxruntime-gpu), or use the 'mediapipe' detector"
+            ) from None
+        cuda = str(device).startswith("cuda")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+        ctx_id = (int(str(device).split(":")[1]) if ":" in str(device) else 0) if cuda else -1
+        log.info("loading InsightFace detector %s from %s (threshold %.2f)", pack_name, root, threshold)
+        self._app = FaceAnalysis(name=pack_name, root=str(root), allowed_modules=["detection"], providers=providers)
+        self._app.prepare(ctx_id=ctx_id, det_thresh=threshold, det_size=(det_size, det_size))
+        self.threshold = threshold
+
+    def detect(self, image: np.ndarray) -> list[FaceBox]:
+        image = check_image(image)
+        faces = self._app.get(np.ascontiguousarray(image[..., ::-1]))  # SCRFD expects BGR like cv2.imread
+        boxes = []
+        for face in faces:
+            x1, y1, x2, y2 = (float(v) for v in np.asarray(face["bbox"], dtype=np.float32)[:4])
+            boxes.append(FaceBox(x1, y1, x2, y2, float(face.get("det_score", 1.0))))
+        return boxes
+
+
+# --------------------------------------------------------------------------------------------
+# MediaPipe
+
+
+def _import_mediapipe_face_detection():
+    try:
+        from mediapipe.python.solutions import face_detection
+    except ImportError as exc:
+        raise MissingModelError(
+            f"the 'mediapipe' face detector needs the mediapipe package, which could not be imported ({exc}): "
+            f"pip install mediapipe (its dependencies attrs, absl-py, flatbuffers and protobuf<5 included)"
+        ) from None
+    return face_detection
+
+
+def mediapipe_model_path(model: str = "full") -> Path:
+    """The BlazeFace model bundled in the installed mediapipe wheel."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mediapipe")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingModelError("the 'mediapipe' face detector needs the mediapipe package: pip install mediapipe")
+    name = "face_detection_full_range_sparse.tflite" if model == "full" else "face_detection_short_range.tflite"
+    path = Path(list(spec.submodule_search_locations)[0]) / "modules" / "face_detection" / name
+    if not path.is_file():
+        raise MissingModelError(
+            f"mediapipe face detection model missing at {path}: reinstall mediapipe (pip install --force-reinstall "
+            f"mediapipe); the wheel ships this file"
+        )
+    return path
+
+
+class MediaPipeDetector:
+    """BlazeFace through mediapipe's offline ``solutions.face_detection`` graph."""
+
+    name = "mediapipe"
+
+    def __init__(self, threshold: float = MEDIAPIPE_THRESHOLD, model: str = "full") -> None:
+        if model not in ("full", "short"):
+            raise InputError(f"mediapipe face model '{model}': expected 'full' (small/far faces) or 'short' (close-ups)")
+        mediapipe_model_path(model)
+        face_detection = _import_mediapipe_face_detection()
+        self.threshold = threshold
+        self.model = model
+        self._lock = threading.Lock()
+        self._graph = face_detection.FaceDetection(
+            model_selection=1 if model == "full" else 0, min_detection_confidence=threshold
+        )
+
+    def detect(self, image: np.ndarray) -> list[FaceBox]:
+        image = check_image(image)
+        height, width = image.shape[:2]
+        with self._lock:
+            result = self._graph.process(image)
+        boxes = []
+        for det in result.detections or []:
+            rel = det.location_data.relative_bounding_box
+            x1, y1 = rel.xmin * width, rel.ymin * height
+            x2, y2 = x1 + rel.width * width, y1 + rel.height * height
+            # BlazeFace boxes may stick out of the frame; clip to the image
+            x1, y1 = max(0.0, x1), max(0.0, y1)
+            x2, y2 = min(float(width), x2), min(float(height), y2)
+            if x2 > x1 and y2 > y1:
+                boxes.append(FaceBox(x1, y1, x2, y2, float(det.score[0]) if det.score else 1.0))
+        return boxes
+
+    def close(self) -> None:
+        graph, self._graph = getattr(self, "_graph", None), None
+        if graph is not None:
+            graph.close()
+
+    def __del__(self) -> None:  # release the mediapipe graph's threads
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def load_detector(backend: str = "mediapipe", *, models_dir: str | Path | None = None, pack: str | None = None,
+                  threshold: float | None = None, device: str = "cpu") -> FaceDetector:
+    """Create a face detector by name.
+
+    Args:
+        backend: ``"insightface"`` (reference; needs ``models_dir``) or ``"mediapipe"`` (offline).
+        models_dir: InsightFace models folder (ComfyUI ``models/insightface``).
+        pack: InsightFace pack name (default: the first of antelopev2, buffalo_l that is present).
+        threshold: detection score threshold (default 0.15 insightface, 0.5 mediapipe).
+        device: ``"cpu"`` or ``"cuda[:i]"`` (insightface only; mediapipe runs on the CPU).
+    """
+    if backend == "insightface":
+        if models_dir is None:
+            raise MissingModelError(
+                "the 'insightface' face detector needs its models folder: pass models_dir "
+                "(ComfyUI/models/insightface, holding models/antelopev2/*.onnx or models/buffalo_l/*.onnx)"
+            )
+        return InsightFaceDetector(models_dir, pack, INSIGHTFACE_THRESHOLD if threshold is None else threshold,
+                                   device=device)
+    if backend == "mediapipe":
+        return MediaPipeDetector(MEDIAPIPE_THRESHOLD if threshold is None else threshold)
+    raise InputError(f"face detector '{backend}': expected one of {', '.join(BACKENDS)}")
