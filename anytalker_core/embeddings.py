@@ -1,0 +1,50 @@
+"""Position and time encodings of Wan2.1: 3-D RoPE and the sinusoidal timestep embedding."""
+
+from __future__ import annotations
+
+import torch
+
+
+def sinusoidal_embedding(dim: int, timesteps: torch.Tensor) -> torch.Tensor:
+    """``[B]`` timesteps -> ``[B, dim]`` float32 embedding ``[cos | sin]`` (computed in float64)."""
+    half = dim // 2
+    pos = timesteps.to(torch.float64)
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=pos.device).div(half))
+    angles = torch.outer(pos, freqs)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1).float()
+
+
+def rope_split(head_dim: int) -> tuple[int, int, int]:
+    """Head-dim channels given to the frame, height and width axes (Wan: 44/42/42 for 128)."""
+    axis = 2 * (head_dim // 6)
+    return head_dim - 2 * axis, axis, axis
+
+
+def rope_angles(grid: tuple[int, int, int], head_dim: int, device: torch.device | str = "cpu",
+                theta: float = 10000.0) -> torch.Tensor:
+    """Rotation angles ``[F*h*w, head_dim/2]`` (float64) for a latent token grid, f-major order."""
+    f, h, w = grid
+    parts = []
+    for size, axis_dim, n in zip(rope_split(head_dim), (0, 1, 2), (f, h, w)):
+        inv = 1.0 / torch.pow(theta, torch.arange(0, size, 2, dtype=torch.float64, device=device).div(size))
+        parts.append(torch.outer(torch.arange(n, dtype=torch.float64, device=device), inv))
+    af, ah, aw = parts
+    angles = torch.cat([
+        af[:, None, None, :].expand(f, h, w, -1),
+        ah[None, :, None, :].expand(f, h, w, -1),
+        aw[None, None, :, :].expand(f, h, w, -1),
+    ], dim=-1)
+    return angles.reshape(f * h * w, -1)
+
+
+def rope_cos_sin(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 ``cos, sin`` of shape ``[S, 1, head_dim/2]`` ready to broadcast over heads."""
+    return torch.cos(angles).float()[:, None, :], torch.sin(angles).float()[:, None, :]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs ``(2i, 2i+1)`` of ``x [B, S, heads, head_dim]`` (math in float32)."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    real, imag = xf[..., 0], xf[..., 1]
+    out = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
+    return out.flatten(-2).to(x.dtype)
