@@ -1,0 +1,514 @@
+"""wav2vec2 audio features for AnyTalker (``facebook/wav2vec2-base-960h``-style encoders).
+
+The reference (``wan/utils/audio_utils.py::preprocess_audio`` + ``wan/modules/wav2vec.py``) does:
+
+1. normalise the 16 kHz waveform like ``Wav2Vec2FeatureExtractor``: ``(x - mean) / sqrt(var + 1e-7)``
+   with the population variance, in float32;
+2. run the CNN feature encoder (50 Hz);
+3. linearly interpolate the CNN features (``align_corners=True``) to ``T`` video frames **before**
+   ``feature_projection`` and the transformer encoder;
+4. stack the outputs of every transformer layer (``hidden_states[1:]``) → ``[T, L, C]``;
+5. give each frame the window of frames ``clamp(t-2 … t+2)`` → ``[T, 5, L, C]``.
+
+transformers 5.x no longer returns per-layer hidden states from the encoder, so step 4 runs the
+encoder's own modules by hand (``pos_conv_embed → layer_norm → dropout → layers``), which reproduces
+the reference exactly. Layer-norm-first ("stable") models are handled too: there the final
+``encoder.layer_norm`` is applied to the last layer's output, as transformers 4.x reported it.
+
+Models load from a Hugging Face folder (``config.json`` + ``model.safetensors``/``pytorch_model.bin``
++ ``preprocessor_config.json``) or from one ``.safetensors`` file as ComfyUI keeps them in
+``models/audio_encoders/`` (config inferred from tensor shapes; key prefixes such as ``wav2vec2.``
+are accepted). Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import CheckpointError, InputError, MissingModelError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+WINDOW_RADIUS = 2  # ±2 neighbours → 5 rows per frame
+NORM_EPS = 1e-7  # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
+STANDARD_CONV_KERNEL = (10, 3, 3, 3, 3, 2, 2)
+STANDARD_CONV_STRIDE = (5, 2, 2, 2, 2, 2, 2)
+_CONFIG_METADATA_KEY = "wav2vec2_config"
+# checkpoint parts that the base model does not use (CTC head, pre-training quantiser, ...)
+_IGNORED_ROOTS = ("lm_head.", "quantizer.", "project_q.", "project_hid.", "dropout_features", "classifier.",
+                  "projector.")
+
+__all__ = [
+    "Wav2VecEncoder",
+    "load_wav2vec",
+    "make_tiny_wav2vec",
+    "normalize_waveform",
+    "window_features",
+    "video_frames_for_samples",
+    "normalize_state_dict",
+    "infer_wav2vec_config",
+]
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def normalize_waveform(wave: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """``Wav2Vec2FeatureExtractor`` normalisation: ``(x - mean) / sqrt(var + 1e-7)``.
+
+    Population variance (ddof 0), computed with numpy in float32 exactly as transformers does.
+    ``[S]`` → ``[S]`` float32 (CPU).
+    """
+    if isinstance(wave, torch.Tensor):
+        wave = wave.detach().cpu().float().numpy()
+    x = np.asarray(wave, dtype=np.float32)
+    if x.ndim != 1:
+        raise InputError(f"wav2vec2 expects a mono waveform [S], got shape {tuple(x.shape)}")
+    out = (x - x.mean()) / np.sqrt(x.var() + NORM_EPS)
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+
+def video_frames_for_samples(num_samples: int, fps: float, sample_rate: int = SAMPLE_RATE) -> int:
+    """Video frames covered by ``num_samples`` audio samples: ``ceil(num_samples / sr * fps)``.
+
+    Same float expression as the reference, so edge cases round the same way.
+    """
+    return int(math.ceil(num_samples / sample_rate * fps))
+
+
+def window_features(hidden: torch.Tensor, radius: int = WINDOW_RADIUS) -> torch.Tensor:
+    """``[T, L, C]`` → ``[T, 2r+1, L, C]``: frame t takes frames ``clamp(t-r … t+r, 0, T-1)``."""
+    if hidden.ndim != 3:
+        raise InputError(f"window_features expects [T, L, C], got shape {tuple(hidden.shape)}")
+    t = hidden.shape[0]
+    offsets = torch.arange(-radius, radius + 1, device=hidden.device)
+    index = (torch.arange(t, device=hidden.device)[:, None] + offsets[None, :]).clamp(0, t - 1)  # [T, 2r+1]
+    return hidden[index]  # [T, 2r+1, L, C]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _find_prefix(keys: list[str]) -> str:
+    anchor = "feature_projection.projection.weight"
+    hits = [k[: -len(anchor)] for k in keys if k.endswith(anchor)]
+    if not hits:
+        raise CheckpointError(
+            "no 'feature_projection.projection.weight' tensor: this is not a wav2vec2 checkpoint "
+            "(expected Hugging Face Wav2Vec2 key names, optionally prefixed with 'wav2vec2.')"
+        )
+    if len(set(hits)) > 1:
+        raise CheckpointError(f"several wav2vec2 models in one file (key prefixes {sorted(set(hits))})")
+    return hits[0]
+
+
+def normalize_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map checkpoint keys to ``transformers.Wav2Vec2Model`` names.
+
+    Accepts a prefix before the model keys (``wav2vec2.`` from ``Wav2Vec2ForCTC``, or any other
+    single prefix), old weight-norm names (``weight_g``/``weight_v``) and drops heads the base model
+    does not have (``lm_head``, quantiser, ...).
+    """
+    prefix = _find_prefix(list(sd))
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix):]
+        if name.startswith(_IGNORED_ROOTS):
+            continue
+        name = name.replace("pos_conv_embed.conv.weight_g", "pos_conv_embed.conv.parametrizations.weight.original0")
+        name = name.replace("pos_conv_embed.conv.weight_v", "pos_conv_embed.conv.parametrizations.weight.original1")
+        out[name] = value
+    return out
+
+
+def infer_wav2vec_config(sd: dict[str, torch.Tensor], num_heads: int | None = None) -> dict[str, Any]:
+    """Wav2Vec2Config kwargs from a normalised state dict's key names and tensor shapes.
+
+    Attention heads are not visible in shapes: ``num_heads`` if given, else ``hidden // 64`` (the
+    head size of every released wav2vec2). Layer-norm-first (``do_stable_layer_norm``) is not
+    visible either: released models use it exactly when the feature extractor has per-layer layer
+    norms (``feat_extract_norm='layer'``, e.g. large-lv60, XLS-R), so that is assumed.
+    """
+    def need(key: str) -> torch.Tensor:
+        if key not in sd:
+            raise CheckpointError(f"wav2vec2 checkpoint is missing '{key}'")
+        return sd[key]
+
+    conv_idx = sorted({int(m.group(1)) for k in sd if (m := re.match(r"feature_extractor\.conv_layers\.(\d+)\.conv\.weight$", k))})
+    if not conv_idx or conv_idx != list(range(len(conv_idx))):
+        raise CheckpointError("wav2vec2 checkpoint: feature_extractor.conv_layers.N.conv.weight missing or not numbered 0..N-1")
+    conv_w = [sd[f"feature_extractor.conv_layers.{i}.conv.weight"] for i in conv_idx]
+    conv_dim = [int(w.shape[0]) for w in conv_w]
+    conv_kernel = [int(w.shape[2]) for w in conv_w]
+    if tuple(conv_kernel) == STANDARD_CONV_KERNEL:
+        conv_stride = list(STANDARD_CONV_STRIDE)
+    else:
+        raise CheckpointError(
+            f"wav2vec2 checkpoint has conv kernels {conv_kernel}; strides can only be inferred for the standard "
+            f"{list(STANDARD_CONV_KERNEL)} - put a config.json next to the weights (Hugging Face folder layout)"
+        )
+    if "feature_extractor.conv_layers.1.layer_norm.weight" in sd:
+        norm = "layer"
+    elif "feature_extractor.conv_layers.0.layer_norm.weight" in sd:
+        norm = "group"
+    else:
+        raise CheckpointError("wav2vec2 checkpoint: no feature-extractor norm weights (conv_layers.0.layer_norm)")
+    conv_bias = "feature_extractor.conv_layers.0.conv.bias" in sd or "feature_extractor.conv_layers.1.conv.bias" in sd
+
+    hidden = int(need("feature_projection.projection.weight").shape[0])
+    layer_idx = sorted({int(m.group(1)) for k in sd if (m := re.match(r"encoder\.layers\.(\d+)\.", k))})
+    if not layer_idx:
+        raise CheckpointError("wav2vec2 checkpoint has no encoder.layers.N.* tensors")
+    intermediate = int(need("encoder.layers.0.feed_forward.intermediate_dense.weight").shape[0])
+    pos_w = need("encoder.pos_conv_embed.conv.parametrizations.weight.original1")  # [C, C/groups, K]
+    pos_groups = hidden // int(pos_w.shape[1])
+    if num_heads is None:
+        if hidden % 64:
+            raise CheckpointError(
+                f"wav2vec2 checkpoint with hidden size {hidden}: the number of attention heads cannot be inferred "
+                "(hidden is not a multiple of 64); pass num_heads or use a folder with config.json"
+            )
+        num_heads = hidden // 64
+    if hidden % num_heads:
+        raise CheckpointError(f"wav2vec2: hidden size {hidden} is not divisible by num_heads={num_heads}")
+    return dict(
+        hidden_size=hidden,
+        num_hidden_layers=len(layer_idx),
+        num_attention_heads=int(num_heads),
+        intermediate_size=intermediate,
+        conv_dim=conv_dim,
+        conv_kernel=conv_kernel,
+        conv_stride=conv_stride,
+        conv_bias=conv_bias,
+        feat_extract_norm=norm,
+        do_stable_layer_norm=(norm == "layer"),
+        num_conv_pos_embeddings=int(pos_w.shape[2]),
+        num_conv_pos_embedding_groups=pos_groups,
+        vocab_size=32,
+    )
+
+
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors + safetensors metadata from ``.safetensors`` or a ``torch.save`` file (weights only)."""
+    if not path.is_file():
+        raise MissingModelError(f"wav2vec2 weights '{path}': no such file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                return {k: f.get_tensor(k) for k in f.keys()}, meta
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"wav2vec2 weights '{path}': not a readable .safetensors file ({exc})") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors come in many types
+        raise CheckpointError(f"wav2vec2 weights '{path}': cannot be read as a weights-only torch file ({exc})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"wav2vec2 weights '{path}': expected a dict of tensors")
+    return obj, {}
+
+
+def _folder_weights(folder: Path) -> dict[str, torch.Tensor]:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return _read_weights(folder / name)[0]
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            sd: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                sd.update(_read_weights(folder / shard)[0])
+            return sd
+    raise MissingModelError(
+        f"wav2vec2 folder '{folder}': no model.safetensors or pytorch_model.bin "
+        "(expected a Hugging Face folder such as facebook/wav2vec2-base-960h)"
+    )
+
+
+# ----------------------------------------------------------------------------- the encoder
+
+
+class Wav2VecEncoder:
+    """A loaded wav2vec2 model that produces AnyTalker's windowed per-frame audio features.
+
+    Attributes:
+        model: the ``transformers.Wav2Vec2Model`` (eval mode) on ``device``/``dtype``.
+        do_normalize: apply the feature-extractor normalisation (``preprocessor_config.json``).
+    """
+
+    def __init__(self, model: Any, do_normalize: bool = True, source: str = ""):
+        self.model = model.eval()
+        self.do_normalize = bool(do_normalize)
+        self.source = source
+
+    # --- properties
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Wav2VecEncoder":
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    def __repr__(self) -> str:
+        return (f"Wav2VecEncoder(layers={self.num_layers}, hidden={self.hidden_size}, "
+                f"device={self.device}, dtype={self.dtype}, source={self.source!r})")
+
+    # --- steps
+    def normalize(self, wave: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """``[S]`` → ``[S]`` float32: the feature-extractor normalisation (if the model uses it)."""
+        if self.do_normalize:
+            return normalize_waveform(wave)
+        if isinstance(wave, torch.Tensor):
+            return wave.detach().cpu().float().reshape(-1)
+        return torch.from_numpy(np.asarray(wave, dtype=np.float32).reshape(-1))
+
+    @torch.inference_mode()
+    def encode(self, input_values: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Per-layer hidden states at video rate.
+
+        Args:
+            input_values: ``[S]`` normalised 16 kHz waveform (see :meth:`normalize`).
+            num_frames: ``T``, number of video frames to interpolate the CNN features to.
+        Returns:
+            ``[T, L, C]`` float32 on the model's device: the output of every transformer layer.
+        """
+        model = self.model
+        if input_values.ndim != 1:
+            raise InputError(f"wav2vec2 input must be a mono waveform [S], got shape {tuple(input_values.shape)}")
+        if num_frames < 1:
+            raise InputError(f"wav2vec2: num_frames must be at least 1, got {num_frames}")
+        receptive = _receptive_field(model.config)
+        if input_values.numel() < receptive:
+            raise InputError(
+                f"audio too short for wav2vec2: {input_values.numel()} samples, need at least {receptive} "
+                f"({receptive / SAMPLE_RATE * 1000:.0f} ms at 16 kHz)"
+            )
+        x = input_values.to(device=self.device, dtype=self.dtype)[None]  # [1, S]
+        cnn = model.feature_extractor(x)  # [1, C_conv, T50]
+        cnn = F.interpolate(cnn, size=int(num_frames), mode="linear", align_corners=True)  # [1, C_conv, T]
+        hidden, _ = model.feature_projection(cnn.transpose(1, 2))  # [1, T, C]
+        encoder = model.encoder
+        hidden = hidden + encoder.pos_conv_embed(hidden)
+        stable = bool(model.config.do_stable_layer_norm)
+        if not stable:
+            hidden = encoder.layer_norm(hidden)
+        hidden = encoder.dropout(hidden)
+        outputs = []
+        for layer in encoder.layers:
+            hidden = layer(hidden, attention_mask=None)
+            if isinstance(hidden, tuple):  # older transformers return (hidden, attn)
+                hidden = hidden[0]
+            outputs.append(hidden)
+        if stable:  # transformers 4.x reported the final layer after encoder.layer_norm
+            outputs[-1] = encoder.layer_norm(outputs[-1])
+        return torch.stack(outputs, dim=2)[0].float()  # [T, L, C]
+
+    def features(self, wave_16k: torch.Tensor | np.ndarray, num_frames: int | None = None,
+                 fps: float = 24.0) -> torch.Tensor:
+        """Windowed features of one track, as the reference's ``preprocess_audio``.
+
+        Args:
+            wave_16k: ``[S]`` mono 16 kHz waveform (not normalised).
+            num_frames: ``T``; default ``ceil(S / 16000 * fps)``.
+            fps: video frame rate, used only when ``num_frames`` is None.
+        Returns:
+            ``[T, 5, L, C]`` float32 on CPU.
+        """
+        values = self.normalize(wave_16k)
+        if num_frames is None:
+            num_frames = video_frames_for_samples(values.numel(), fps)
+        return window_features(self.encode(values, num_frames)).cpu()
+
+
+def _receptive_field(config: Any) -> int:
+    size = 1
+    for k, s in reversed(list(zip(config.conv_kernel, config.conv_stride))):
+        size = (size - 1) * s + k
+    return size
+
+
+def _build_model(config_kwargs: dict[str, Any] | Any, sd: dict[str, torch.Tensor], source: str) -> Any:
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    config = config_kwargs if isinstance(config_kwargs, Wav2Vec2Config) else Wav2Vec2Config(**config_kwargs)
+    model = Wav2Vec2Model(config)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd and k != "masked_spec_embed"]
+    if missing:
+        raise CheckpointError(
+            f"wav2vec2 weights '{source}' do not fit the model: {len(missing)} tensors missing "
+            f"(first: {missing[:4]}); expected a facebook/wav2vec2-style checkpoint"
+        )
+    bad = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
+           if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    if bad:
+        raise CheckpointError(f"wav2vec2 weights '{source}' have unexpected shapes: {bad[:4]}")
+    unexpected = [k for k in sd if k not in expected]
+    if unexpected:
+        log.debug("wav2vec2 '%s': ignoring %d unused tensors (e.g. %s)", source, len(unexpected), unexpected[:3])
+    model.load_state_dict({k: v for k, v in sd.items() if k in expected}, strict=False)
+    return model
+
+
+def load_wav2vec(
+    path_or_dir: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    num_heads: int | None = None,
+) -> Wav2VecEncoder:
+    """Load a wav2vec2 encoder from a Hugging Face folder or a single weights file.
+
+    Args:
+        path_or_dir: a folder with ``config.json`` + ``model.safetensors`` (or ``pytorch_model.bin``)
+            and optionally ``preprocessor_config.json``; or one ``.safetensors``/``.bin`` file (e.g.
+            ComfyUI's ``models/audio_encoders/wav2vec2-base-960h.safetensors``). A single file uses
+            a ``config.json`` beside it if present, else its embedded config, else one inferred from
+            tensor shapes.
+        device, dtype: where the model runs. Features are always returned as float32.
+        num_heads: attention heads, only needed for single files with a non-standard head size.
+    """
+    from transformers import Wav2Vec2Config
+
+    path = Path(path_or_dir)
+    if not path.exists():
+        raise MissingModelError(
+            f"wav2vec2 model '{path}' not found; put facebook/wav2vec2-base-960h (Hugging Face folder) or its "
+            "single .safetensors file under ComfyUI/models/audio_encoders/ (or pass the path)"
+        )
+    do_normalize = True
+    if path.is_dir():
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise MissingModelError(f"wav2vec2 folder '{path}': no config.json (expected a Hugging Face model folder)")
+        try:
+            config: Any = Wav2Vec2Config.from_json_file(str(cfg_file))
+        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"wav2vec2 config '{cfg_file}' is not valid ({exc})") from None
+        sd = normalize_state_dict(_folder_weights(path))
+        pre = path / "preprocessor_config.json"
+        if pre.is_file():
+            pre_cfg = json.loads(pre.read_text())
+            do_normalize = bool(pre_cfg.get("do_normalize", True))
+            rate = pre_cfg.get("sampling_rate", SAMPLE_RATE)
+            if rate != SAMPLE_RATE:
+                raise CheckpointError(f"wav2vec2 '{path}': sampling_rate {rate} in preprocessor_config.json, expected 16000")
+    else:
+        raw, meta = _read_weights(path)
+        sd = normalize_state_dict(raw)
+        side = path.parent / "config.json"
+        if _CONFIG_METADATA_KEY in meta:
+            config = json.loads(meta[_CONFIG_METADATA_KEY])
+        elif side.is_file() and json.loads(side.read_text()).get("model_type") == "wav2vec2":
+            config = Wav2Vec2Config.from_json_file(str(side))
+        else:
+            config = infer_wav2vec_config(sd, num_heads=num_heads)
+            log.info("wav2vec2 '%s': inferred config hidden=%d layers=%d heads=%d norm=%s stable_ln=%s",
+                     path.name, config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"],
+                     config["feat_extract_norm"], config["do_stable_layer_norm"])
+        if isinstance(config, dict) and "do_normalize" in config:
+            do_normalize = bool(config.pop("do_normalize"))
+        if num_heads is not None and isinstance(config, dict):
+            config["num_attention_heads"] = int(num_heads)
+    model = _build_model(config, sd, str(path))
+    model.to(device=device, dtype=dtype)
+    return Wav2VecEncoder(model, do_normalize=do_normalize, source=str(path))
+
+
+# ----------------------------------------------------------------------------- tiny models
+
+
+def make_tiny_wav2vec(
+    path: str | Path,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 1,
+    intermediate_size: int = 64,
+    conv_dim: int = 32,
+    feat_extract_norm: str = "group",
+    pos_conv_kernel: int = 16,
+    seed: int = 0,
+    prefix: str = "wav2vec2.",
+    embed_config: bool = False,
+) -> Path:
+    """Write a tiny random Wav2Vec2 in a real file format (tests, ``--demo``).
+
+    * ``path`` ending in ``.safetensors`` → one file as ComfyUI keeps them (keys with ``prefix``;
+      the config is embedded in the metadata only if ``embed_config``, else it must be inferred —
+      then ``hidden_size`` should be a multiple of 64 with ``num_heads = hidden_size // 64``).
+    * any other ``path`` → a Hugging Face folder (``config.json``, ``model.safetensors``,
+      ``preprocessor_config.json``).
+
+    ``feat_extract_norm='layer'`` gives a layer-norm-first model (``do_stable_layer_norm``), like
+    wav2vec2-large-lv60. Weights are N(0, 0.02)-perturbed so no branch is dead. Returns ``path``.
+    """
+    from safetensors.torch import save_file
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    if feat_extract_norm not in ("group", "layer"):
+        raise InputError(f"feat_extract_norm must be 'group' or 'layer', got {feat_extract_norm!r}")
+    path = Path(path)
+    kwargs = dict(
+        hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
+        intermediate_size=intermediate_size, conv_dim=[conv_dim] * 7, conv_kernel=list(STANDARD_CONV_KERNEL),
+        conv_stride=list(STANDARD_CONV_STRIDE), feat_extract_norm=feat_extract_norm,
+        do_stable_layer_norm=(feat_extract_norm == "layer"), conv_bias=(feat_extract_norm == "layer"),
+        num_conv_pos_embeddings=pos_conv_kernel, num_conv_pos_embedding_groups=min(16, hidden_size), vocab_size=32,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Wav2Vec2Model(Wav2Vec2Config(**kwargs))
+        gen = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.02 * torch.randn(p.shape, generator=gen))
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if path.suffix == ".safetensors":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"format": "pt"}
+        if embed_config:
+            meta[_CONFIG_METADATA_KEY] = json.dumps(kwargs)
+        save_file({prefix + k: v for k, v in sd.items()}, str(path), metadata=meta)
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        model.config.save_pretrained(str(path))
+        save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
+        (path / "preprocessor_config.json").write_text(json.dumps({
+            "do_normalize": True, "feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1,
+            "padding_side": "right", "padding_value": 0.0, "return_attention_mask": False,
+            "sampling_rate": SAMPLE_RATE,
+        }, indent=2))
+    return path
