@@ -154,6 +154,39 @@ class InsightFaceDetector:
 # MediaPipe
 
 
+def _square_tiles(height: int, width: int, min_aspect: float = 1.3) -> list[tuple[int, int, int, int]]:
+    """Square windows ``(x0, y0, x1, y1)`` with 50 % overlap along the long side of a wide/tall image."""
+    side, long = min(height, width), max(height, width)
+    if long < min_aspect * side:
+        return []
+    stride = max(1, side // 2)
+    starts = list(range(0, long - side + 1, stride))
+    if starts[-1] != long - side:
+        starts.append(long - side)
+    if width >= height:
+        return [(s, 0, s + side, height) for s in starts]
+    return [(0, s, width, s + side) for s in starts]
+
+
+def _merge_boxes(boxes: list[FaceBox], iou: float = 0.3, contain: float = 0.7) -> list[FaceBox]:
+    """Greedy NMS: highest score first; drop boxes overlapping a kept one (IoU, or mostly inside it)."""
+    kept: list[FaceBox] = []
+    for box in sorted(boxes, key=lambda b: b.score, reverse=True):
+        duplicate = False
+        for other in kept:
+            iw = min(box.x2, other.x2) - max(box.x1, other.x1)
+            ih = min(box.y2, other.y2) - max(box.y1, other.y1)
+            if iw <= 0 or ih <= 0:
+                continue
+            inter = iw * ih
+            if inter / (box.area + other.area - inter) > iou or inter / min(box.area, other.area) > contain:
+                duplicate = True
+                break
+        if not duplicate:
+            kept.append(box)
+    return kept
+
+
 def _import_mediapipe_face_detection():
     try:
         from mediapipe.python.solutions import face_detection
@@ -187,33 +220,54 @@ class MediaPipeDetector:
 
     name = "mediapipe"
 
-    def __init__(self, threshold: float = MEDIAPIPE_THRESHOLD, model: str = "full") -> None:
+    def __init__(self, threshold: float = MEDIAPIPE_THRESHOLD, model: str = "full", tile: bool = True) -> None:
         if model not in ("full", "short"):
             raise InputError(f"mediapipe face model '{model}': expected 'full' (small/far faces) or 'short' (close-ups)")
         mediapipe_model_path(model)
         face_detection = _import_mediapipe_face_detection()
         self.threshold = threshold
         self.model = model
+        self.tile = tile
         self._lock = threading.Lock()
         self._graph = face_detection.FaceDetection(
             model_selection=1 if model == "full" else 0, min_detection_confidence=threshold
         )
 
     def detect(self, image: np.ndarray) -> list[FaceBox]:
+        """Faces in the whole image and, for wide or tall images, in overlapping square tiles.
+
+        BlazeFace letterboxes its input to a small square, so in a wide group photo every face
+        shrinks; square tiles along the long side keep them at a detectable size. Tile boxes cut by
+        an inner tile edge are dropped, and overlapping boxes are merged (highest score wins).
+        """
         image = check_image(image)
         height, width = image.shape[:2]
+        found = self._detect_window(image, 0, 0, width, height, width, height)
+        if self.tile:
+            for x0, y0, x1, y1 in _square_tiles(height, width):
+                found += self._detect_window(image, x0, y0, x1, y1, width, height)
+        return _merge_boxes(found)
+
+    def _detect_window(self, image: np.ndarray, x0: int, y0: int, x1: int, y1: int, width: int,
+                       height: int) -> list[FaceBox]:
+        window = np.ascontiguousarray(image[y0:y1, x0:x1])
+        win_h, win_w = window.shape[:2]
         with self._lock:
-            result = self._graph.process(image)
+            result = self._graph.process(window)
         boxes = []
+        edge = 2.0  # px: a box this close to an inner tile edge is a cut face
         for det in result.detections or []:
             rel = det.location_data.relative_bounding_box
-            x1, y1 = rel.xmin * width, rel.ymin * height
-            x2, y2 = x1 + rel.width * width, y1 + rel.height * height
+            bx1, by1 = rel.xmin * win_w, rel.ymin * win_h
+            bx2, by2 = bx1 + rel.width * win_w, by1 + rel.height * win_h
+            if (x0 > 0 and bx1 < edge) or (y0 > 0 and by1 < edge) or \
+                    (x1 < width and bx2 > win_w - edge) or (y1 < height and by2 > win_h - edge):
+                continue
             # BlazeFace boxes may stick out of the frame; clip to the image
-            x1, y1 = max(0.0, x1), max(0.0, y1)
-            x2, y2 = min(float(width), x2), min(float(height), y2)
-            if x2 > x1 and y2 > y1:
-                boxes.append(FaceBox(x1, y1, x2, y2, float(det.score[0]) if det.score else 1.0))
+            fx1, fy1 = max(0.0, bx1 + x0), max(0.0, by1 + y0)
+            fx2, fy2 = min(float(width), bx2 + x0), min(float(height), by2 + y0)
+            if fx2 > fx1 and fy2 > fy1:
+                boxes.append(FaceBox(fx1, fy1, fx2, fy2, float(det.score[0]) if det.score else 1.0))
         return boxes
 
     def close(self) -> None:
