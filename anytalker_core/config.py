@@ -64,6 +64,8 @@ class AnyTalkerConfig:
             raise CheckpointError(f"config: afca must be 'fused' or 'legacy', got {self.afca!r}")
         if (self.dim // self.num_heads) % 2:
             raise CheckpointError(f"config: head dim {self.dim // self.num_heads} must be even for RoPE")
+        if self.afca == "fused":  # fused audio tokens are DiT-wide; the reference JSON's value is unused
+            object.__setattr__(self, "audio_output_dim", self.dim)
 
     @property
     def head_dim(self) -> int:
@@ -192,6 +194,7 @@ def infer_from_state_dict(sd: Mapping[str, torch.Tensor], hints: Mapping[str, An
         inter, frame_feats = _shape(sd, "audio_emb.proj1.weight")
         found["audio_intermediate_dim"] = inter
         found["audio_context_tokens"] = _shape(sd, "audio_emb.proj3.weight")[0] // dim
+        found["audio_output_dim"] = dim
     else:
         inter, frame_feats = _shape(sd, "audio_proj.proj1.weight")
         found["audio_intermediate_dim"] = inter
