@@ -141,8 +141,18 @@ def test_square_tiles_and_merge():
 
 
 def test_unknown_backend():
-    with pytest.raises(InputError, match="face detector 'dlib': expected one of insightface, mediapipe"):
+    with pytest.raises(InputError, match="face detector 'dlib': expected one of auto, insightface, mediapipe"):
         load_detector("dlib")
+
+
+@needs_mediapipe
+def test_auto_backend_falls_back_to_mediapipe(tmp_path):
+    det = load_detector("auto", models_dir=tmp_path)  # no InsightFace pack there
+    try:
+        assert det.name == "mediapipe"
+        assert len(det.detect(astronaut())) == 1
+    finally:
+        det.close()
 
 
 def test_insightface_needs_models_dir():

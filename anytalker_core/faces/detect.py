@@ -285,17 +285,21 @@ class MediaPipeDetector:
 # --------------------------------------------------------------------------------------------
 
 
-def load_detector(backend: str = "mediapipe", *, models_dir: str | Path | None = None, pack: str | None = None,
+def load_detector(backend: str = "auto", *, models_dir: str | Path | None = None, pack: str | None = None,
                   threshold: float | None = None, device: str = "cpu") -> FaceDetector:
     """Create a face detector by name.
 
     Args:
-        backend: ``"insightface"`` (reference; needs ``models_dir``) or ``"mediapipe"`` (offline).
+        backend: ``"insightface"`` (reference; needs ``models_dir``), ``"mediapipe"`` (offline), or
+            ``"auto"``: insightface when it is installed and its models are in ``models_dir``,
+            else mediapipe.
         models_dir: InsightFace models folder (ComfyUI ``models/insightface``).
         pack: InsightFace pack name (default: the first of antelopev2, buffalo_l that is present).
         threshold: detection score threshold (default 0.15 insightface, 0.5 mediapipe).
         device: ``"cpu"`` or ``"cuda[:i]"`` (insightface only; mediapipe runs on the CPU).
     """
+    if backend == "auto":
+        backend = _auto_backend(models_dir, pack)
     if backend == "insightface":
         if models_dir is None:
             raise MissingModelError(
@@ -306,4 +310,21 @@ def load_detector(backend: str = "mediapipe", *, models_dir: str | Path | None =
                                    device=device)
     if backend == "mediapipe":
         return MediaPipeDetector(MEDIAPIPE_THRESHOLD if threshold is None else threshold)
-    raise InputError(f"face detector '{backend}': expected one of {', '.join(BACKENDS)}")
+    raise InputError(f"face detector '{backend}': expected one of auto, {', '.join(BACKENDS)}")
+
+
+def _auto_backend(models_dir: str | Path | None, pack: str | None) -> str:
+    import importlib.util
+
+    if models_dir is None:
+        reason = "no InsightFace models folder given"
+    elif importlib.util.find_spec("insightface") is None:
+        reason = "the insightface package is not installed"
+    else:
+        try:
+            find_insightface_pack(models_dir, pack)
+            return "insightface"
+        except MissingModelError as exc:
+            reason = str(exc)
+    log.info("face detector: mediapipe (%s)", reason)
+    return "mediapipe"
