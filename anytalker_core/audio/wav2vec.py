@@ -322,7 +322,7 @@ class Wav2VecEncoder:
         cnn = F.interpolate(cnn, size=int(num_frames), mode="linear", align_corners=True)  # [1, C_conv, T]
         hidden, _ = model.feature_projection(cnn.transpose(1, 2))  # [1, T, C]
         encoder = model.encoder
-        hidden = hidden + encoder.pos_conv_embed(hidden)
+        hidden = hidden + self._pos_conv(hidden)
         stable = bool(model.config.do_stable_layer_norm)
         if not stable:
             hidden = encoder.layer_norm(hidden)
@@ -336,6 +336,19 @@ class Wav2VecEncoder:
         if stable:  # transformers 4.x reported the final layer after encoder.layer_norm
             outputs[-1] = encoder.layer_norm(outputs[-1])
         return torch.stack(outputs, dim=2)[0].float()  # [T, L, C]
+
+    def _pos_conv(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``encoder.pos_conv_embed``; on CPU in bfloat16 its grouped conv runs in float32, because
+        PyTorch's CPU bf16 grouped ``conv1d`` returns wrong values (seen with torch 2.13)."""
+        module = self.model.encoder.pos_conv_embed
+        if hidden.device.type != "cpu" or hidden.dtype != torch.bfloat16:
+            return module(hidden)
+        conv = module.conv
+        bias = None if conv.bias is None else conv.bias.float()
+        x = F.conv1d(hidden.transpose(1, 2).float(), conv.weight.float(), bias, stride=conv.stride,
+                     padding=conv.padding, dilation=conv.dilation, groups=conv.groups)  # [1, C, T(+1)]
+        x = module.activation(module.padding(x))
+        return x.transpose(1, 2).to(hidden.dtype)
 
     def features(self, wave_16k: torch.Tensor | np.ndarray, num_frames: int | None = None,
                  fps: float = 24.0) -> torch.Tensor:
