@@ -257,3 +257,36 @@ def test_error_latent_and_image_inputs():
         prepare_faces(np.zeros((64, 128, 3), np.float32), 1, (8, 16), 3, boxes=[[1, 1, 9, 9]])
     with pytest.raises(InputError, match="number of audio tracks: expected at least 1"):
         prepare_faces(_image(), 0, (8, 16), 3, boxes=[])
+
+
+class ListedBoxes:
+    """A FaceDetector that returns a fixed list of boxes (the selection logic under test comes after it)."""
+
+    name = "listed"
+
+    def __init__(self, boxes):
+        self.boxes = boxes
+        self.calls = 0
+
+    def detect(self, image):
+        self.calls += 1
+        return [FaceBox(*b) for b in self.boxes]
+
+
+def test_detections_are_filtered_selected_and_ordered():
+    img = _image()
+    det = ListedBoxes([[90, 5, 120, 35, 0.9],    # right face
+                       [50, 50, 50, 60, 0.9],     # degenerate: dropped
+                       [200, 10, 240, 40, 0.9],   # off the 128x64 image: dropped
+                       [5, 5, 40, 40, 0.8],       # left face (largest)
+                       [60, 50, 64, 54, 0.3]])    # tiny: not among the 2 largest
+    chosen = locate_faces(img, 2, detector=det)
+    assert [b.tolist() for b in chosen] == [[5, 5, 40, 40], [90, 5, 120, 35]]
+    with pytest.raises(InputError, match=r"found 3 faces but 4 audio tracks were given"):
+        locate_faces(img, 4, detector=det)
+    with pytest.raises(InputError, match=r"no face found in the reference image \(detector 'listed'\)"):
+        locate_faces(img, 1, detector=ListedBoxes([[300, 10, 340, 40]]))
+    # boxes given: the detector is not consulted
+    det.calls = 0
+    prepare_faces(img, 1, (8, 16), 3, detector=det, boxes=[[10, 10, 30, 30]])
+    assert det.calls == 0

@@ -42,6 +42,15 @@ def _count_check(what: str, got: int, n: int) -> None:
         )
 
 
+def _usable(box: FaceBox | Sequence[float], image_hw: tuple[int, int]) -> np.ndarray | None:
+    """A detection as float32 xyxy, or None if it is degenerate or off the image (dropped, not an error)."""
+    try:
+        return validate_boxes([box], image_hw)[0]
+    except InputError as exc:
+        log.debug("dropped detection: %s", exc)
+        return None
+
+
 def locate_faces(image: np.ndarray, num_speakers: int, *, detector: FaceDetector | None = None,
                  boxes: Sequence[FaceBox | Sequence[float]] | np.ndarray | None = None,
                  order: Sequence[int] | None = None) -> list[np.ndarray]:
@@ -53,10 +62,10 @@ def locate_faces(image: np.ndarray, num_speakers: int, *, detector: FaceDetector
         _count_check("box", len(checked), num_speakers)
         chosen = checked
     elif detector is not None:
-        found = detector.detect(image)
-        log.info("%s detector found %d face(s)", getattr(detector, "name", "face"), len(found))
-        chosen = select_faces(validate_boxes(found, hw), num_speakers,
-                              source=f"the reference image (detector '{getattr(detector, 'name', '?')}')")
+        name = getattr(detector, "name", "?")
+        found = [b for b in (_usable(d, hw) for d in detector.detect(image)) if b is not None]
+        log.info("%s detector found %d face(s)", name, len(found))
+        chosen = select_faces(found, num_speakers, source=f"the reference image (detector '{name}')")
     else:
         raise InputError("faces: no detector, boxes or masks given; pass one of them to place the speakers")
     return [chosen[k] for k in _check_order(order, len(chosen))]
