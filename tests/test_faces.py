@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 import torch
@@ -21,9 +19,9 @@ from anytalker_core.faces.preview import PALETTE
 
 
 def test_verify_fixture_face_masks_passes(fixtures, capsys):
-    from anytalker_core.parity import command
+    from anytalker_core.cli import main
 
-    rc = command.run(argparse.Namespace(fixtures=[str(fixtures / "face_masks.json")]))
+    rc = main(["verify-fixture", str(fixtures / "face_masks.json")])
     out = capsys.readouterr().out
     assert rc == 0, out
     names = ["face_bboxes_xywh", "face_masks_raw", "face_masks_expanded", "global_mask", "dit_mask",
