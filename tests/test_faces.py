@@ -288,3 +288,21 @@ def test_detections_are_filtered_selected_and_ordered():
     det.calls = 0
     prepare_faces(img, 1, (8, 16), 3, detector=det, boxes=[[10, 10, 30, 30]])
     assert det.calls == 0
+
+
+def test_split_mask_one_region_per_person():
+    from anytalker_core.faces import split_mask
+
+    m = np.zeros((40, 100), np.float32)
+    m[5:25, 60:90] = 1.0   # right person, painted first in memory order doesn't matter
+    m[10:30, 5:30] = 1.0   # left person
+    m[35:37, 45:47] = 1.0  # a stray dot: smallest, dropped for 2 people
+    parts = split_mask(m, 2)
+    assert parts.shape == (2, 40, 100)
+    assert parts[0, 10:30, 5:30].all() and parts[0].sum() == 20 * 25
+    assert parts[1, 5:25, 60:90].all() and parts[1].sum() == 20 * 30
+    assert split_mask(torch.from_numpy(m)[None], 3).shape == (3, 40, 100)
+    with pytest.raises(InputError, match="the face mask has 3 separate regions but 4 audio tracks were given"):
+        split_mask(m, 4)
+    with pytest.raises(InputError, match="has 0 separate regions but 1 audio track was given"):
+        split_mask(np.zeros((8, 8)), 1)

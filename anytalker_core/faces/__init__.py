@@ -14,14 +14,14 @@ from __future__ import annotations
 from .detect import (BACKENDS, FaceBox, FaceDetector, InsightFaceDetector, MediaPipeDetector,
                      find_insightface_pack, load_detector)
 from .masks import (HEIGHT_SCALE, WIDTH_SCALE, FaceMasks, box_mask, build_face_masks, build_face_masks_from_masks,
-                    crop_box, crop_faces, expand_mask, select_faces, square_box, token_mask_grid, validate_boxes,
-                    y_mask_channels)
+                    crop_box, crop_faces, expand_mask, select_faces, split_mask, square_box, token_mask_grid,
+                    validate_boxes, y_mask_channels)
 from .prepare import locate_faces, prepare_faces
 from .preview import draw_preview
 
 __all__ = [
     "BACKENDS", "FaceBox", "FaceDetector", "InsightFaceDetector", "MediaPipeDetector", "find_insightface_pack",
     "load_detector", "HEIGHT_SCALE", "WIDTH_SCALE", "FaceMasks", "box_mask", "build_face_masks",
-    "build_face_masks_from_masks", "crop_box", "crop_faces", "expand_mask", "select_faces", "square_box",
+    "build_face_masks_from_masks", "crop_box", "crop_faces", "expand_mask", "select_faces", "split_mask", "square_box",
     "token_mask_grid", "validate_boxes", "y_mask_channels", "locate_faces", "prepare_faces", "draw_preview",
 ]

@@ -403,6 +403,41 @@ def build_face_masks_from_masks(masks: np.ndarray | torch.Tensor | Sequence[np.n
                      width_scale, height_scale)
 
 
+def split_mask(mask: np.ndarray | torch.Tensor, n: int) -> np.ndarray:
+    """One mask painted over several people → ``n`` masks, one per region, left to right.
+
+    The separate regions (8-connected, ``mask > 0.5``) are found, the ``n`` largest kept and
+    ordered by their leftmost pixel, like detected faces.
+
+    Args:
+        mask: ``[H, W]`` values in 0..1.
+        n: number of people (audio tracks).
+    Returns:
+        float32 ``[n, H, W]`` binary masks.
+    """
+    import cv2
+
+    m = np.asarray(mask, dtype=np.float32)
+    if m.ndim == 3 and m.shape[0] == 1:
+        m = m[0]
+    if m.ndim != 2:
+        raise InputError(f"face mask: expected one [H, W] mask to split into people, got shape {m.shape}")
+    if n < 1:
+        raise InputError(f"number of audio tracks: expected at least 1, got {n}")
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((m > 0.5).astype(np.uint8), connectivity=8)
+    regions = list(range(1, count))  # label 0 is the background
+    if len(regions) < n:
+        noun = "region" if len(regions) == 1 else "regions"
+        raise InputError(
+            f"the face mask has {len(regions)} separate {noun} but {n} audio "
+            f"{'tracks were' if n != 1 else 'track was'} given; "
+            f"paint one separate patch per person (or give one mask per person)"
+        )
+    regions = sorted(regions, key=lambda k: stats[k, cv2.CC_STAT_AREA], reverse=True)[:n]
+    regions = sorted(regions, key=lambda k: stats[k, cv2.CC_STAT_LEFT])
+    return np.stack([(labels == k).astype(np.float32) for k in regions])
+
+
 def crop_faces(image: np.ndarray, crop_boxes: np.ndarray | Sequence[Sequence[int]]) -> list[np.ndarray]:
     """Cut the face crops for the CLIP face tokens.
 
