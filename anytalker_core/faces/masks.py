@@ -375,19 +375,19 @@ def build_face_masks_from_masks(masks: np.ndarray | torch.Tensor | Sequence[np.n
         masks: ``[N, H, W]`` (or a list of ``[H, W]``), values in 0..1, in identity order.
         image_hw: (H, W) of the image; if given, every mask must have that size.
     """
-    arrays = [np.asarray(m, dtype=np.float32) for m in (masks if not isinstance(masks, (np.ndarray, torch.Tensor))
-                                                       else list(masks))]
+    arrays = [np.asarray(m, dtype=np.float32) for m in list(masks)]
     if not arrays:
         raise InputError("face masks: expected at least one mask (one per audio track)")
+    for i, m in enumerate(arrays):
+        if m.ndim != 2:
+            raise InputError(f"face mask {i + 1}: expected a 2-D mask [H, W], got shape {m.shape}")
     want = _check_hw("image size", image_hw) if image_hw is not None else arrays[0].shape
-    if len(want) != 2:
-        raise InputError(f"face mask 1: expected a 2-D mask [H, W], got shape {arrays[0].shape}")
     boxes, squares, raw = [], [], []
     for i, m in enumerate(arrays):
         if m.shape != tuple(want):
             raise InputError(
-                f"face mask {i + 1} has size {m.shape[-1] if m.ndim else '?'}x{m.shape[0] if m.ndim else '?'} "
-                f"but the image is {want[1]}x{want[0]}; draw the masks on the same image"
+                f"face mask {i + 1} has size {m.shape[1]}x{m.shape[0]} but the image is {want[1]}x{want[0]}; "
+                f"draw the masks on the same image"
             )
         binary = (m > 0.5).astype(np.uint8)
         rows, cols = np.nonzero(binary)
