@@ -1,0 +1,252 @@
+"""Training data path: buckets, sampler, flow-matching math, masks, two-person concatenation, dropout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from train import flow
+from train.buckets import BucketBatchSampler, bucket_size
+from train.data import (CacheIndex, CachedSample, SharedEmbeddings, collate, concat_side_by_side, identity_masks,
+                        load_sample, window_audio)
+from train.prepare import frames_for_training, resample_indices, write_sample
+from train.trainer import apply_condition_dropout, lr_lambda
+
+from anytalker_core.errors import InputError
+
+
+# ----------------------------------------------------------------------------------- buckets / sampler
+
+
+@pytest.mark.parametrize("hw, area, expect", [
+    ((480, 832), 832 * 480, (480, 832)),
+    ((1080, 1920), 832 * 480, (448, 832)),  # 16:9 → snapped to multiples of 32 under the area
+    ((1920, 1080), 832 * 480, (832, 448)),
+    ((512, 512), 832 * 480, (608, 608)),
+    ((256, 256), 128 * 128, (128, 128)),
+])
+def test_bucket_size(hw, area, expect):
+    h, w = bucket_size(*hw, max_area=area)
+    assert (h, w) == expect
+    assert h % 32 == 0 and w % 32 == 0 and h * w <= area
+
+
+def test_bucket_size_rejects_nonsense():
+    with pytest.raises(InputError, match="positive"):
+        bucket_size(0, 10)
+
+
+def _keys():
+    return [(1, 3, 8, 16)] * 11 + [(1, 5, 8, 8)] * 7 + [(2, 3, 8, 16)] * 5
+
+
+def test_sampler_never_mixes_shapes_and_shards_disjointly():
+    keys = _keys()
+    per_rank = []
+    for rank in range(2):
+        s = BucketBatchSampler(keys, 2, two_person_prob=0.5, pairable=lambda k: k[0] == 1, seed=3, rank=rank,
+                               world_size=2)
+        batches = s.batches_for_epoch(0)
+        for b in batches:
+            assert len({keys[i] for i in b.indices}) == 1
+            assert len(b.indices) == (4 if b.two_person else 2)
+            if b.two_person:
+                assert keys[b.indices[0]][0] == 1  # only single-person buckets are paired
+        per_rank.append(batches)
+    assert len(per_rank[0]) == len(per_rank[1]) > 0  # equal step counts on every rank
+    seen = [i for batches in per_rank for b in batches for i in b.indices]
+    assert len(seen) == len(set(seen))  # no sample twice in an epoch across ranks
+    assert any(b.two_person for b in per_rank[0] + per_rank[1])
+    assert any(not b.two_person for b in per_rank[0] + per_rank[1])
+
+
+def test_sampler_is_deterministic_and_resumes_exactly():
+    keys = _keys()
+    a = BucketBatchSampler(keys, 2, 0.5, lambda k: k[0] == 1, seed=5)
+    it = iter(a)
+    full = [next(it) for _ in range(20)]  # crosses epoch boundaries
+    b = BucketBatchSampler(keys, 2, 0.5, lambda k: k[0] == 1, seed=5)
+    it = iter(b)
+    head = [next(it) for _ in range(7)]
+    c = BucketBatchSampler(keys, 2, 0.5, lambda k: k[0] == 1, seed=5)
+    c.load_state_dict({**b.state_dict(), "epoch": head[-1].epoch, "position": head[-1].position + 1})
+    it = iter(c)
+    tail = [next(it) for _ in range(13)]
+    assert [x.indices for x in head + tail] == [x.indices for x in full]
+    assert [x.two_person for x in head + tail] == [x.two_person for x in full]
+    other = BucketBatchSampler(keys, 2, 0.5, lambda k: k[0] == 1, seed=6).batches_for_epoch(0)
+    assert [x.indices for x in other] != [x.indices for x in a.batches_for_epoch(0)]
+    with pytest.raises(InputError, match="same data"):
+        BucketBatchSampler(keys[:-1], 2, seed=5).load_state_dict(b.state_dict())
+
+
+def test_sampler_explains_too_little_data():
+    with pytest.raises(InputError, match="no full batch"):
+        BucketBatchSampler([(1, 3, 8, 8)] * 3, 4)
+
+
+# ----------------------------------------------------------------------------------- flow matching
+
+
+def test_flow_matching_math():
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(1000, generator=g, dtype=torch.float64)
+    assert torch.allclose(flow.shift_sigmas(u, 1.0), u)
+    shifted = flow.shift_sigmas(u, 3.0)
+    assert (shifted >= u).all() and shifted.mean() > u.mean() + 0.1  # shift pushes towards noise
+    assert torch.allclose(flow.shift_sigmas(torch.tensor([0.5]), 3.0), torch.tensor([0.75]))
+    s = flow.sample_sigmas(500, torch.Generator().manual_seed(1), "logit_normal", shift=3.0)
+    assert s.dtype == torch.float32 and s.min() >= 1e-3 and s.max() <= 1.0
+    x0, noise = torch.randn(2, 16, 2, 4, 4), torch.randn(2, 16, 2, 4, 4)
+    sigma = torch.tensor([0.0, 1.0])
+    xt = flow.add_noise(x0, noise, sigma)
+    assert torch.equal(xt[0], x0[0]) and torch.equal(xt[1], noise[1])
+    # the velocity is d x_t / d sigma
+    a, b = flow.add_noise(x0, noise, torch.full((2,), 0.3)), flow.add_noise(x0, noise, torch.full((2,), 0.3 + 1e-3))
+    assert torch.allclose((b - a) / 1e-3, flow.flow_target(x0, noise), atol=1e-2)
+    assert torch.equal(flow.sigmas_to_timesteps(torch.tensor([0.25])), torch.tensor([250.0]))
+    assert flow.flow_matching_loss(noise, noise).item() == 0.0
+    with pytest.raises(FloatingPointError):
+        flow.flow_matching_loss(torch.tensor([[float("nan")]]), torch.zeros(1, 1))
+    with pytest.raises(InputError):
+        flow.sample_sigmas(2, torch.Generator(), "bogus")
+
+
+def test_lr_schedule_warms_up_linearly():
+    values = [lr_lambda(s, 4, 20, "constant") for s in range(8)]
+    assert values[:4] == [0.25, 0.5, 0.75, 1.0] and values[4:] == [1.0] * 4
+    assert lr_lambda(20, 4, 20, "cosine") == pytest.approx(0.0)
+    assert lr_lambda(12, 4, 20, "linear") == pytest.approx(0.5)
+
+
+def test_frame_rate_and_length_rules():
+    assert frames_for_training(100, 81) == 81
+    assert frames_for_training(80, 81) == 77
+    assert frames_for_training(4, 81) == 1
+    idx = resample_indices(60, 30.0, 24.0)  # 2 s at 30 fps -> 48 frames at 24 fps
+    assert len(idx) == 48 and idx[0] == 0 and idx[-1] == 58 and np.all(np.diff(idx) >= 1)
+    assert np.array_equal(resample_indices(10, 24.0, 24.0), np.arange(10))
+
+
+# ----------------------------------------------------------------------------------- two-person concatenation
+
+F_LAT, LAT_H, LAT_W, T, L, C, D = 3, 8, 16, 9, 2, 4, 6
+
+
+def _sample(marker: float, box, sample_id: str) -> CachedSample:
+    """A single-person sample whose every tensor carries ``marker`` (latent columns also encode their x)."""
+    cols = torch.arange(LAT_W, dtype=torch.float32)
+    lat = marker + cols.expand(16, F_LAT, LAT_H, LAT_W) / 100
+    return CachedSample(
+        sample_id=sample_id, latents=lat, first_frame_latent=-lat,
+        audio_features=torch.full((1, T, L, C), marker), global_face_box=torch.tensor([box], dtype=torch.float32),
+        face_clip_tokens=torch.full((1, 257, D), marker), clip_tokens=torch.full((257, D), marker),
+        text_embedding=torch.full((3, D), marker), image_hw=(LAT_H * 8, LAT_W * 8))
+
+
+def test_concat_side_by_side_binds_each_half_to_its_identity():
+    left = _sample(1.0, [40, 10, 80, 50], "a")  # face near the centre of a 64x128 frame
+    right = _sample(2.0, [50, 12, 90, 52], "b")
+    prompt = torch.full((4, D), 7.0)
+    pair = concat_side_by_side(left, right, prompt)
+    half = LAT_W // 2
+    # latents: centre half of each sample (columns 4..11), left then right
+    assert pair.latents.shape == left.latents.shape
+    assert torch.allclose(pair.latents[..., :half], left.latents[..., 4:12])
+    assert torch.allclose(pair.latents[..., half:], right.latents[..., 4:12])
+    assert torch.allclose(pair.first_frame_latent[..., half:], -right.latents[..., 4:12])
+    # identity 0 = left sample, identity 1 = right sample
+    assert pair.audio_features[0].unique().tolist() == [1.0] and pair.audio_features[1].unique().tolist() == [2.0]
+    assert pair.face_clip_tokens[0].unique().tolist() == [1.0] and pair.face_clip_tokens[1].unique().tolist() == [2.0]
+    assert torch.equal(pair.text_embedding, prompt)
+    # boxes move with their half: x - W/4 (+ W/2 for the right one)
+    assert pair.global_face_box[0].tolist() == [8.0, 10.0, 48.0, 50.0]
+    assert pair.global_face_box[1].tolist() == [64 + 18.0, 12.0, 64 + 58.0, 52.0]
+
+    batch = collate([pair, pair], two_person=True)
+    assert batch.audio.shape == (2, 2, T, 5, L, C) and batch.face_clip.shape == (2, 2, 257, D)
+    assert batch.audio[0].unique().tolist() == [1.0] and batch.audio[1].unique().tolist() == [2.0]
+    tm = batch.token_masks  # [N, B, F, h/2, w/2]
+    tok_half = LAT_W // 4
+    assert tm[0, :, :, :, tok_half:].abs().sum() == 0, "identity 0's mask leaks into the right half"
+    assert tm[1, :, :, :, :tok_half].abs().sum() == 0, "identity 1's mask leaks into the left half"
+    assert tm[0].sum() > 0 and tm[1].sum() > 0
+    y = batch.y  # [B, 20, F, h, w]: mask channels then first-frame latent
+    assert y.shape == (2, 20, F_LAT, LAT_H, LAT_W)
+    assert torch.all(y[:, :4, 0] == 1) and y[:, :4, 1:].sum() > 0
+    assert torch.allclose(y[:, 4:], torch.stack([pair.first_frame_latent] * 2))
+
+
+def test_concat_refuses_multi_person_or_mismatched_samples():
+    a = _sample(1.0, [40, 10, 80, 50], "a")
+    multi = _sample(1.0, [40, 10, 80, 50], "m")
+    multi.audio_features = torch.zeros(2, T, L, C)
+    with pytest.raises(InputError, match="single-person"):
+        concat_side_by_side(a, multi, None)
+    small = _sample(1.0, [4, 4, 20, 20], "s")
+    small.latents = small.latents[..., :8]
+    with pytest.raises(InputError, match="shapes differ"):
+        concat_side_by_side(a, small, None)
+
+
+def test_identity_masks_match_the_core_face_chain():
+    from anytalker_core.faces import build_face_masks
+
+    boxes = torch.tensor([[10.0, 8, 40, 40], [70, 10, 110, 48]])
+    tm, ym = identity_masks(boxes, (64, 128), (8, 16), 3)
+    ref = build_face_masks(boxes.numpy().astype(np.float64), (64, 128), (8, 16), 3)
+    assert torch.equal(tm, ref.token_masks) and torch.equal(ym, ref.y_mask)
+
+
+def test_window_audio_matches_reference_clamping():
+    x = torch.arange(6, dtype=torch.float32).reshape(6, 1, 1)
+    w = window_audio(x)
+    assert w.shape == (6, 5, 1, 1)
+    assert w[0, :, 0, 0].tolist() == [0, 0, 0, 1, 2] and w[5, :, 0, 0].tolist() == [3, 4, 5, 5, 5]
+    from anytalker_core.audio.wav2vec import window_features
+
+    h = torch.randn(7, 2, 3)
+    assert torch.equal(window_audio(h), window_features(h))
+
+
+def test_condition_dropout_uses_empty_prompt_and_zero_audio():
+    s = _sample(1.0, [40, 10, 80, 50], "a")
+    batch = collate([s] * 64)
+    empty = torch.full((5, D), -3.0)
+    out = apply_condition_dropout(batch, torch.Generator().manual_seed(0), 0.5, 0.5, empty)
+    dropped_text = [i for i in range(64) if torch.all(out.context[i, :5] == -3.0)]
+    kept_text = [i for i in range(64) if torch.all(out.context[i, :3] == 1.0)]
+    assert len(dropped_text) + len(kept_text) == 64 and 10 < len(dropped_text) < 54
+    assert out.context.shape[1] == 5  # padded to the longer empty-prompt embedding
+    dropped_audio = [i for i in range(64) if out.audio[:, i].abs().sum() == 0]
+    assert 10 < len(dropped_audio) < 54 and set(dropped_audio) != set(dropped_text)
+    assert torch.all(batch.audio == 1.0), "the input batch must not be modified"
+    none = apply_condition_dropout(batch, torch.Generator().manual_seed(0), 0.0, 0.0, empty)
+    assert torch.equal(none.context, batch.context) and torch.equal(none.audio, batch.audio)
+
+
+def test_cached_sample_roundtrip_and_index(tmp_path: Path):
+    s = _sample(1.5, [40, 10, 80, 50], "clip_a")
+    tensors = {"latents": s.latents, "first_frame_latent": s.first_frame_latent,
+               "audio_features": s.audio_features, "face_boxes": torch.full((1, T, 4), float("nan")),
+               "global_face_box": s.global_face_box, "face_clip_tokens": s.face_clip_tokens,
+               "clip_tokens": s.clip_tokens, "text_embedding": s.text_embedding}
+    meta = {"id": "clip_a", "height": 64, "width": 128, "latent_frames": F_LAT, "latent_height": LAT_H,
+            "latent_width": LAT_W, "num_identities": 1, "frames": T, "fps": 24}
+    write_sample(tmp_path / "cache" / "samples", "clip_a", tensors, meta)
+    # a half-written sample (no json yet) is invisible to training
+    (tmp_path / "cache" / "samples" / "partial.safetensors").write_bytes(b"garbage")
+    index = CacheIndex([tmp_path / "cache"])
+    assert len(index) == 1 and index.key(0) == (1, F_LAT, LAT_H, LAT_W)
+    back = load_sample(index.paths[0])
+    assert back.image_hw == (64, 128)
+    assert torch.allclose(back.latents, s.latents, atol=1e-2)  # stored as bfloat16
+    assert torch.equal(back.global_face_box, s.global_face_box)  # boxes stay float32
+    assert json.loads((tmp_path / "cache" / "samples" / "clip_a.json").read_text())["id"] == "clip_a"
+    assert SharedEmbeddings.load(tmp_path / "cache").empty is None
+    with pytest.raises(InputError, match="prepare"):
+        CacheIndex([tmp_path / "nothing"])

@@ -1,0 +1,192 @@
+"""TOML configs for ``anytalker-train prepare`` and ``anytalker-train fit``.
+
+Each config is a dataclass; :func:`load_toml` reads a file, rejects unknown keys (typos fail loudly
+instead of silently training with defaults) and resolves relative paths against the file's folder.
+See ``train/configs/*.toml`` for commented examples of every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+from anytalker_core.errors import InputError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PrepareConfig", "TrainConfig", "ModelSection", "load_toml", "from_mapping"]
+
+DEFAULT_TWO_PERSON_PROMPTS = (
+    "Two people are talking to each other, side by side, facing the camera.",
+    "Two people sit next to each other and take turns speaking, with natural expressions.",
+    "A conversation between two people shown side by side, each reacting while the other speaks.",
+    "Two speakers in a video call, one on the left and one on the right, talking and listening.",
+)
+DEFAULT_PROMPT = "A person is talking to the camera with natural facial expressions and head movements."
+
+
+@dataclass
+class PrepareConfig:
+    """Settings of the data preparation stage (clips → cached samples)."""
+
+    input: str = ""  # a folder of clips (searched recursively) or a manifest .jsonl / .txt
+    output: str = ""  # the cache folder (samples/, reports/, shared_embeddings.safetensors)
+    # model files (frozen encoders); ComfyUI layout names are fine
+    vae: str = ""
+    clip_vision: str = ""
+    text_encoder: str = ""
+    wav2vec: str = ""
+    face_detector: str = "mediapipe"  # "mediapipe" | "insightface"
+    insightface_root: str = ""
+    device: str = "cpu"
+    dtype: str = "float32"  # encoder dtype: float32 | bfloat16 | float16
+    storage_dtype: str = "bfloat16"  # dtype of the cached float tensors
+    # clip geometry
+    fps: float = 24.0
+    max_frames: int = 81  # 4n+1
+    min_frames: int = 17  # 4n+1; shorter clips are dropped
+    segments_per_clip: int = 1  # consecutive non-overlapping windows taken from each clip
+    max_area: int = 832 * 480
+    size_multiple: int = 32
+    # filters
+    num_faces: int = 1  # expected faces per frame (per clip: manifest "num_faces" overrides)
+    face_check_stride: int = 4  # detect faces on every k-th frame
+    min_face_fraction: float = 0.02  # faces smaller than this fraction of the frame area do not count
+    max_motion: float = 6.0  # mean Farneback flow magnitude, px/frame at 256 px width
+    min_motion: float = 0.0
+    motion_check_stride: int = 2
+    min_audio_rms_db: float = -45.0  # below = silent
+    # captions
+    default_prompt: str = DEFAULT_PROMPT
+    empty_prompt: str = ""
+    two_person_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_TWO_PERSON_PROMPTS))
+    # sharding (also taken from RANK/WORLD_SIZE when launched by torchrun)
+    shard_index: int = -1
+    num_shards: int = -1
+
+
+@dataclass
+class ModelSection:
+    """Which DiT to train: a checkpoint to start from, or a fresh config (``tiny`` for tests/demos)."""
+
+    init_checkpoint: str = ""  # released .pth, our .safetensors, or empty for random init
+    config_json: str = ""  # config for random init (reference or our format)
+    tiny: bool = False  # random init of AnyTalkerConfig.tiny(**tiny_overrides)
+    tiny_overrides: dict[str, Any] = field(default_factory=dict)
+    gradient_checkpointing: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training stage (``stage = 1`` or ``2``)."""
+
+    stage: int = 1
+    data: list[str] = field(default_factory=list)  # prepare output folders
+    run_dir: str = "runs/stage1"
+    model: ModelSection = field(default_factory=ModelSection)
+    seed: int = 42
+    # optimisation
+    learning_rate: float = 2e-5
+    warmup_steps: int = 250
+    lr_schedule: str = "constant"  # after warm-up: "constant" | "cosine" | "linear"
+    max_steps: int = 10000
+    batch_size: int = 1  # per process (two-person batches hold batch_size pairs)
+    gradient_accumulation_steps: int = 1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "bf16"  # "no" | "bf16" | "fp16"
+    # data
+    two_person_prob: float = 0.5  # stage 1; stage 2 uses 0
+    text_dropout: float = 0.1
+    audio_dropout: float = 0.1
+    num_workers: int = 2
+    # flow matching
+    timestep_sampler: str = "logit_normal"  # "uniform" | "logit_normal"
+    shift: float = 3.0
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    # bookkeeping
+    log_every: int = 10
+    save_every: int = 500
+    keep_checkpoints: int = 3
+    export_at_end: bool = True
+    sample_every: int = 0  # 0 = off; see docs/training.md (validation samples)
+    sample_prompt: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, Mapping):
+            self.model = from_mapping(ModelSection, self.model, "model")
+        if self.stage not in (1, 2):
+            raise InputError(f"config: stage must be 1 or 2, got {self.stage}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise InputError(f"config: mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.lr_schedule not in ("constant", "cosine", "linear"):
+            raise InputError(f"config: lr_schedule must be constant, cosine or linear, got {self.lr_schedule!r}")
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise InputError(f"config: {name} must be >= 1, got {getattr(self, name)}")
+        for name in ("two_person_prob", "text_dropout", "audio_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputError(f"config: {name} must be in [0, 1], got {getattr(self, name)}")
+        if not self.data:
+            raise InputError("config: 'data' must list at least one prepared cache folder")
+
+
+T = TypeVar("T")
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any], where: str) -> T:
+    """Build dataclass ``cls`` from ``data``, naming unknown keys in the error."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InputError(f"{where}: unknown setting(s) {unknown}; valid keys are {sorted(names)}")
+    try:
+        return cls(**dict(data))
+    except TypeError as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+
+def _resolve(base: Path, value: str) -> str:
+    if not value:
+        return value
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base / p))
+
+
+def load_toml(path: str | Path, kind: str, overrides: Mapping[str, Any] | None = None) -> PrepareConfig | TrainConfig:
+    """Read a ``prepare`` or ``fit`` TOML config; relative paths are relative to the file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"config file '{path}' does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"config file '{path}' is not valid TOML: {exc}") from None
+    data.update(overrides or {})
+    base = path.resolve().parent
+    if kind == "prepare":
+        data = data.get("prepare", data)
+        for key in ("input", "output", "vae", "clip_vision", "text_encoder", "wav2vec", "insightface_root"):
+            if key in data:
+                data[key] = _resolve(base, data[key])
+        return from_mapping(PrepareConfig, data, f"config '{path}'")
+    if kind == "fit":
+        if "data" in data:
+            data["data"] = [_resolve(base, d) for d in ([data["data"]] if isinstance(data["data"], str) else data["data"])]
+        if "run_dir" in data:
+            data["run_dir"] = _resolve(base, data["run_dir"])
+        model = dict(data.get("model", {}))
+        for key in ("init_checkpoint", "config_json"):
+            if model.get(key):
+                model[key] = _resolve(base, model[key])
+        data["model"] = from_mapping(ModelSection, model, f"config '{path}' [model]")
+        return from_mapping(TrainConfig, data, f"config '{path}'")
+    raise InputError(f"unknown config kind {kind!r}")

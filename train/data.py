@@ -1,0 +1,379 @@
+"""Cached training samples → model-ready batches, including stage 1's two-person concatenation.
+
+A cached sample (written by :mod:`train.prepare`) is one ``<id>.safetensors`` plus ``<id>.json``:
+
+==========================  ==========================  ===============================================
+key                         shape                        meaning
+==========================  ==========================  ===============================================
+``latents``                 ``[16, F, h, w]``           VAE latents of the clip (the training target x0)
+``first_frame_latent``      ``[16, F, h, w]``           VAE latents of (frame 0, then black frames): y's image part
+``audio_features``          ``[N, T, L, C]``            wav2vec2 hidden states per video frame, one track per identity
+                                                         (un-windowed; windowed ±2 here, as the encoder does)
+``face_boxes``              ``[N, T, 4]``               per-frame square face boxes, xyxy pixels (NaN = not found)
+``global_face_box``         ``[N, 4]``                  union of the clip's boxes (made square), xyxy pixels
+``face_clip_tokens``        ``[N, 257, D]``             CLIP ViT-H/14 penultimate tokens of each face crop
+``clip_tokens``             ``[257, D]``                CLIP tokens of frame 0
+``text_embedding``          ``[L_text, text_dim]``      UMT5 embedding of the caption (unpadded)
+==========================  ==========================  ===============================================
+
+with ``T = 4(F − 1) + 1`` video frames, identities ordered left to right, ``(H, W) = (8h, 8w)``.
+``shared_embeddings.safetensors`` in the cache folder holds ``empty_text_embedding`` (the
+unconditional prompt) and ``two_person_text_embedding.{i}`` (generic two-person prompts).
+
+Identity masks follow the reference (``utils/get_face_bbox.py``, ``wan/utils/infer_utils.py``):
+binary box masks enlarged ×1.2 (width) × 1.1 (height) about their centre, bilinearly resized to the
+token grid ``[F, h/2, w/2]`` (one per identity) and, summed, to the latent grid for the 4 mask
+channels of ``y`` (frame 0 = 1). Training uses the clip's global face box, as the paper did.
+
+Two-person mode (:func:`concat_side_by_side`) works on cached tensors only: each sample's latents
+are centre-cropped to half width and the halves concatenated (left = identity 0 = sample k, right =
+identity 1 = sample k+1); boxes move with their half and each identity's masks are confined to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from anytalker_core.errors import InputError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CachedSample", "TrainBatch", "CacheIndex", "SharedEmbeddings", "load_sample", "identity_masks",
+           "window_audio", "concat_side_by_side", "collate", "SAMPLE_KEYS", "SHARED_EMBEDDINGS_FILE"]
+
+SAMPLE_KEYS = ("latents", "first_frame_latent", "audio_features", "face_boxes", "global_face_box",
+               "face_clip_tokens", "clip_tokens", "text_embedding")
+SHARED_EMBEDDINGS_FILE = "shared_embeddings.safetensors"
+VAE_STRIDE = 8
+
+
+@dataclass
+class CachedSample:
+    """One cached clip (tensors as stored) plus its metadata. ``N`` identities, ``T`` video frames."""
+
+    sample_id: str
+    latents: torch.Tensor  # [16, F, h, w]
+    first_frame_latent: torch.Tensor  # [16, F, h, w]
+    audio_features: torch.Tensor  # [N, T, L, C]
+    global_face_box: torch.Tensor  # [N, 4] xyxy pixels
+    face_clip_tokens: torch.Tensor  # [N, 257, D]
+    clip_tokens: torch.Tensor  # [257, D]
+    text_embedding: torch.Tensor  # [L_text, text_dim]
+    image_hw: tuple[int, int]
+    # per-identity column ranges (pixels) the identity's masks are confined to; None = whole image
+    regions: list[tuple[float, float]] | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_identities(self) -> int:
+        return int(self.audio_features.shape[0])
+
+
+@dataclass
+class TrainBatch:
+    """Model-ready tensors for one step.
+
+    Attributes:
+        latents: ``[B, 16, F, h, w]`` clean latents x0.
+        y: ``[B, 20, F, h, w]`` 4 mask channels + first-frame latent.
+        context: ``[B, L, text_dim]`` text embeddings (zero-padded to the longest).
+        clip_fea: ``[B, 257, D]``.
+        audio: ``[N, B, T, 5, L, C]`` windowed audio per identity.
+        face_clip: ``[N, B, 257, D]``.
+        token_masks: ``[N, B, F, h/2, w/2]``.
+        sample_ids: for logging.
+        two_person: whether the batch was built by side-by-side concatenation.
+    """
+
+    latents: torch.Tensor
+    y: torch.Tensor
+    context: torch.Tensor
+    clip_fea: torch.Tensor
+    audio: torch.Tensor
+    face_clip: torch.Tensor
+    token_masks: torch.Tensor
+    sample_ids: list[str]
+    two_person: bool = False
+    data_position: tuple[int, int] = (0, 0)  # sampler (epoch, position) after this batch
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "TrainBatch":
+        def mv(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
+        return replace(self, latents=mv(self.latents), y=mv(self.y), context=mv(self.context),
+                       clip_fea=mv(self.clip_fea), audio=mv(self.audio), face_clip=mv(self.face_clip),
+                       token_masks=mv(self.token_masks))
+
+    def speakers(self) -> list:
+        """The per-identity ``Speaker`` inputs of :class:`anytalker_core.dit.AnyTalkerDiT`."""
+        from anytalker_core.conditioning import Speaker
+
+        return [Speaker(audio=self.audio[i], face_clip=self.face_clip[i], token_mask=self.token_masks[i])
+                for i in range(self.audio.shape[0])]
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+def _read_meta(json_path: Path) -> dict:
+    try:
+        return json.loads(json_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cached sample metadata '{json_path}' is unreadable ({exc}); re-run prepare") from None
+
+
+def load_sample(path: str | Path) -> CachedSample:
+    """Read ``<id>.safetensors`` (+ ``<id>.json``) written by :mod:`train.prepare`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise InputError(f"cached sample '{path}' is unreadable ({exc}); delete it and re-run prepare") from None
+    missing = [k for k in SAMPLE_KEYS if k not in tensors]
+    if missing:
+        raise InputError(f"cached sample '{path}' lacks {missing}; it was not written by this version of prepare")
+    meta = _read_meta(path.with_suffix(".json"))
+    lat = tensors["latents"]
+    image_hw = (int(meta.get("height", lat.shape[-2] * VAE_STRIDE)), int(meta.get("width", lat.shape[-1] * VAE_STRIDE)))
+    return CachedSample(
+        sample_id=str(meta.get("id", path.stem)),
+        latents=lat.float(),
+        first_frame_latent=tensors["first_frame_latent"].float(),
+        audio_features=tensors["audio_features"].float(),
+        global_face_box=tensors["global_face_box"].float(),
+        face_clip_tokens=tensors["face_clip_tokens"].float(),
+        clip_tokens=tensors["clip_tokens"].float(),
+        text_embedding=tensors["text_embedding"].float(),
+        image_hw=image_hw,
+        meta=meta,
+    )
+
+
+@dataclass
+class SharedEmbeddings:
+    """Prompt embeddings every sample may need: the empty prompt and generic two-person prompts."""
+
+    empty: torch.Tensor | None  # [L, text_dim]
+    two_person: list[torch.Tensor]  # each [L, text_dim]
+    two_person_prompts: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "SharedEmbeddings":
+        from safetensors.torch import load_file
+
+        path = Path(folder) / SHARED_EMBEDDINGS_FILE
+        if not path.is_file():
+            log.warning("%s not found: text dropout uses zeros and two-person batches keep the left sample's "
+                        "caption (run prepare to create it)", path)
+            return cls(empty=None, two_person=[])
+        tensors = load_file(str(path))
+        meta_path = path.with_suffix(".json")
+        prompts = json.loads(meta_path.read_text()).get("two_person_prompts", []) if meta_path.is_file() else []
+        count = sum(1 for k in tensors if k.startswith("two_person_text_embedding."))
+        return cls(empty=tensors.get("empty_text_embedding", None) if "empty_text_embedding" in tensors else None,
+                   two_person=[tensors[f"two_person_text_embedding.{i}"].float() for i in range(count)],
+                   two_person_prompts=prompts)
+
+
+class CacheIndex:
+    """The cached samples of one or more prepare output folders: paths, metadata and bucket keys."""
+
+    def __init__(self, folders: Sequence[str | Path]):
+        self.folders = [Path(f) for f in folders]
+        self.paths: list[Path] = []
+        self.metas: list[dict] = []
+        for folder in self.folders:
+            samples = folder / "samples"
+            if not samples.is_dir():
+                raise InputError(f"data folder '{folder}' has no 'samples/' sub-folder; run "
+                                 "'anytalker-train prepare' to create it")
+            for meta_path in sorted(samples.glob("*.json")):
+                tensor_path = meta_path.with_suffix(".safetensors")
+                if tensor_path.is_file():
+                    self.paths.append(tensor_path)
+                    self.metas.append(_read_meta(meta_path))
+        if not self.paths:
+            raise InputError(f"no cached samples found in {[str(f) for f in self.folders]}; run prepare first")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def key(self, i: int) -> tuple[int, int, int, int]:
+        """Bucket key ``(identities, latent frames, latent h, latent w)``: equal keys batch together."""
+        m = self.metas[i]
+        return (int(m["num_identities"]), int(m["latent_frames"]), int(m["latent_height"]), int(m["latent_width"]))
+
+    def keys(self) -> list[tuple[int, int, int, int]]:
+        return [self.key(i) for i in range(len(self))]
+
+    def load(self, i: int) -> CachedSample:
+        return load_sample(self.paths[i])
+
+
+# ----------------------------------------------------------------------------------- masks
+
+
+def identity_masks(
+    boxes: torch.Tensor,
+    image_hw: tuple[int, int],
+    latent_hw: tuple[int, int],
+    latent_frames: int,
+    regions: Sequence[tuple[float, float]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token masks ``[N, F, h/2, w/2]`` and ``y`` mask channels ``[4, F, h, w]`` from face boxes ``[N, 4]``.
+
+    The reference chain of :func:`anytalker_core.faces.build_face_masks` (square box, ×1.2 × 1.1
+    enlargement, bilinear resizes). ``regions[i] = (x_lo, x_hi)`` additionally confines identity i's
+    enlarged mask to those pixel columns before resizing (the halves of a two-person sample).
+    """
+    from anytalker_core.faces import build_face_masks, token_mask_grid, y_mask_channels
+
+    masks = build_face_masks(boxes.double().numpy(), image_hw, latent_hw, latent_frames)
+    if regions is None:
+        return masks.token_masks, masks.y_mask
+    expanded = masks.expanded_masks.copy()
+    columns = np.arange(image_hw[1])
+    for i, (lo, hi) in enumerate(regions):
+        expanded[i] *= ((columns >= lo) & (columns < hi)).astype(np.float32)[None, :]
+    token_masks = torch.stack([token_mask_grid(m, latent_hw, latent_frames) for m in expanded])
+    return token_masks, y_mask_channels(expanded.sum(0), latent_hw, latent_frames)
+
+
+# ----------------------------------------------------------------------------------- audio
+
+
+def window_audio(features: torch.Tensor, window: int = 5) -> torch.Tensor:
+    """``[..., T, L, C]`` → ``[..., T, window, L, C]``: frame t takes frames t−2 … t+2, clamped at the ends."""
+    t = features.shape[-3]
+    half = window // 2
+    idx = (torch.arange(t)[:, None] + torch.arange(-half, half + 1)[None, :]).clamp(0, t - 1)  # [T, window]
+    return features[..., idx, :, :]
+
+
+# ----------------------------------------------------------------------------------- two-person
+
+
+def _centre_half(x: torch.Tensor) -> torch.Tensor:
+    """Centre crop of the last dimension to half its size."""
+    w = x.shape[-1]
+    if w % 4:
+        raise InputError(f"two-person concatenation needs a latent width divisible by 4, got {w}")
+    return x[..., w // 4: w // 4 + w // 2]
+
+
+def concat_side_by_side(left: CachedSample, right: CachedSample, text_embedding: torch.Tensor | None) -> CachedSample:
+    """Stage 1's two-person sample: ``left`` (identity 0) and ``right`` (identity 1) side by side.
+
+    Each sample's latents and first-frame latents are centre-cropped to half width and concatenated
+    along width; face boxes move with their half and each identity's masks are confined to its half;
+    audio and face tokens keep their identity. ``text_embedding`` is a generic two-person prompt
+    (None keeps ``left``'s caption). The CLIP image tokens of the concatenated frame cannot be
+    computed without the encoder, so the mean of both samples' tokens stands in for them.
+    """
+    if left.num_identities != 1 or right.num_identities != 1:
+        raise InputError(f"two-person concatenation needs single-person samples, got {left.sample_id} "
+                         f"({left.num_identities} identities) and {right.sample_id} ({right.num_identities})")
+    if left.latents.shape != right.latents.shape or left.image_hw != right.image_hw:
+        raise InputError(f"cannot concatenate {left.sample_id} {tuple(left.latents.shape)} with "
+                         f"{right.sample_id} {tuple(right.latents.shape)}: shapes differ")
+    if left.audio_features.shape != right.audio_features.shape:
+        raise InputError(f"cannot concatenate {left.sample_id} and {right.sample_id}: audio shapes "
+                         f"{tuple(left.audio_features.shape)} vs {tuple(right.audio_features.shape)} differ")
+    h_img, w_img = left.image_hw
+    quarter, half = w_img / 4, w_img / 2
+    boxes = []
+    for k, sample in enumerate((left, right)):
+        box = sample.global_face_box[0].clone()
+        box[[0, 2]] = (box[[0, 2]] - quarter).clamp(0, half) + k * half
+        boxes.append(box)
+    return CachedSample(
+        sample_id=f"{left.sample_id}+{right.sample_id}",
+        latents=torch.cat([_centre_half(left.latents), _centre_half(right.latents)], dim=-1),
+        first_frame_latent=torch.cat([_centre_half(left.first_frame_latent),
+                                      _centre_half(right.first_frame_latent)], dim=-1),
+        audio_features=torch.cat([left.audio_features, right.audio_features], dim=0),
+        global_face_box=torch.stack(boxes),
+        face_clip_tokens=torch.cat([left.face_clip_tokens, right.face_clip_tokens], dim=0),
+        clip_tokens=0.5 * (left.clip_tokens + right.clip_tokens),
+        text_embedding=left.text_embedding if text_embedding is None else text_embedding,
+        image_hw=left.image_hw,
+        regions=[(0.0, half), (half, float(w_img))],
+        meta={"two_person": True, "left": left.meta, "right": right.meta},
+    )
+
+
+# ----------------------------------------------------------------------------------- batching
+
+
+def collate(samples: Sequence[CachedSample], two_person: bool = False, audio_window: int = 5) -> TrainBatch:
+    """Stack samples of one bucket into a :class:`TrainBatch` (masks built here, text zero-padded)."""
+    if not samples:
+        raise InputError("collate: empty batch")
+    shapes = {(tuple(s.latents.shape), s.num_identities, tuple(s.audio_features.shape[1:])) for s in samples}
+    if len(shapes) != 1:
+        raise InputError(f"collate: samples of different shapes in one batch: {sorted(shapes)}")
+    token_masks, y = [], []
+    for s in samples:
+        _, f_lat, lat_h, lat_w = s.latents.shape
+        tm, ym = identity_masks(s.global_face_box, s.image_hw, (lat_h, lat_w), f_lat, s.regions)
+        token_masks.append(tm)
+        y.append(torch.cat([ym, s.first_frame_latent], dim=0))
+    text_len = max(s.text_embedding.shape[0] for s in samples)
+    text_dim = samples[0].text_embedding.shape[1]
+    context = torch.zeros(len(samples), text_len, text_dim)
+    for b, s in enumerate(samples):
+        context[b, : s.text_embedding.shape[0]] = s.text_embedding
+    return TrainBatch(
+        latents=torch.stack([s.latents for s in samples]),
+        y=torch.stack(y),
+        context=context,
+        clip_fea=torch.stack([s.clip_tokens for s in samples]),
+        audio=window_audio(torch.stack([s.audio_features for s in samples], dim=1), audio_window),
+        face_clip=torch.stack([s.face_clip_tokens for s in samples], dim=1),
+        token_masks=torch.stack(token_masks, dim=1),
+        sample_ids=[s.sample_id for s in samples],
+        two_person=two_person,
+    )
+
+
+class BatchBuilder:
+    """Turns a sampler :class:`~train.buckets.Batch` into a :class:`TrainBatch` (used as a map dataset).
+
+    Two-person batches pair samples (0,1), (2,3), ... side by side; the generic prompt of each pair is
+    drawn from a generator seeded by ``(seed, epoch, position)``, so the choice is the same after resume
+    and in any DataLoader worker.
+    """
+
+    def __init__(self, index: CacheIndex, shared: SharedEmbeddings, seed: int = 0, audio_window: int = 5):
+        self.index = index
+        self.shared = shared
+        self.seed = seed
+        self.audio_window = audio_window
+
+    def __getitem__(self, batch) -> TrainBatch:
+        samples = [self.index.load(i) for i in batch.indices]
+        if batch.two_person:
+            rng = np.random.default_rng([self.seed, batch.epoch, batch.position, 2])
+            pairs = []
+            for k in range(0, len(samples) - 1, 2):
+                prompt = (self.shared.two_person[int(rng.integers(len(self.shared.two_person)))]
+                          if self.shared.two_person else None)
+                pairs.append(concat_side_by_side(samples[k], samples[k + 1], prompt))
+            samples = pairs
+        out = collate(samples, two_person=batch.two_person, audio_window=self.audio_window)
+        out.data_position = (batch.epoch, batch.position + 1)
+        return out
+
+
+def passthrough(item):
+    """DataLoader ``collate_fn`` for already-built batches (module level so workers can pickle it)."""
+    return item

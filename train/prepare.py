@@ -1,0 +1,491 @@
+"""Data preparation: talking clips → cached training samples (its own stage; encoders run only here).
+
+For every clip (mp4/mov/mkv/webm with audio) of a folder or manifest:
+
+1. read frames and audio, resample to 24 fps, cut ``segments_per_clip`` windows of ``4n+1 ≤ 81`` frames;
+2. resize (cover) and centre-crop to the clip's 480p-area bucket (sides multiples of 32, aspect kept);
+3. filters — audio present and not silent (RMS dBFS), motion (Farneback optical flow), exactly the
+   expected number of faces in every checked frame (the face detector);
+4. encode with the frozen encoders — VAE latents of the clip and of (frame 0 + black frames), wav2vec2
+   features per identity, CLIP tokens of frame 0 and of each face crop, UMT5 caption embedding;
+5. write ``samples/<id>.safetensors`` then ``samples/<id>.json`` atomically (temp file + rename; the
+   json is the completion marker, so an interrupted run simply redoes that clip).
+
+Re-running skips samples already cached (resumable). Several processes split the clips by
+``shard_index/num_shards`` (or torchrun's ``RANK``/``WORLD_SIZE``) and never write the same file.
+Each shard writes ``reports/prepare-shard-I-of-N.json`` listing every clip kept or dropped and why.
+
+Captions: ``clip.txt`` beside ``clip.mp4`` (or the manifest's ``caption``), else ``default_prompt``.
+Multi-person clips (stage 2, ``num_faces`` > 1) need one audio track per speaker, left to right:
+``clip.speaker0.wav``, ``clip.speaker1.wav``, ... beside the video (any audio format), or the manifest's
+``audio`` list; the clip's own mixed audio cannot be split into voices here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from anytalker_core.errors import InputError, Interrupted
+
+from .buckets import bucket_size
+from .checkpointing import write_json_atomic
+from .config import PrepareConfig
+from .data import SHARED_EMBEDDINGS_FILE
+from .filters import audio_rms_db, faces_per_frame, motion_score
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ClipSource", "discover_clips", "resolve_shard", "resample_indices", "frames_for_training",
+           "resize_cover", "Encoders", "prepare", "write_sample", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".aac")
+SAMPLE_RATE = 16000
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ClipSource:
+    """One input clip: the video, its caption, per-speaker audio tracks (optional) and face count."""
+
+    video: Path
+    sample_id: str
+    caption: str | None = None
+    audio_tracks: list[Path] = field(default_factory=list)
+    num_faces: int = 1
+
+
+def _sample_id(path: Path, root: Path) -> str:
+    rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(rel.with_suffix("")).replace(os.sep, "__"))
+
+
+def _sidecar_caption(video: Path) -> str | None:
+    txt = video.with_suffix(".txt")
+    if txt.is_file():
+        text = txt.read_text(encoding="utf-8").strip()
+        return text or None
+    return None
+
+
+def _sidecar_tracks(video: Path) -> list[Path]:
+    tracks = []
+    for i in range(16):
+        found = [video.with_name(f"{video.stem}.speaker{i}{ext}") for ext in AUDIO_EXTENSIONS]
+        found = [p for p in found if p.is_file()]
+        if not found:
+            break
+        tracks.append(found[0])
+    return tracks
+
+
+def discover_clips(source: str | Path, num_faces: int = 1) -> list[ClipSource]:
+    """Clips of a folder (recursive) or a manifest: ``.jsonl`` (one object per line with ``video`` and
+    optional ``caption``, ``audio`` [paths], ``num_faces``, ``id``) or ``.txt`` (one video path per line).
+    Relative paths in a manifest are relative to the manifest's folder. Sorted, so shards agree.
+    """
+    source = Path(source)
+    clips: list[ClipSource] = []
+    if source.is_dir():
+        for video in sorted(p for p in source.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()):
+            tracks = _sidecar_tracks(video)
+            clips.append(ClipSource(video, _sample_id(video, source), _sidecar_caption(video), tracks,
+                                    max(num_faces, len(tracks)) if tracks else num_faces))
+    elif source.is_file() and source.suffix in (".jsonl", ".txt"):
+        base = source.parent
+        for n, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if source.suffix == ".txt":
+                entry = {"video": line}
+            else:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"manifest '{source}' line {n}: not valid JSON ({exc})") from None
+                if not isinstance(entry, dict) or "video" not in entry:
+                    raise InputError(f"manifest '{source}' line {n}: expected an object with a 'video' path")
+            video = Path(entry["video"])
+            video = video if video.is_absolute() else base / video
+            tracks = [Path(a) if Path(a).is_absolute() else base / a for a in entry.get("audio", [])]
+            clips.append(ClipSource(
+                video=video,
+                sample_id=re.sub(r"[^A-Za-z0-9._-]+", "_", str(entry.get("id") or _sample_id(video, base))),
+                caption=entry.get("caption") or _sidecar_caption(video),
+                audio_tracks=tracks,
+                num_faces=int(entry.get("num_faces", len(tracks) or num_faces)),
+            ))
+        clips.sort(key=lambda c: c.sample_id)
+    else:
+        raise InputError(f"prepare input '{source}': expected a folder of clips or a .jsonl/.txt manifest")
+    ids = [c.sample_id for c in clips]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise InputError(f"prepare input '{source}': duplicate sample ids {dup[:5]}; give manifest entries an 'id'")
+    return clips
+
+
+def resolve_shard(cfg: PrepareConfig) -> tuple[int, int]:
+    """``(index, count)`` from the config, else torchrun's ``RANK``/``WORLD_SIZE``, else ``(0, 1)``."""
+    if cfg.num_shards > 0:
+        index, count = cfg.shard_index, cfg.num_shards
+    else:
+        index, count = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if not 0 <= index < count:
+        raise InputError(f"shard {index}/{count}: the index must be in 0..{count - 1}")
+    return index, count
+
+
+# ----------------------------------------------------------------------------------- geometry
+
+
+def resample_indices(num_frames: int, src_fps: float, dst_fps: float) -> np.ndarray:
+    """Source frame index shown at each output frame time (nearest earlier frame)."""
+    if src_fps <= 0 or dst_fps <= 0:
+        raise InputError(f"frame rates must be positive, got {src_fps} -> {dst_fps}")
+    duration = num_frames / src_fps
+    count = int(math.floor(duration * dst_fps + 1e-6))
+    idx = np.floor(np.arange(count) * src_fps / dst_fps + 1e-6).astype(np.int64)
+    return idx[idx < num_frames]
+
+
+def frames_for_training(available: int, max_frames: int) -> int:
+    """The largest ``4n + 1`` ≤ ``min(available, max_frames)`` (0 if fewer than 1 frame)."""
+    n = min(available, max_frames)
+    return 0 if n < 1 else (n - 1) // 4 * 4 + 1
+
+
+def resize_cover(frames: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Resize ``uint8 [T, H, W, 3]`` to cover ``size_hw`` and centre-crop to it exactly."""
+    import cv2
+
+    th, tw = size_hw
+    h, w = frames.shape[1:3]
+    scale = max(th / h, tw / w)
+    nh, nw = max(th, int(round(h * scale))), max(tw, int(round(w * scale)))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    y0, x0 = (nh - th) // 2, (nw - tw) // 2
+    out = np.empty((frames.shape[0], th, tw, 3), dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        out[i] = cv2.resize(frame, (nw, nh), interpolation=interp)[y0:y0 + th, x0:x0 + tw]
+    return out
+
+
+# ----------------------------------------------------------------------------------- encoders
+
+
+class Encoders:
+    """The frozen encoders used only at preparation time."""
+
+    def __init__(self, cfg: PrepareConfig, device: str):
+        from anytalker_core.audio.wav2vec import load_wav2vec
+        from anytalker_core.encoders.clip_vision import load_clip_vision
+        from anytalker_core.encoders.text import load_text_encoder
+        from anytalker_core.encoders.vae import load_vae
+
+        missing = [k for k in ("vae", "clip_vision", "text_encoder", "wav2vec") if not getattr(cfg, k)]
+        if missing:
+            raise InputError(f"prepare config: set the model file(s) {missing} (see docs/training.md)")
+        dtype = _DTYPES.get(cfg.dtype)
+        if dtype is None:
+            raise InputError(f"prepare config: dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
+        self.device = device
+        self.vae = load_vae(cfg.vae, device=device, dtype=dtype)
+        self.clip = load_clip_vision(cfg.clip_vision, device=device, dtype=dtype)
+        self.text = load_text_encoder(cfg.text_encoder, device=device, dtype=dtype)
+        self.wav2vec = load_wav2vec(cfg.wav2vec, device=device, dtype=dtype)
+
+    @torch.inference_mode()
+    def video_latents(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``uint8 [T, H, W, 3]`` → latents and first-frame latents, each ``[16, F, h, w]`` float32."""
+        video = torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)[None]  # [1,3,T,H,W]
+        latents = self.vae.encode(video.to(self.device))[0].float().cpu()
+        first = torch.zeros_like(video)
+        first[:, :, 0] = video[:, :, 0]
+        first_latent = self.vae.encode(first.to(self.device))[0].float().cpu()
+        return latents, first_latent
+
+    @torch.inference_mode()
+    def image_tokens(self, image: np.ndarray) -> torch.Tensor:
+        """``uint8 [H, W, 3]`` → CLIP tokens ``[257, D]``."""
+        x = torch.from_numpy(np.ascontiguousarray(image)).float().div(255.0)[None]
+        return self.clip.encode(x.to(self.device))[0].float().cpu()
+
+    @torch.inference_mode()
+    def text_embedding(self, prompt: str) -> torch.Tensor:
+        return self.text.encode([prompt])[0].float().cpu()
+
+    @torch.inference_mode()
+    def audio_features(self, wave: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """16 kHz ``[S]`` → un-windowed wav2vec2 hidden states ``[T, L, C]``."""
+        return self.wav2vec.encode(self.wav2vec.normalize(wave), num_frames).float().cpu()
+
+
+# ----------------------------------------------------------------------------------- writing
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_sample(folder: Path, sample_id: str, tensors: dict[str, torch.Tensor], meta: dict,
+                 storage_dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Write one cached sample: ``<id>.safetensors`` (floats in ``storage_dtype``, boxes float32), then ``<id>.json``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    keep_fp32 = {"face_boxes", "global_face_box"}
+    stored = {k: (v.float() if k in keep_fp32 else v.to(storage_dtype)) for k, v in tensors.items()}
+    path = folder / f"{sample_id}.safetensors"
+    _atomic_save(stored, path, {"format": "anytalker-train-sample", "version": str(FORMAT_VERSION)})
+    write_json_atomic(folder / f"{sample_id}.json", meta)
+    return path
+
+
+def _is_cached(folder: Path, sample_id: str) -> bool:
+    return (folder / f"{sample_id}.json").is_file() and (folder / f"{sample_id}.safetensors").is_file()
+
+
+def write_shared_embeddings(out: Path, encoders: Encoders, cfg: PrepareConfig) -> None:
+    """Empty-prompt and generic two-person prompt embeddings (once per cache folder)."""
+    path = out / SHARED_EMBEDDINGS_FILE
+    meta_path = path.with_suffix(".json")
+    meta = {"empty_prompt": cfg.empty_prompt, "two_person_prompts": list(cfg.two_person_prompts)}
+    if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
+        return
+    tensors = {"empty_text_embedding": encoders.text_embedding(cfg.empty_prompt)}
+    for i, prompt in enumerate(cfg.two_person_prompts):
+        tensors[f"two_person_text_embedding.{i}"] = encoders.text_embedding(prompt)
+    _atomic_save({k: v.float() for k, v in tensors.items()}, path, {"format": "anytalker-train-shared"})
+    write_json_atomic(meta_path, meta)
+
+
+# ----------------------------------------------------------------------------------- one clip
+
+
+class Dropped(Exception):
+    """A clip (segment) failed a filter: ``reason`` is a short key, ``detail`` the numbers."""
+
+    def __init__(self, reason: str, detail: str, metrics: dict | None = None):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail, self.metrics = reason, detail, metrics or {}
+
+
+def _segment_audio(track: torch.Tensor, start_s: float, num_frames: int, fps: float) -> torch.Tensor:
+    start = int(round(start_s * SAMPLE_RATE))
+    length = int(math.ceil(num_frames / fps * SAMPLE_RATE))
+    seg = track[start:start + length]
+    if seg.numel() < length:
+        seg = torch.nn.functional.pad(seg, (0, length - seg.numel()))
+    return seg.float()
+
+
+def _load_clip(src: ClipSource):
+    from anytalker_core.media import load_audio, read_video
+
+    clip = read_video(src.video, sample_rate=SAMPLE_RATE)
+    if src.audio_tracks:
+        tracks = [load_audio(p, SAMPLE_RATE) for p in src.audio_tracks]
+        if len(tracks) != src.num_faces:
+            raise Dropped("audio_tracks", f"{len(tracks)} audio track(s) for {src.num_faces} expected faces")
+    elif clip.audio is None:
+        raise Dropped("no_audio", "the clip has no audio track")
+    elif src.num_faces != 1:
+        raise Dropped("audio_tracks", f"{src.num_faces}-person clip without one audio track per speaker "
+                      f"({src.video.stem}.speaker0.wav, ...); the mixed track cannot be split here")
+    else:
+        tracks = [clip.audio]
+    return clip, tracks
+
+
+def process_clip(src: ClipSource, cfg: PrepareConfig, encoders: Encoders | None, detector, out: Path,
+                 on_result: Callable[[dict], None]) -> None:
+    """Filter and cache every segment of one clip, reporting each outcome through ``on_result``."""
+    base = {"source": str(src.video), "clip": src.sample_id}
+    try:
+        clip, tracks = _load_clip(src)
+    except Dropped as exc:
+        on_result({**base, "id": src.sample_id, "status": "dropped", "reason": exc.reason, "detail": exc.detail})
+        return
+    index = resample_indices(clip.num_frames, clip.fps, cfg.fps)
+    length = frames_for_training(len(index), cfg.max_frames)
+    if length < cfg.min_frames:
+        on_result({**base, "id": src.sample_id, "status": "dropped", "reason": "too_short",
+                   "detail": f"{len(index)} frames at {cfg.fps:g} fps, need at least {cfg.min_frames}"})
+        return
+    size = bucket_size(*clip.frames.shape[1:3], max_area=cfg.max_area, multiple=cfg.size_multiple)
+    segments = min(cfg.segments_per_clip, max(1, len(index) // length))
+    for seg in range(segments):
+        sample_id = src.sample_id if cfg.segments_per_clip == 1 else f"{src.sample_id}__s{seg:03d}"
+        if _is_cached(out / "samples", sample_id):
+            on_result({**base, "id": sample_id, "status": "cached"})
+            continue
+        start = seg * length
+        try:
+            result = _process_segment(src, cfg, encoders, detector, out, clip, tracks, index[start:start + length],
+                                      start / cfg.fps, size, sample_id)
+            on_result({**base, "id": sample_id, "status": "kept", **result})
+        except Dropped as exc:
+            on_result({**base, "id": sample_id, "status": "dropped", "reason": exc.reason, "detail": exc.detail,
+                       **exc.metrics})
+
+
+def _process_segment(src, cfg, encoders, detector, out, clip, tracks, frame_index, start_s, size, sample_id) -> dict:
+    num_frames = len(frame_index)
+    audio = [_segment_audio(t, start_s, num_frames, cfg.fps) for t in tracks]
+    level = audio_rms_db(torch.stack(audio).sum(0))
+    metrics = {"audio_rms_db": round(level, 2) if math.isfinite(level) else None}
+    if level < cfg.min_audio_rms_db:
+        raise Dropped("silent", f"audio RMS {level:.1f} dBFS < {cfg.min_audio_rms_db} dBFS", metrics)
+
+    frames = resize_cover(clip.frames[frame_index], size)
+    motion = motion_score(frames, cfg.motion_check_stride)
+    metrics["motion"] = round(motion, 3)
+    if motion > cfg.max_motion:
+        raise Dropped("too_much_motion", f"optical-flow motion {motion:.2f} px/frame > {cfg.max_motion}", metrics)
+    if motion < cfg.min_motion:
+        raise Dropped("too_little_motion", f"optical-flow motion {motion:.2f} px/frame < {cfg.min_motion}", metrics)
+
+    checked = list(range(0, num_frames, max(1, cfg.face_check_stride)))
+    faces = faces_per_frame(detector, frames, checked, cfg.min_face_fraction)
+    counts = [len(f) for f in faces]
+    metrics["faces_min"], metrics["faces_max"] = min(counts), max(counts)
+    bad = [(i, c) for i, c in zip(checked, counts) if c != src.num_faces]
+    if bad:
+        frame, count = bad[0]
+        raise Dropped("face_count", f"{count} face(s) in frame {frame} (and {len(bad) - 1} more checked frames "
+                      f"wrong), expected {src.num_faces} in every frame", metrics)
+    if encoders is None:
+        raise InputError("prepare: encoders are required to cache a sample")
+    return _encode_and_write(src, cfg, encoders, out, frames, audio, faces, checked, sample_id, metrics, start_s)
+
+
+def _encode_and_write(src, cfg, encoders: Encoders, out, frames, audio, faces, checked, sample_id, metrics,
+                      start_s) -> dict:
+    from anytalker_core.faces import build_face_masks, crop_faces
+
+    n, num_frames = src.num_faces, frames.shape[0]
+    h, w = frames.shape[1:3]
+    face_boxes = torch.full((n, num_frames, 4), float("nan"))
+    for i, boxes in zip(checked, faces):
+        face_boxes[:, i] = torch.tensor(boxes, dtype=torch.float32)
+    seen = face_boxes[:, checked]
+    global_box = torch.stack([seen[..., 0].amin(1), seen[..., 1].amin(1), seen[..., 2].amax(1), seen[..., 3].amax(1)],
+                             dim=-1)
+    global_box[:, [0, 2]] = global_box[:, [0, 2]].clamp(0, w)
+    global_box[:, [1, 3]] = global_box[:, [1, 3]].clamp(0, h)
+
+    latents, first_latent = encoders.video_latents(frames)
+    lat_f, lat_h, lat_w = latents.shape[1:]
+    # the face crops for CLIP come from frame 0's square boxes, as at inference
+    masks = build_face_masks(face_boxes[:, 0].double().numpy(), (h, w), (lat_h, lat_w), lat_f)
+    face_tokens = torch.stack([encoders.image_tokens(c) for c in crop_faces(frames[0], masks.crop_boxes)])
+    caption = src.caption or cfg.default_prompt
+    tensors = {
+        "latents": latents,
+        "first_frame_latent": first_latent,
+        "audio_features": torch.stack([encoders.audio_features(a, num_frames) for a in audio]),
+        "face_boxes": face_boxes,
+        "global_face_box": global_box,
+        "face_clip_tokens": face_tokens,
+        "clip_tokens": encoders.image_tokens(frames[0]),
+        "text_embedding": encoders.text_embedding(caption),
+    }
+    meta = {
+        "id": sample_id, "source": str(src.video), "start_seconds": round(start_s, 4), "fps": cfg.fps,
+        "frames": num_frames, "height": h, "width": w, "latent_frames": lat_f, "latent_height": lat_h,
+        "latent_width": lat_w, "num_identities": n, "caption": caption, "caption_source":
+        "sidecar" if src.caption else "default", "format_version": FORMAT_VERSION, "filters": metrics,
+        "shapes": {k: list(v.shape) for k, v in tensors.items()},
+    }
+    write_sample(out / "samples", sample_id, tensors, meta, _DTYPES[cfg.storage_dtype])
+    return {"frames": num_frames, "size": [h, w], **metrics}
+
+
+# ----------------------------------------------------------------------------------- the stage
+
+
+def _load_detector(cfg: PrepareConfig):
+    from anytalker_core.faces import load_detector
+
+    if cfg.face_detector == "insightface":
+        return load_detector("insightface", models_dir=cfg.insightface_root or None, device=cfg.device)
+    return load_detector(cfg.face_detector)
+
+
+def _device_for_shard(device: str) -> str:
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
+
+
+def prepare(cfg: PrepareConfig, encoders: Encoders | None = None, detector=None,
+            progress: Callable[[int, int], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> dict:
+    """Run data preparation for this process's shard; returns the report (also written as json)."""
+    if not cfg.input or not cfg.output:
+        raise InputError("prepare: set both 'input' (clips folder or manifest) and 'output' (cache folder)")
+    if cfg.max_frames % 4 != 1 or cfg.min_frames % 4 != 1:
+        raise InputError(f"prepare: max_frames ({cfg.max_frames}) and min_frames ({cfg.min_frames}) must be 4n+1")
+    if cfg.storage_dtype not in _DTYPES:
+        raise InputError(f"prepare: storage_dtype must be one of {sorted(_DTYPES)}, got {cfg.storage_dtype!r}")
+    out = Path(cfg.output)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    shard, shards = resolve_shard(cfg)
+    clips = discover_clips(cfg.input, cfg.num_faces)
+    mine = clips[shard::shards]
+    log.info("prepare shard %d/%d: %d of %d clips -> %s", shard, shards, len(mine), len(clips), out)
+    todo = [c for c in mine if not (cfg.segments_per_clip == 1 and _is_cached(out / "samples", c.sample_id))]
+    if todo and encoders is None:
+        encoders = Encoders(cfg, _device_for_shard(cfg.device))
+    if todo and detector is None:
+        detector = _load_detector(cfg)
+    if shard == 0 and encoders is not None:
+        write_shared_embeddings(out, encoders, cfg)
+
+    report = {"shard": shard, "num_shards": shards, "config": asdict(cfg), "results": []}
+    started = time.time()
+    for n, src in enumerate(mine):
+        if should_stop is not None and should_stop():
+            raise Interrupted(f"prepare stopped after {n} clips; run it again to continue")
+        if src not in todo:
+            report["results"].append({"id": src.sample_id, "source": str(src.video), "status": "cached"})
+        else:
+            try:
+                process_clip(src, cfg, encoders, detector, out, report["results"].append)
+            except InputError as exc:  # unreadable file etc.: report and go on
+                report["results"].append({"id": src.sample_id, "source": str(src.video), "status": "dropped",
+                                          "reason": "unreadable", "detail": str(exc)})
+        last = report["results"][-1]
+        if last["status"] == "dropped":
+            log.info("dropped %s: %s (%s)", last["id"], last["reason"], last["detail"])
+        if progress is not None:
+            progress(n + 1, len(mine))
+    summary: dict[str, int] = {}
+    for r in report["results"]:
+        key = r["status"] if r["status"] != "dropped" else f"dropped:{r['reason']}"
+        summary[key] = summary.get(key, 0) + 1
+    report["summary"] = summary
+    report["seconds"] = round(time.time() - started, 2)
+    write_json_atomic(out / "reports" / f"prepare-shard-{shard}-of-{shards}.json", report)
+    log.info("prepare shard %d/%d done: %s", shard, shards, summary)
+    return report

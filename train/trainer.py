@@ -1,0 +1,323 @@
+"""The training loop for both stages (encoders are never loaded: every input comes from the cache).
+
+:meth:`Trainer.run` reads as the table of contents: set up accelerate, the model, optimiser and data;
+resume from the newest complete checkpoint if there is one; loop over optimiser steps; save and export.
+Stage 1 and stage 2 differ only in their config (learning rate, data, ``two_person_prob``).
+
+Determinism: every random draw of a training step (noise, timesteps, condition dropout) comes from a
+generator seeded by ``(seed, rank, micro-step)``, the data order and the two-person coin flips from
+``(seed, epoch)``; model, optimiser, LR scheduler and the RNG states of every process are saved by
+accelerate. A resumed run therefore reproduces the losses of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from anytalker_core.errors import CheckpointError, InputError, Interrupted
+
+from . import flow
+from .buckets import BucketBatchSampler
+from .checkpointing import (MODEL_CONFIG_FILE, export_checkpoint, find_latest, load_trainer_state,
+                            save_checkpoint, write_json_atomic)
+from .config import ModelSection, TrainConfig
+from .data import BatchBuilder, CacheIndex, SharedEmbeddings, TrainBatch, passthrough
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Trainer", "build_model", "lr_lambda", "apply_condition_dropout", "step_generator"]
+
+
+def build_model(section: ModelSection, seed: int):
+    """The DiT to train, in float32 and train mode (all parameters trainable)."""
+    from anytalker_core.checkpoint import load_dit, read_state_dict
+    from anytalker_core.config import AnyTalkerConfig, read_config_json
+    from anytalker_core.dit import AnyTalkerDiT
+
+    torch.manual_seed(seed)  # identical random init on every process
+    if section.tiny:
+        model = AnyTalkerDiT(AnyTalkerConfig.tiny(**section.tiny_overrides))
+    elif section.config_json:
+        model = AnyTalkerDiT(AnyTalkerConfig.from_dict(read_config_json(section.config_json)))
+    elif section.init_checkpoint:
+        model = load_dit(section.init_checkpoint, device="cpu", dtype=torch.float32)
+    else:
+        raise InputError("config [model]: set init_checkpoint (a released/exported DiT), config_json, or tiny = true")
+    if section.init_checkpoint and (section.tiny or section.config_json):
+        # start from (part of) a checkpoint, e.g. Wan2.1 I2V weights with fresh AFCA layers
+        sd, _ = read_state_dict(section.init_checkpoint)
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        log.info("initialised from %s: %d tensors loaded, %d new (random), %d ignored", section.init_checkpoint,
+                 len(sd) - len(unexpected), len(missing), len(unexpected))
+    model.float().train().requires_grad_(True)
+    model.enable_gradient_checkpointing(section.gradient_checkpointing)
+    return model
+
+
+def lr_lambda(step: int, warmup: int, max_steps: int, schedule: str) -> float:
+    """LR multiplier after ``step`` optimiser steps: linear warm-up, then constant / cosine / linear decay."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - progress
+
+
+def step_generator(seed: int, rank: int, micro_step: int) -> torch.Generator:
+    """CPU generator for one micro-step's random draws (independent of how the run was resumed)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + rank * 7919 + micro_step) % (2**63 - 1))
+
+
+def apply_condition_dropout(batch: TrainBatch, generator: torch.Generator, text_p: float, audio_p: float,
+                            empty_text: torch.Tensor | None) -> TrainBatch:
+    """Drop conditions per sample for classifier-free guidance (returns a new batch).
+
+    Text → the empty-prompt embedding (zeros if none was cached); audio → zeros for every identity,
+    which is exactly the unconditional branch used at inference.
+    """
+    b = batch.latents.shape[0]
+    drop_text = torch.rand(b, generator=generator) < text_p
+    drop_audio = torch.rand(b, generator=generator) < audio_p
+    context, audio = batch.context, batch.audio
+    if drop_text.any():
+        length = max(context.shape[1], 0 if empty_text is None else empty_text.shape[0])
+        context = torch.nn.functional.pad(context, (0, 0, 0, length - context.shape[1])).clone()
+        for i in torch.nonzero(drop_text).flatten().tolist():
+            context[i] = 0
+            if empty_text is not None:
+                context[i, : empty_text.shape[0]] = empty_text.to(context.dtype)
+    if drop_audio.any():
+        audio = audio.clone()
+        audio[:, drop_audio] = 0
+    from dataclasses import replace
+
+    return replace(batch, context=context, audio=audio)
+
+
+class Trainer:
+    """One training stage. ``Trainer(cfg).run()``; ``should_stop`` is polled between steps."""
+
+    def __init__(self, cfg: TrainConfig, should_stop: Callable[[], bool] | None = None, resume: bool = True):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        self.should_stop = should_stop
+        self.resume = resume
+        self.step = 0  # optimiser steps done
+        self.micro_step = 0  # micro-batches consumed
+        self.losses: list[float] = []
+
+    # ------------------------------------------------------------------ table of contents
+    def run(self) -> list[float]:
+        """Train until ``max_steps``; returns this process's logged losses (one per optimiser step)."""
+        self._setup_accelerator()
+        self._setup_data()
+        self._setup_model()
+        if self.resume:
+            self._resume()
+        self._loop()
+        self._finish()
+        return self.losses
+
+    # ------------------------------------------------------------------ set-up
+    def _setup_accelerator(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DataLoaderConfiguration
+
+        cfg = self.cfg
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            dataloader_config=DataLoaderConfiguration(split_batches=False),
+            project_dir=str(self.run_dir),
+        )
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+        if self.accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.run_dir / "train_config.json", asdict(cfg))
+        self._tb = None
+        if self.accelerator.is_main_process:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:
+                log.info("tensorboard is not installed: metrics go to %s only", self.run_dir / "metrics.jsonl")
+        log.info("stage %d on %d process(es), %s, mixed precision %s", cfg.stage, self.world,
+                 self.accelerator.device, cfg.mixed_precision)
+
+    def _setup_data(self) -> None:
+        cfg = self.cfg
+        self.index = CacheIndex(cfg.data)
+        self.shared = SharedEmbeddings.load(cfg.data[0])
+        two_person_prob = cfg.two_person_prob if cfg.stage == 1 else 0.0
+        self.sampler = BucketBatchSampler(
+            self.index.keys(), cfg.batch_size, two_person_prob=two_person_prob,
+            pairable=lambda key: key[0] == 1 and key[3] % 4 == 0,
+            seed=cfg.seed, rank=self.rank, world_size=self.world)
+        log.info("%d cached samples in %d bucket(s); %d batches per epoch per process", len(self.index),
+                 len(set(self.index.keys())), len(self.sampler))
+
+    def _make_loader(self):
+        from torch.utils.data import DataLoader
+
+        builder = BatchBuilder(self.index, self.shared, seed=self.cfg.seed, audio_window=self.model_config.audio_window)
+        return DataLoader(builder, sampler=self.sampler, batch_size=None, collate_fn=passthrough,
+                          num_workers=self.cfg.num_workers, persistent_workers=False,
+                          prefetch_factor=2 if self.cfg.num_workers > 0 else None)
+
+    def _setup_model(self) -> None:
+        cfg = self.cfg
+        model = build_model(cfg.model, cfg.seed)
+        self.model_config = model.config
+        if self.accelerator.is_main_process:
+            write_json_atomic(self.run_dir / MODEL_CONFIG_FILE, model.config.to_dict())
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info("DiT: %.1fM trainable parameters (%s AFCA)", n_params / 1e6, model.config.afca)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                      eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+        # The scheduler is stepped by us once per optimiser step (not handed to accelerate, which
+        # would step it once per process), and saved with the accelerate state.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_lambda(s, cfg.warmup_steps, cfg.max_steps, cfg.lr_schedule))
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.accelerator.register_for_checkpointing(self.scheduler)
+
+    def _resume(self) -> None:
+        latest = find_latest(self.run_dir)
+        if latest is None:
+            return
+        state = load_trainer_state(latest)
+        if state.get("model_config") not in (None, self.model_config.to_dict()):
+            raise CheckpointError(f"checkpoint '{latest}' was made with a different model config; use a new run_dir")
+        self.accelerator.load_state(str(latest))
+        self.step = int(state["step"])
+        self.micro_step = int(state["micro_step"])
+        self.sampler.load_state_dict(state["sampler"])
+        log.info("resumed from %s (step %d, epoch %d, batch %d)", latest, self.step, self.sampler.epoch,
+                 self.sampler.position)
+
+    # ------------------------------------------------------------------ the loop
+    def _loop(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        if self.step >= cfg.max_steps:
+            log.info("run already at step %d >= max_steps %d; nothing to train", self.step, cfg.max_steps)
+            return
+        progress = self._progress_bar()
+        batches = iter(self._make_loader())
+        window: list[float] = []
+        t0 = time.perf_counter()
+        self.model.train()
+        while self.step < cfg.max_steps:
+            if self.should_stop is not None and self.should_stop():
+                self._save()
+                raise Interrupted(f"training stopped at step {self.step}; run 'fit' again to resume")
+            batch: TrainBatch = next(batches)
+            with acc.accumulate(self.model):
+                loss = self._micro_step(batch)
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.max_grad_norm > 0:
+                    acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.micro_step += 1
+            self._data_position = batch.data_position
+            window.append(float(loss.detach()))
+            if not acc.sync_gradients:
+                continue
+            lr = self.scheduler.get_last_lr()[0]  # the LR this optimiser step used
+            self.scheduler.step()
+            self.step += 1
+            step_loss = float(acc.reduce(torch.tensor(sum(window) / len(window), device=acc.device), "mean"))
+            window.clear()
+            self.losses.append(step_loss)
+            self._log(step_loss, lr, batch, time.perf_counter() - t0, progress)
+            if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
+                self._save()
+            if cfg.sample_every and self.step % cfg.sample_every == 0:
+                self._sample_hook()
+        if progress is not None:
+            progress.close()
+
+    def _micro_step(self, batch: TrainBatch) -> torch.Tensor:
+        """Noise one batch, predict the velocity, return the flow-matching loss."""
+        cfg = self.cfg
+        g = step_generator(cfg.seed, self.rank, self.micro_step)
+        batch = apply_condition_dropout(batch, g, cfg.text_dropout, cfg.audio_dropout, self.shared.empty)
+        x0 = batch.latents
+        noise = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+        sigma = flow.sample_sigmas(x0.shape[0], g, cfg.timestep_sampler, cfg.shift, cfg.logit_mean, cfg.logit_std)
+        x_t = flow.add_noise(x0, noise, sigma)
+        target = flow.flow_target(x0, noise)
+        t = flow.sigmas_to_timesteps(sigma)
+        dev = self.accelerator.device
+        batch = batch.to(dev)
+        pred = self.model(x_t.to(dev), t.to(dev), batch.context, batch.clip_fea, batch.y, batch.speakers())
+        return flow.flow_matching_loss(pred, target.to(dev))
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _trainer_state(self) -> dict:
+        epoch, position = getattr(self, "_data_position", (self.sampler.epoch, self.sampler.position))
+        sampler_state = self.sampler.state_dict()
+        sampler_state.update(epoch=epoch, position=position)
+        return {"step": self.step, "micro_step": self.micro_step, "sampler": sampler_state,
+                "stage": self.cfg.stage, "model_config": self.model_config.to_dict(),
+                "world_size": self.world}
+
+    def _save(self) -> None:
+        save_checkpoint(self.accelerator, self.run_dir, self.step, self._trainer_state(),
+                        self.model_config.to_dict(), keep=self.cfg.keep_checkpoints)
+
+    def _progress_bar(self):
+        if not self.accelerator.is_main_process:
+            return None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=self.cfg.max_steps, initial=self.step, desc=f"stage {self.cfg.stage}", dynamic_ncols=True)
+
+    def _log(self, loss: float, lr: float, batch: TrainBatch, elapsed: float, progress) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        record = {"step": self.step, "loss": loss, "lr": lr, "two_person": batch.two_person,
+                  "shape": list(batch.latents.shape), "elapsed_s": round(elapsed, 3)}
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            self._tb.add_scalar("train/loss", loss, self.step)
+            self._tb.add_scalar("train/lr", lr, self.step)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        elif self.step % self.cfg.log_every == 0 or self.step == 1:
+            log.info("step %d/%d loss %.5f lr %.3e", self.step, self.cfg.max_steps, loss, lr)
+
+    def _sample_hook(self) -> None:
+        """Validation samples every ``sample_every`` steps (see docs/training.md)."""
+        log.warning("sample_every is set, but generating validation videos from inside the training loop is "
+                    "not implemented yet; export a checkpoint ('anytalker-train export') and run "
+                    "'anytalker generate' on it instead")
+
+    def _finish(self) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if self._tb is not None:
+            self._tb.close()
+        if self.cfg.export_at_end and acc.is_main_process and self.step >= self.cfg.max_steps:
+            latest = find_latest(self.run_dir)
+            if latest is not None:
+                export_checkpoint(latest, self.run_dir / "anytalker_dit.safetensors")
+        acc.wait_for_everyone()
+        acc.end_training()
