@@ -22,7 +22,7 @@ python -m pip install -q -e ".[test,train,eval]"
 # them and add the few it really imports.
 python -c "import mediapipe" 2>/dev/null || {
   python -m pip install -q --no-deps "mediapipe==0.10.21"
-  python -m pip install -q absl-py flatbuffers "protobuf<5" sentencepiece
+  python -m pip install -q absl-py attrs flatbuffers "protobuf<5"
 }
 
 # espeak-ng synthesises the real speech used by the demo and the tests.
