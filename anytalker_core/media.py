@@ -88,7 +88,8 @@ def _decode_audio_stream(container, path: Path, what: str) -> tuple[np.ndarray, 
 
     streams = container.streams.audio
     if not streams:
-        raise InputError(f"{what} '{path}': the file has no audio stream")
+        raise InputError(f"{what} '{path}': the file has no audio stream (unsupported file? expected audio such "
+                         "as wav, mp3, flac, m4a or a video with sound)")
     stream = streams[0]
     # Convert every frame to planar float at its own layout/rate (no rate change here).
     converter = av.AudioResampler(format="fltp")
