@@ -342,3 +342,40 @@ def test_error_wrong_mask_grid(model):
     bad = Speaker(speakers[0].audio, speakers[0].face_clip, speakers[0].token_mask[..., :1])
     with pytest.raises(InputError, match="token_mask must be"):
         model(x, t, ctx, clip, y, [bad])
+
+
+@pytest.mark.parametrize("afca", ["fused", "legacy"])
+def test_verify_fixture_other_sizes(tmp_path, afca):
+    """The runner reads every size from the fixture: other dims, N = 3, 5 latent frames, another grid."""
+    import json
+
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    cfg = AnyTalkerConfig.tiny(afca, dim=48, num_heads=3, audio_layers=3, audio_channels=16, text_dim=40,
+                               clip_dim=24)
+    model = AnyTalkerDiT(cfg).eval()
+    frames, h, w, n = 5, 6, 8, 3
+    x, t, ctx, clip, y, speakers = make_inputs(cfg, n, frames=frames, h=h, w=w, seed=5)
+    torch.save({"model": model.state_dict()}, tmp_path / "m.pth")
+    (tmp_path / "m.config.json").write_text(json.dumps(cfg.to_dict()))
+    inputs = {
+        "x": x[0], "t": t, "context": ctx[0], "clip_fea": clip, "y": y[0],
+        "audio_features": torch.stack([s.audio[0] for s in speakers]),
+        "face_clip_tokens": torch.stack([s.face_clip for s in speakers]),
+        "face_token_mask_grid": torch.stack([s.token_mask[0] for s in speakers]),
+    }
+    save_file(inputs, str(tmp_path / "in.safetensors"))
+    (tmp_path / "in.json").write_text(json.dumps({"group": "dit_inputs", "file": "in.safetensors"}))
+    outputs = {}
+    with torch.no_grad():
+        outputs[f"out_n{n}"] = model(x, t, ctx, clip, y, speakers)[0]
+        outputs[f"out_n{n}_zero_audio"] = model(x, t, ctx, clip, y, [s.without_audio() for s in speakers])[0]
+        outputs["out_n1"] = model(x, t, ctx, clip, y, speakers[:1])[0]
+    save_file(outputs, str(tmp_path / "out.safetensors"))
+    meta = {"group": "dit_af" if afca == "fused" else "dit_legacy", "file": "out.safetensors",
+            "inputs": "in.safetensors", "checkpoint": {"file": "m.pth", "config": "m.config.json"}}
+    (tmp_path / "out.json").write_text(json.dumps(meta))
+    results = run_fixture(tmp_path / "out.json")
+    assert sorted(r.name for r in results) == sorted(outputs)
+    assert all(r.passed for r in results), [r.line() for r in results]
