@@ -1,0 +1,135 @@
+"""CLIP vision encoder: ComfyUI/Wan layouts, Wan preprocessing, penultimate tokens, wrong inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from skimage.data import astronaut
+
+from anytalker_core.encoders.clip_vision import CLIP_MEAN, CLIP_STD, load_clip_vision, make_tiny_clip_vision
+from anytalker_core.errors import CheckpointError, InputError, MissingModelError
+
+
+@pytest.fixture(scope="module")
+def comfy_file(tmp_path_factory):
+    return make_tiny_clip_vision(tmp_path_factory.mktemp("clip") / "clip_vision_h.safetensors", seed=5)
+
+
+@pytest.fixture(scope="module")
+def wan_file(tmp_path_factory):
+    return make_tiny_clip_vision(
+        tmp_path_factory.mktemp("clipwan") / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
+        layout="wan", seed=5,
+    )
+
+
+@pytest.fixture(scope="module")
+def encoder(comfy_file):
+    return load_clip_vision(comfy_file)
+
+
+@pytest.fixture(scope="module")
+def image():
+    return torch.from_numpy(astronaut()).float().div(255.0)[None]  # [1, 512, 512, 3]
+
+
+def _wan_visual_reference(sd: dict[str, torch.Tensor], pixels: torch.Tensor, heads: int) -> torch.Tensor:
+    """Wan's VisionTransformer.forward(use_31_block=True) written from its structure, on Wan-layout weights."""
+    w = sd["visual.patch_embedding.weight"]
+    x = F.conv2d(pixels, w, stride=w.shape[-1]).flatten(2).transpose(1, 2)
+    x = torch.cat([sd["visual.cls_embedding"].expand(x.shape[0], -1, -1), x], dim=1) + sd["visual.pos_embedding"]
+    dim = x.shape[-1]
+
+    def ln(t, name):
+        return F.layer_norm(t, (dim,), sd[name + ".weight"], sd[name + ".bias"], 1e-5)
+
+    x = ln(x, "visual.pre_norm")
+    layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("visual.transformer."))
+    for i in range(layers - 1):
+        p = f"visual.transformer.{i}."
+        b, s, _ = x.shape
+        qkv = F.linear(ln(x, p + "norm1"), sd[p + "attn.to_qkv.weight"], sd[p + "attn.to_qkv.bias"])
+        q, k, v = qkv.view(b, s, 3, heads, dim // heads).unbind(2)
+        att = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        x = x + F.linear(att.transpose(1, 2).reshape(b, s, dim), sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
+        h = F.linear(ln(x, p + "norm2"), sd[p + "mlp.0.weight"], sd[p + "mlp.0.bias"])
+        x = x + F.linear(F.gelu(h), sd[p + "mlp.2.weight"], sd[p + "mlp.2.bias"])
+    return x
+
+
+def test_round_trip_on_a_real_image(encoder, image):
+    assert encoder.hidden_size == 32 and encoder.num_tokens == 257 and encoder.image_size == 224
+    out = encoder.encode(image)
+    assert out.shape == (1, 257, 32) and out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert torch.equal(out, encoder.encode(image))
+    batch = encoder.encode(torch.cat([image, image.flip(2)]))
+    torch.testing.assert_close(batch[0], out[0], atol=1e-5, rtol=1e-5)
+    assert (batch[1] - batch[0]).abs().max() > 1e-3  # a mirrored face is a different input
+    uint8 = encoder.encode(torch.from_numpy(astronaut())[None])
+    torch.testing.assert_close(uint8, out, atol=1e-5, rtol=1e-5)
+
+
+def test_preprocessing_matches_wan(encoder, image):
+    pixels = encoder.preprocess(image)
+    assert pixels.shape == (1, 3, 224, 224)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    # Wan: bicubic (align_corners=False, no antialias) on the -1..1 image, back to 0..1, CLIP mean/std
+    wan = F.interpolate(image.permute(0, 3, 1, 2) * 2 - 1, size=(224, 224), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(pixels, (wan * 0.5 + 0.5 - mean) / std, atol=1e-6, rtol=1e-6)
+    antialiased = F.interpolate(image.permute(0, 3, 1, 2), size=(224, 224), mode="bicubic", antialias=True)
+    assert (pixels - (antialiased - mean) / std).abs().max() > 1e-2  # not ComfyUI's antialiased resize
+    # a non-square image is squashed to 224×224, not cropped: a flat colour stays exactly that colour
+    flat = torch.full((1, 120, 300, 3), 0.25)
+    torch.testing.assert_close(encoder.preprocess(flat), ((0.25 - mean) / std).expand(1, 3, 224, 224))
+
+
+def test_penultimate_states_equal_full_model_hidden_states(encoder, comfy_file, image):
+    from safetensors.torch import load_file
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    sd = {k.removeprefix("vision_model."): v for k, v in load_file(str(comfy_file)).items() if k.startswith("vision_model.")}
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                              image_size=224, patch_size=14, hidden_act="gelu")
+    full = CLIPVisionModel(config).eval()
+    target = full.vision_model if hasattr(full, "vision_model") else full
+    target.load_state_dict(sd, strict=False)
+    with torch.no_grad():
+        states = full(pixel_values=encoder.preprocess(image), output_hidden_states=True).hidden_states
+    assert len(states) == 4
+    torch.testing.assert_close(encoder.encode(image), states[-2], atol=1e-6, rtol=1e-5)
+
+
+def test_wan_layout_matches_comfy_and_wan_math(encoder, wan_file, image):
+    wan = load_clip_vision(wan_file)
+    assert torch.equal(wan.encode(image), encoder.encode(image))
+    sd = torch.load(wan_file, weights_only=True)
+    reference = _wan_visual_reference(sd, encoder.preprocess(image), heads=2)
+    torch.testing.assert_close(encoder.encode(image), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_half_precision_load(comfy_file, image):
+    enc = load_clip_vision(comfy_file, dtype=torch.bfloat16)
+    out = enc.encode(image)
+    assert out.dtype == torch.float32 and out.shape == (1, 257, 32)
+    assert next(enc.model.parameters()).dtype == torch.bfloat16
+
+
+def test_wrong_files(tmp_path):
+    from anytalker_core.encoders.vae import make_tiny_vae
+
+    vae = make_tiny_vae(tmp_path / "wan_2.1_vae.safetensors")
+    with pytest.raises(CheckpointError) as info:
+        load_clip_vision(vae)
+    message = str(info.value)
+    assert str(vae) in message and "Wan VAE" in message and "clip_vision_h.safetensors" in message
+    with pytest.raises(MissingModelError):
+        load_clip_vision(tmp_path / "clip_vision_h.safetensors")
+
+
+def test_bad_images(encoder):
+    with pytest.raises(InputError, match=r"\[B, H, W, 3\]"):
+        encoder.encode(torch.rand(1, 3, 64, 64))
+    with pytest.raises(InputError, match="0..1"):
+        encoder.encode(torch.rand(1, 64, 64, 3) * 255)
