@@ -114,7 +114,8 @@ def test_single_file_embedded_config_and_key_variants(tmp_path, noise):
     # old weight-norm names, other prefix, extra CTC head: all accepted
     old = {}
     for k, v in bare.items():
-        k = k.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v")
+        k = k.replace("parametrizations.weight.original0", "weight_g")
+        k = k.replace("parametrizations.weight.original1", "weight_v")
         old["model." + k] = v
     old["lm_head.weight"] = torch.zeros(32, 32)
     variant = tmp_path / "variant.safetensors"

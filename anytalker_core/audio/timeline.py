@@ -138,7 +138,8 @@ def check_frame_num(frame_num: int, available: int, mode: str, fps: float) -> in
     if frame_num < MIN_FRAMES or (frame_num - 1) % 4:
         lower = max(MIN_FRAMES, largest_4n1(max(frame_num, 1)))
         raise InputError(
-            f"frame_num must be of the form 4n+1 and at least {MIN_FRAMES} (e.g. {lower} or {lower + 4}), got {frame_num}"
+            f"frame_num must be of the form 4n+1 and at least {MIN_FRAMES} "
+            f"(e.g. {lower} or {lower + 4}), got {frame_num}"
         )
     if frame_num > available:
         what = "the longest track" if mode == "pad" else "all tracks one after another"
@@ -313,7 +314,8 @@ def build_audio_conditioning(
     if encoder is None:
         raise InputError("build_audio_conditioning needs a wav2vec2 encoder (load one with load_wav2vec)")
     if mode not in ("pad", "concat"):
-        raise InputError(f"mode must be 'pad' (people talk at the same time) or 'concat' (they take turns), got {mode!r}")
+        raise InputError(
+            f"mode must be 'pad' (people talk at the same time) or 'concat' (they take turns), got {mode!r}")
     fps = _check_fps(fps)
     sample_rate = check_sample_rate(sample_rate)
     waves = _prepare_tracks(tracks, sample_rate, fps)
@@ -345,7 +347,8 @@ def build_audio_conditioning(
                 keep = min(track_frames[i], frame_num - cursor)
                 feats[cursor:cursor + keep] = single[:keep]
             else:
-                log.warning("audio track %d starts after the last video frame (%d) and is cut off entirely", i, frame_num)
+                log.warning("audio track %d starts after the last video frame (%d) and is cut off entirely",
+                            i, frame_num)
             cursor += track_frames[i]
         features.append(feats)
         if progress is not None:

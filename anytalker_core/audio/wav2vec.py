@@ -146,9 +146,11 @@ def infer_wav2vec_config(sd: dict[str, torch.Tensor], num_heads: int | None = No
             raise CheckpointError(f"wav2vec2 checkpoint is missing '{key}'")
         return sd[key]
 
-    conv_idx = sorted({int(m.group(1)) for k in sd if (m := re.match(r"feature_extractor\.conv_layers\.(\d+)\.conv\.weight$", k))})
+    conv_re = re.compile(r"feature_extractor\.conv_layers\.(\d+)\.conv\.weight$")
+    conv_idx = sorted({int(m.group(1)) for k in sd if (m := conv_re.match(k))})
     if not conv_idx or conv_idx != list(range(len(conv_idx))):
-        raise CheckpointError("wav2vec2 checkpoint: feature_extractor.conv_layers.N.conv.weight missing or not numbered 0..N-1")
+        raise CheckpointError(
+            "wav2vec2 checkpoint: feature_extractor.conv_layers.N.conv.weight missing or not numbered 0..N-1")
     conv_w = [sd[f"feature_extractor.conv_layers.{i}.conv.weight"] for i in conv_idx]
     conv_dim = [int(w.shape[0]) for w in conv_w]
     conv_kernel = [int(w.shape[2]) for w in conv_w]
@@ -216,7 +218,8 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors come in many types
-        raise CheckpointError(f"wav2vec2 weights '{path}': cannot be read as a weights-only torch file ({exc})") from None
+        raise CheckpointError(
+            f"wav2vec2 weights '{path}': cannot be read as a weights-only torch file ({exc})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -378,7 +381,8 @@ def _build_model(config_kwargs: dict[str, Any] | Any, sd: dict[str, torch.Tensor
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
     config = config_kwargs if isinstance(config_kwargs, Wav2Vec2Config) else Wav2Vec2Config(**config_kwargs)
-    model = Wav2Vec2Model(config)
+    with torch.device("meta"):  # no random init: every tensor comes from the file
+        model = Wav2Vec2Model(config)
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd and k != "masked_spec_embed"]
     if missing:
@@ -393,8 +397,13 @@ def _build_model(config_kwargs: dict[str, Any] | Any, sd: dict[str, torch.Tensor
     unexpected = [k for k in sd if k not in expected]
     if unexpected:
         log.debug("wav2vec2 '%s': ignoring %d unused tensors (e.g. %s)", source, len(unexpected), unexpected[:3])
-    model.load_state_dict({k: v for k, v in sd.items() if k in expected}, strict=False)
-    return model
+    model.load_state_dict({k: v for k, v in sd.items() if k in expected}, strict=False, assign=True)
+    if "masked_spec_embed" not in sd:  # only used for training-time masking
+        model.masked_spec_embed = torch.nn.Parameter(torch.zeros(config.hidden_size))
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise CheckpointError(f"wav2vec2 weights '{source}': tensors not set by the file: {left[:4]}")
+    return model.float()
 
 
 def load_wav2vec(
@@ -438,7 +447,8 @@ def load_wav2vec(
             do_normalize = bool(pre_cfg.get("do_normalize", True))
             rate = pre_cfg.get("sampling_rate", SAMPLE_RATE)
             if rate != SAMPLE_RATE:
-                raise CheckpointError(f"wav2vec2 '{path}': sampling_rate {rate} in preprocessor_config.json, expected 16000")
+                raise CheckpointError(
+                    f"wav2vec2 '{path}': sampling_rate {rate} in preprocessor_config.json, expected 16000")
     else:
         raw, meta = _read_weights(path)
         sd = normalize_state_dict(raw)
