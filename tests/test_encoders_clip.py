@@ -133,3 +133,29 @@ def test_bad_images(encoder):
         encoder.encode(torch.rand(1, 3, 64, 64))
     with pytest.raises(InputError, match="0..1"):
         encoder.encode(torch.rand(1, 64, 64, 3) * 255)
+
+
+def test_real_vit_h14_size_is_inferred_from_wan_shapes():
+    """The full Wan open-clip ViT-H/14 layout (meta tensors) gives 1280 wide, 16 heads, 224 px, 31 of 32 blocks."""
+    from anytalker_core.encoders.clip_vision import _config_from_state_dict, _wan_to_hf
+
+    d = 1280
+    shapes = {"visual.patch_embedding.weight": (d, 3, 14, 14), "visual.cls_embedding": (1, 1, d),
+              "visual.pos_embedding": (1, 257, d), "visual.head": (d, 1024), "log_scale": ()}
+    for name in ("pre_norm", "post_norm"):
+        shapes.update({f"visual.{name}.weight": (d,), f"visual.{name}.bias": (d,)})
+    for i in range(32):
+        p = f"visual.transformer.{i}."
+        shapes.update({p + "attn.to_qkv.weight": (3 * d, d), p + "attn.to_qkv.bias": (3 * d,),
+                       p + "attn.proj.weight": (d, d), p + "attn.proj.bias": (d,),
+                       p + "mlp.0.weight": (4 * d, d), p + "mlp.0.bias": (4 * d,),
+                       p + "mlp.2.weight": (d, 4 * d), p + "mlp.2.bias": (d,)})
+        for n in ("norm1", "norm2"):
+            shapes.update({p + f"{n}.weight": (d,), p + f"{n}.bias": (d,)})
+    sd = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    state = _wan_to_hf(sd, "", torch.float16, "real")
+    assert state["encoder.layers.31.self_attn.v_proj.weight"].shape == (d, d)
+    config, layers, positions = _config_from_state_dict(state, {}, "real")
+    assert (config.hidden_size, config.num_attention_heads, config.image_size, config.patch_size) == (1280, 16, 224, 14)
+    assert (layers, config.num_hidden_layers, positions, config.intermediate_size) == (32, 31, 257, 5120)
+    assert config.hidden_act == "gelu"  # open-clip ViT-H uses exact GELU, not CLIP's quick_gelu

@@ -213,3 +213,26 @@ def test_bad_prompts(encoder):
     with pytest.raises(InputError):
         encoder.encode([1, 2])
     assert encoder.encode([]) == []
+
+
+def test_real_umt5_xxl_size_is_inferred_from_wan_shapes():
+    """The full Wan models_t5_umt5-xxl-enc-bf16.pth layout (as meta tensors) maps to the UMT5-XXL config."""
+    from anytalker_core.encoders.text import _config_from_state_dict, _wan_to_hf_key
+
+    shapes = {"token_embedding.weight": (256384, 4096), "norm.weight": (4096,)}
+    for i in range(24):
+        b = f"blocks.{i}."
+        shapes.update({b + "norm1.weight": (4096,), b + "norm2.weight": (4096,),
+                       b + "pos_embedding.embedding.weight": (32, 64), b + "ffn.gate.0.weight": (10240, 4096),
+                       b + "ffn.fc1.weight": (10240, 4096), b + "ffn.fc2.weight": (4096, 10240)})
+        shapes.update({b + f"attn.{n}.weight": (4096, 4096) for n in "qkvo"})
+    sd = {_wan_to_hf_key(k): torch.empty(s, device="meta") for k, s in shapes.items()}
+    assert None not in sd
+    config = _config_from_state_dict(sd, "real")
+    assert (config.vocab_size, config.d_model, config.d_kv, config.d_ff) == (256384, 4096, 64, 10240)
+    assert (config.num_layers, config.num_heads, config.relative_attention_num_buckets) == (24, 64, 32)
+    assert config.dense_act_fn == "gelu_new" and config.is_gated_act  # Wan's tanh GELU, gated
+
+
+def test_to_moves_the_encoder(encoder):
+    assert encoder.to("cpu") is encoder and encoder.device == torch.device("cpu")

@@ -160,3 +160,7 @@ def test_wrong_files(tmp_path):
     save_file({diffusers_to_wan_key(k, 2): v.contiguous() for k, v in wan22.state_dict().items()}, str(path))
     with pytest.raises(CheckpointError, match="16"):
         load_vae(path)
+
+
+def test_to_moves_statistics(vae):
+    assert vae.to("cpu") is vae and vae.latents_mean.device == torch.device("cpu")

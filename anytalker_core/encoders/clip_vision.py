@@ -144,6 +144,30 @@ def _num_heads(hidden: int, metadata: dict[str, str], path: Path) -> int:
     return heads
 
 
+def _config_from_state_dict(state: dict[str, torch.Tensor], metadata: dict[str, str], path: Path):
+    """``(CLIPVisionConfig with all but the last block, total blocks, positions)`` from tensor shapes."""
+    from transformers import CLIPVisionConfig
+
+    try:
+        hidden, _, patch, _ = state["embeddings.patch_embedding.weight"].shape
+        positions = int(state["embeddings.position_embedding.weight"].shape[0])
+        layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layers."))
+        intermediate = state["encoder.layers.0.mlp.fc1.weight"].shape[0]
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{_WHAT}: {path} lacks the weight {exc} needed to infer the model size") from exc
+    grid = math.isqrt(positions - 1)
+    if grid * grid != positions - 1:
+        raise CheckpointError(f"{_WHAT}: {path}: {positions} position embeddings is not 1 + a square grid")
+    if layers < 2:
+        raise CheckpointError(f"{_WHAT}: {path} has {layers} transformer block(s); the penultimate output needs ≥ 2")
+    config = CLIPVisionConfig(
+        hidden_size=int(hidden), intermediate_size=int(intermediate), num_hidden_layers=layers - 1,
+        num_attention_heads=_num_heads(int(hidden), metadata, path), image_size=int(grid * patch),
+        patch_size=int(patch), hidden_act="gelu", layer_norm_eps=1e-5, num_channels=3,
+    )
+    return config, layers, positions
+
+
 class ClipVisionEncoder:
     """Penultimate-layer CLIP image tokens, preprocessed exactly as Wan2.1 does.
 
@@ -161,6 +185,12 @@ class ClipVisionEncoder:
         config = model.config
         self.hidden_size = int(config.hidden_size)
         self.num_tokens = (image_size // int(config.patch_size)) ** 2 + 1
+
+    def to(self, device: str | torch.device) -> ClipVisionEncoder:
+        """Move the model to ``device`` (for offloading between stages); returns ``self``."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """``images [B, H, W, 3]`` in 0..1 (or uint8) -> normalised pixels ``[B, 3, S, S]`` float32 (S = 224)."""
@@ -201,31 +231,13 @@ def load_clip_vision(
         MissingModelError: the file does not exist.
         CheckpointError: it is not a CLIP vision model (the message says what it looks like), or is damaged.
     """
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionModel
 
     path = Path(path)
     device = torch.device(device)
     sd = LazyStateDict(path, _WHAT)
     state = _canonical_state_dict(sd, path, dtype)
-    try:
-        patch_weight = state["embeddings.patch_embedding.weight"]
-        hidden, _, patch, _ = patch_weight.shape
-        positions = state["embeddings.position_embedding.weight"].shape[0]
-        layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layers."))
-        intermediate = state["encoder.layers.0.mlp.fc1.weight"].shape[0]
-    except (KeyError, ValueError) as exc:
-        raise CheckpointError(f"{_WHAT}: {path} lacks the weight {exc} needed to infer the model size") from exc
-    grid = math.isqrt(positions - 1)
-    if grid * grid != positions - 1:
-        raise CheckpointError(f"{_WHAT}: {path}: {positions} position embeddings is not 1 + a square grid")
-    if layers < 2:
-        raise CheckpointError(f"{_WHAT}: {path} has {layers} transformer block(s); the penultimate output needs ≥ 2")
-    image_size = grid * patch
-    config = CLIPVisionConfig(
-        hidden_size=int(hidden), intermediate_size=int(intermediate), num_hidden_layers=layers - 1,
-        num_attention_heads=_num_heads(int(hidden), sd.metadata, path), image_size=int(image_size),
-        patch_size=int(patch), hidden_act="gelu", layer_norm_eps=1e-5, num_channels=3,
-    )
+    config, layers, positions = _config_from_state_dict(state, sd.metadata, path)
     # the last block is never run (Wan's use_31_block): leave it out
     state = {k: v.to(device) for k, v in state.items() if not k.startswith(f"encoder.layers.{layers - 1}.")}
 
@@ -242,8 +254,8 @@ def load_clip_vision(
         "position_ids", torch.arange(positions, device=device).expand((1, -1)), persistent=False
     )
     log.info("loaded %s from %s (width %d, %d of %d blocks, %d px) on %s/%s",
-             _WHAT, path, hidden, layers - 1, layers, image_size, device, dtype)
-    return ClipVisionEncoder(model, image_size, device, dtype)
+             _WHAT, path, config.hidden_size, layers - 1, layers, config.image_size, device, dtype)
+    return ClipVisionEncoder(model, int(config.image_size), device, dtype)
 
 
 def make_tiny_clip_vision(

@@ -290,6 +290,12 @@ class TextEncoder:
         self.text_len = text_len
         self.dim = int(model.config.d_model)
 
+    def to(self, device: str | torch.device) -> TextEncoder:
+        """Move the model to ``device`` (for offloading between stages); returns ``self``."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
     def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts -> ``(ids [B, L] int64, mask [B, L] int64)``, padded with 0 to the longest prompt."""
         if isinstance(prompts, str):

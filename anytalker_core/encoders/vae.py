@@ -233,6 +233,14 @@ class WanVAE:
         self.latents_mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1, 1)
         self.latents_inv_std = 1.0 / torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1, 1)
 
+    def to(self, device: str | torch.device) -> WanVAE:
+        """Move the model and the latent statistics to ``device``; returns ``self``."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self.latents_mean = self.latents_mean.to(self.device)
+        self.latents_inv_std = self.latents_inv_std.to(self.device)
+        return self
+
     def set_tiling(self, enabled: bool) -> None:
         """Spatial tiling in diffusers (lower peak memory for large frames, tiny seams possible)."""
         if enabled:
