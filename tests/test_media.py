@@ -125,6 +125,8 @@ def test_write_read_roundtrip_with_audio(tmp_path):
     assert means[-1] > means[0] + 50
     expected = (frames[10].numpy() * 255)
     assert np.abs(clip.frames[10, :h, :w].astype(np.float32) - expected).mean() < 6
+    sound = load_audio(out)  # load_audio reads a video's audio track too
+    assert abs(sound.numel() - audio.numel()) < 0.01 * sr
     short = read_video(out, max_frames=6)
     assert short.frames.shape[0] == 6
     assert abs(short.audio.numel() - round(6 / fps * sr)) <= 1
