@@ -109,6 +109,16 @@ def test_wan_layout_matches_comfy_and_wan_math(encoder, wan_file, image):
     torch.testing.assert_close(encoder.encode(image), reference, atol=1e-5, rtol=1e-5)
 
 
+def test_older_files_with_position_ids_and_a_prefix(encoder, comfy_file, tmp_path, image):
+    """Older transformers saved the int64 position_ids buffer; some tools add a prefix to every key."""
+    from safetensors.torch import load_file, save_file
+
+    sd = {"clip_vision." + k: v for k, v in load_file(str(comfy_file)).items()}
+    sd["clip_vision.vision_model.embeddings.position_ids"] = torch.arange(257)[None]
+    save_file(sd, str(tmp_path / "old.safetensors"), metadata={"num_attention_heads": "2"})
+    assert torch.equal(load_clip_vision(tmp_path / "old.safetensors").encode(image), encoder.encode(image))
+
+
 def test_half_precision_load(comfy_file, image):
     enc = load_clip_vision(comfy_file, dtype=torch.bfloat16)
     out = enc.encode(image)

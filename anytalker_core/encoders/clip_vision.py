@@ -116,7 +116,7 @@ def _canonical_state_dict(sd: LazyStateDict, path: Path, dtype: torch.dtype) -> 
         return {
             key[len(prefix):]: to_compute_dtype(sd, key, dtype, _WHAT, path)
             for key in keys
-            if key.startswith(prefix) and not is_quant_key(key)
+            if key.startswith(prefix) and not is_quant_key(key) and not key.endswith("position_ids")
             and key[len(prefix):].startswith(("embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm."))
         }
     raise CheckpointError(

@@ -120,9 +120,10 @@ def _find_tokenizer(weights: Path, sd: LazyStateDict, tokenizer: str | Path | No
                 f"one (download them from https://huggingface.co/google/umt5-xxl)"
             )
         return found
-    if _SPIECE_KEY in sd:
-        proto = sd[_SPIECE_KEY].to(torch.uint8).numpy().tobytes()
-        return _SentencePieceTokenizer(proto, f"{weights} ('{_SPIECE_KEY}')")
+    embedded = [k for k in sd if k == _SPIECE_KEY or k.endswith("." + _SPIECE_KEY)]
+    if embedded:
+        proto = sd[embedded[0]].to(torch.uint8).numpy().tobytes()
+        return _SentencePieceTokenizer(proto, f"{weights} ('{embedded[0]}')")
     searched = []
     for base in (weights.parent, weights.parent.parent):
         for name in TOKENIZER_DIR_NAMES:
@@ -205,7 +206,7 @@ def _hf_state_dict(sd: LazyStateDict, weights: Path, dtype: torch.dtype, device:
     if prefix is not None:
         out = {}
         for key in keys:
-            if not key.startswith(prefix) or is_quant_key(key) or key == _SPIECE_KEY:
+            if not key.startswith(prefix) or is_quant_key(key) or key.endswith(_SPIECE_KEY):
                 continue
             name = key[len(prefix):]
             if name.startswith(("encoder.", "shared.")):
