@@ -20,6 +20,11 @@ from anytalker_core.audio.wav2vec import (
 from anytalker_core.errors import CheckpointError, InputError, MissingModelError
 
 
+def _save(sd, path):
+    save_file(sd, str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
 def noise() -> torch.Tensor:
     g = torch.Generator().manual_seed(3)
@@ -124,6 +129,14 @@ def test_single_file_embedded_config_and_key_variants(tmp_path, noise):
         load_wav2vec(variant)
     got = load_wav2vec(variant, num_heads=2).features(noise)
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+    # weight norm folded into a plain positional-conv weight
+    pc = "encoder.pos_conv_embed.conv.parametrizations.weight."
+    g, v = bare[pc + "original0"], bare[pc + "original1"]
+    folded = {k: t for k, t in bare.items() if not k.startswith(pc)}
+    folded["encoder.pos_conv_embed.conv.weight"] = g * v / torch.linalg.vector_norm(v, dim=(0, 1), keepdim=True)
+    folded_enc = load_wav2vec(_save(folded, tmp_path / "folded.safetensors"), num_heads=2)
+    torch.testing.assert_close(folded_enc.features(noise), expected, atol=1e-5, rtol=1e-5)
 
     # a .bin (torch.save) file without prefix
     bin_path = tmp_path / "w.bin"

@@ -105,7 +105,7 @@ def _check_fps(fps: float) -> float:
     if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) or not np.isfinite(fps) \
             or fps <= 0 or fps > SAMPLE_RATE:
         raise InputError(f"fps must be a positive number (frames per second, e.g. 24), got {fps!r}")
-    return float(fps) if not float(fps).is_integer() else int(fps)
+    return float(fps)
 
 
 def frame_num_from_audio(num_samples: Sequence[int], fps: float, mode: Mode,

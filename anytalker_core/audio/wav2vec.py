@@ -117,7 +117,8 @@ def normalize_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
     Accepts a prefix before the model keys (``wav2vec2.`` from ``Wav2Vec2ForCTC``, or any other
     single prefix), old weight-norm names (``weight_g``/``weight_v``) and drops heads the base model
-    does not have (``lm_head``, quantiser, ...).
+    does not have (``lm_head``, quantiser, ...). A positional-conv weight saved without its weight norm
+    (``pos_conv_embed.conv.weight``) is split back into the norm and direction tensors.
     """
     prefix = _find_prefix(list(sd))
     out: dict[str, torch.Tensor] = {}
@@ -130,6 +131,12 @@ def normalize_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         name = name.replace("pos_conv_embed.conv.weight_g", "pos_conv_embed.conv.parametrizations.weight.original0")
         name = name.replace("pos_conv_embed.conv.weight_v", "pos_conv_embed.conv.parametrizations.weight.original1")
         out[name] = value
+    fused = "encoder.pos_conv_embed.conv.weight"
+    if fused in out:  # weight norm folded into a plain weight: split it back into g (norm over dims 0, 1) and v
+        weight = out.pop(fused)
+        out.setdefault("encoder.pos_conv_embed.conv.parametrizations.weight.original0",
+                       torch.linalg.vector_norm(weight.float(), dim=(0, 1), keepdim=True).to(weight.dtype))
+        out.setdefault("encoder.pos_conv_embed.conv.parametrizations.weight.original1", weight)
     return out
 
 
@@ -299,7 +306,7 @@ class Wav2VecEncoder:
             return wave.detach().cpu().float().reshape(-1)
         return torch.from_numpy(np.asarray(wave, dtype=np.float32).reshape(-1))
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the features may feed a trainable projection later
     def encode(self, input_values: torch.Tensor, num_frames: int) -> torch.Tensor:
         """Per-layer hidden states at video rate.
 
