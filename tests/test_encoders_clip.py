@@ -119,6 +119,15 @@ def test_older_files_with_position_ids_and_a_prefix(encoder, comfy_file, tmp_pat
     assert torch.equal(load_clip_vision(tmp_path / "old.safetensors").encode(image), encoder.encode(image))
 
 
+def test_bare_visual_tower_and_legacy_pth(encoder, wan_file, tmp_path, image):
+    """Wan's visual tower saved alone (no 'visual.' prefix), in the legacy non-zip .pth format."""
+    sd = torch.load(wan_file, weights_only=True)
+    bare = {k.removeprefix("visual."): v for k, v in sd.items() if k.startswith("visual.")}
+    path = tmp_path / "clip_visual.pth"
+    torch.save(bare, path, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_clip_vision(path).encode(image), encoder.encode(image))
+
+
 def test_half_precision_load(comfy_file, image):
     enc = load_clip_vision(comfy_file, dtype=torch.bfloat16)
     out = enc.encode(image)
@@ -136,6 +145,11 @@ def test_wrong_files(tmp_path):
     assert str(vae) in message and "Wan VAE" in message and "clip_vision_h.safetensors" in message
     with pytest.raises(MissingModelError):
         load_clip_vision(tmp_path / "clip_vision_h.safetensors")
+
+
+def test_dit_file_is_named_as_such(fixtures):
+    with pytest.raises(CheckpointError, match="diffusion model"):
+        load_clip_vision(fixtures / "dit_af.pth")
 
 
 def test_bad_images(encoder):
@@ -163,7 +177,7 @@ def test_real_vit_h14_size_is_inferred_from_wan_shapes():
         for n in ("norm1", "norm2"):
             shapes.update({p + f"{n}.weight": (d,), p + f"{n}.bias": (d,)})
     sd = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
-    state = _wan_to_hf(sd, "", torch.float16, "real")
+    state = _wan_to_hf(sd, "visual.", torch.float16, "real")
     assert state["encoder.layers.31.self_attn.v_proj.weight"].shape == (d, d)
     config, layers, positions = _config_from_state_dict(state, {}, "real")
     assert (config.hidden_size, config.num_attention_heads, config.image_size, config.patch_size) == (1280, 16, 224, 14)

@@ -61,7 +61,12 @@ class LazyStateDict(Mapping):
                 self._keys = list(self._handle.keys())
                 self.metadata = dict(self._handle.metadata() or {})
             else:
-                obj = torch.load(str(self.path), map_location="cpu", weights_only=True, mmap=True)
+                try:
+                    obj = torch.load(str(self.path), map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as exc:  # legacy (non-zip) .pth files cannot be memory-mapped
+                    if "mmap" not in str(exc):
+                        raise
+                    obj = torch.load(str(self.path), map_location="cpu", weights_only=True)
                 self._tensors = _unwrap_state_dict(obj, self.path, what)
                 self._keys = list(self._tensors.keys())
         except (CheckpointError, MissingModelError):

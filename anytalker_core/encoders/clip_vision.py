@@ -44,39 +44,44 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 _WHAT = "CLIP vision model"
 _HF_SIGNATURE = "embeddings.patch_embedding.weight"
-_WAN_SIGNATURE = "visual.patch_embedding.weight"
+_WAN_SIGNATURE = "transformer.0.attn.to_qkv.weight"
 #: attention heads of the known CLIP towers (not recoverable from tensor shapes)
 _KNOWN_HEADS = {768: 12, 1024: 16, 1280: 16, 1664: 16}
 _HEADS_METADATA_KEY = "num_attention_heads"
 
 
-def _wan_to_hf(sd: LazyStateDict, prefix: str, dtype: torch.dtype, path: Path) -> dict[str, torch.Tensor]:
-    """Wan ``XLMRobertaCLIP.visual`` keys -> ``CLIPVisionModel`` keys (without ``vision_model.``)."""
+def _wan_to_hf(sd, prefix: str, dtype: torch.dtype, path: Path) -> dict[str, torch.Tensor]:
+    """Wan ``XLMRobertaCLIP.visual`` keys (``prefix`` = ``"visual."`` or a bare visual tower's ``""``) ->
+    ``CLIPVisionModel`` keys (without ``vision_model.``)."""
     out: dict[str, torch.Tensor] = {}
 
     def get(key: str) -> torch.Tensor:
         return to_compute_dtype(sd, prefix + key, dtype, _WHAT, path)
 
-    out["embeddings.patch_embedding.weight"] = get("visual.patch_embedding.weight")
-    out["embeddings.class_embedding"] = get("visual.cls_embedding").reshape(-1)
-    pos = get("visual.pos_embedding")
-    out["embeddings.position_embedding.weight"] = pos.reshape(pos.shape[-2], pos.shape[-1])
-    for name in ("weight", "bias"):
-        out[f"pre_layrnorm.{name}"] = get(f"visual.pre_norm.{name}")
-        out[f"post_layernorm.{name}"] = get(f"visual.post_norm.{name}")
-    layers = sorted({int(m.group(1)) for k in sd for m in [re.match(re.escape(prefix) + r"visual\.transformer\.(\d+)\.", k)] if m})
-    for i in layers:
-        src, dst = f"visual.transformer.{i}.", f"encoder.layers.{i}."
+    try:
+        out["embeddings.patch_embedding.weight"] = get("patch_embedding.weight")
+        out["embeddings.class_embedding"] = get("cls_embedding").reshape(-1)
+        pos = get("pos_embedding")
+        out["embeddings.position_embedding.weight"] = pos.reshape(pos.shape[-2], pos.shape[-1])
         for name in ("weight", "bias"):
-            q, k, v = get(f"{src}attn.to_qkv.{name}").chunk(3, dim=0)
-            out[f"{dst}self_attn.q_proj.{name}"] = q.contiguous()
-            out[f"{dst}self_attn.k_proj.{name}"] = k.contiguous()
-            out[f"{dst}self_attn.v_proj.{name}"] = v.contiguous()
-            out[f"{dst}self_attn.out_proj.{name}"] = get(f"{src}attn.proj.{name}")
-            out[f"{dst}layer_norm1.{name}"] = get(f"{src}norm1.{name}")
-            out[f"{dst}layer_norm2.{name}"] = get(f"{src}norm2.{name}")
-            out[f"{dst}mlp.fc1.{name}"] = get(f"{src}mlp.0.{name}")
-            out[f"{dst}mlp.fc2.{name}"] = get(f"{src}mlp.2.{name}")
+            out[f"pre_layrnorm.{name}"] = get(f"pre_norm.{name}")
+            out[f"post_layernorm.{name}"] = get(f"post_norm.{name}")
+        pattern = re.compile(re.escape(prefix) + r"transformer\.(\d+)\.")
+        layers = sorted({int(m.group(1)) for k in sd for m in [pattern.match(k)] if m})
+        for i in layers:
+            src, dst = f"transformer.{i}.", f"encoder.layers.{i}."
+            for name in ("weight", "bias"):
+                q, k, v = get(f"{src}attn.to_qkv.{name}").chunk(3, dim=0)
+                out[f"{dst}self_attn.q_proj.{name}"] = q.contiguous()
+                out[f"{dst}self_attn.k_proj.{name}"] = k.contiguous()
+                out[f"{dst}self_attn.v_proj.{name}"] = v.contiguous()
+                out[f"{dst}self_attn.out_proj.{name}"] = get(f"{src}attn.proj.{name}")
+                out[f"{dst}layer_norm1.{name}"] = get(f"{src}norm1.{name}")
+                out[f"{dst}layer_norm2.{name}"] = get(f"{src}norm2.{name}")
+                out[f"{dst}mlp.fc1.{name}"] = get(f"{src}mlp.0.{name}")
+                out[f"{dst}mlp.fc2.{name}"] = get(f"{src}mlp.2.{name}")
+    except KeyError as exc:
+        raise CheckpointError(f"{_WHAT}: {path} lacks the Wan open-clip weight {exc}") from exc
     return out
 
 
@@ -108,8 +113,8 @@ def hf_to_wan_state_dict(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 def _canonical_state_dict(sd: LazyStateDict, path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Any accepted layout -> ``CLIPVisionModel`` keys without the ``vision_model.`` prefix."""
     keys = list(sd.keys())
-    prefix = strip_prefix(keys, _WAN_SIGNATURE)
-    if prefix is not None:
+    prefix = strip_prefix(keys, _WAN_SIGNATURE)  # Wan's open-clip tower: 'visual.' + its own names
+    if prefix is not None and prefix + "cls_embedding" in sd:
         return _wan_to_hf(sd, prefix, dtype, path)
     prefix = strip_prefix(keys, _HF_SIGNATURE)
     if prefix is not None:
@@ -122,7 +127,7 @@ def _canonical_state_dict(sd: LazyStateDict, path: Path, dtype: torch.dtype) -> 
     raise CheckpointError(
         f"{path} is not a {_WHAT}: it looks like {describe_checkpoint(keys)}. Expected ComfyUI's "
         f"clip_vision_h.safetensors (keys like 'vision_model.{_HF_SIGNATURE}') or Wan's "
-        f"models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth (keys like '{_WAN_SIGNATURE}'), "
+        f"models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth (keys like 'visual.{_WAN_SIGNATURE}'), "
         f"in models/clip_vision/."
     )
 
