@@ -193,6 +193,16 @@ def test_bf16_compute_dtype(comfy_file):
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
+def test_fp16_keeps_ffn_output_in_fp32(comfy_file, encoder):
+    enc = load_text_encoder(comfy_file, dtype=torch.float16)
+    weights = enc.model.state_dict()
+    assert weights["encoder.block.0.layer.1.DenseReluDense.wo.weight"].dtype == torch.float32
+    assert weights["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"].dtype == torch.float16
+    out = enc.encode(PROMPTS[:1])[0]
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    torch.testing.assert_close(out, encoder.encode(PROMPTS[:1])[0], atol=5e-2, rtol=5e-2)
+
+
 def test_wrong_files(tmp_path):
     from anytalker_core.encoders.clip_vision import make_tiny_clip_vision
 

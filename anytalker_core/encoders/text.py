@@ -347,7 +347,8 @@ def load_text_encoder(
         tokenizer: a folder (or file) with ``tokenizer.json`` / ``spiece.model`` of ``google/umt5-xxl``;
             optional for ComfyUI files, which embed it (see the module docstring for the search order).
         device: where the encoder runs.
-        dtype: compute dtype (bf16 on GPU as Wan does; fp16 works but T5 is prone to overflow in fp16).
+        dtype: compute dtype (bf16 on GPU as Wan does). With fp16 the FFN output projections stay in
+            float32, as transformers keeps them, because T5 overflows there in fp16.
 
     Raises:
         MissingModelError: the weights or the tokenizer are not where expected (the message says where to put them).
@@ -362,6 +363,9 @@ def load_text_encoder(
     tok = _find_tokenizer(weights, sd, tokenizer)
     config = _config_from_state_dict(state, weights)
     state.setdefault("encoder.embed_tokens.weight", state["shared.weight"])
+    if dtype == torch.float16:  # as transformers does (_keep_in_fp32_modules): fp16 overflows in T5's `wo`
+        for key in [k for k in state if k.endswith("DenseReluDense.wo.weight")]:
+            state[key] = state[key].float()
     model = load_into_empty(lambda: UMT5EncoderModel(config), state, what=_WHAT, path=weights)
     if leftover_meta(model):
         raise CheckpointError(f"{_WHAT}: {weights} leaves weights unset: {', '.join(leftover_meta(model)[:4])}")
