@@ -155,48 +155,41 @@ def _clean_prompt(text: str) -> str:
 # --------------------------------------------------------------------------------------------- weights
 
 
+#: Wan ``T5SelfAttention`` block names -> transformers ``UMT5Block`` names (inside ``blocks.{i}`` / ``encoder.block.{i}``)
+_WAN_BLOCK_KEYS = {
+    "norm1.weight": "layer.0.layer_norm.weight",
+    "attn.q.weight": "layer.0.SelfAttention.q.weight",
+    "attn.k.weight": "layer.0.SelfAttention.k.weight",
+    "attn.v.weight": "layer.0.SelfAttention.v.weight",
+    "attn.o.weight": "layer.0.SelfAttention.o.weight",
+    "pos_embedding.embedding.weight": "layer.0.SelfAttention.relative_attention_bias.weight",
+    "norm2.weight": "layer.1.layer_norm.weight",
+    "ffn.gate.0.weight": "layer.1.DenseReluDense.wi_0.weight",  # Wan: fc1(x) * gelu(gate(x)); HF: gelu(wi_0) * wi_1
+    "ffn.fc1.weight": "layer.1.DenseReluDense.wi_1.weight",
+    "ffn.fc2.weight": "layer.1.DenseReluDense.wo.weight",
+}
+_HF_BLOCK_KEYS = {v: k for k, v in _WAN_BLOCK_KEYS.items()}
+_WAN_TOP_KEYS = {"token_embedding.weight": "shared.weight", "norm.weight": "encoder.final_layer_norm.weight"}
+_HF_TOP_KEYS = {v: k for k, v in _WAN_TOP_KEYS.items()}
+
+
 def _wan_to_hf_key(key: str) -> str | None:
     """Wan ``T5Encoder`` key -> transformers ``UMT5EncoderModel`` key (``None``: not part of the encoder)."""
-    if key == "token_embedding.weight":
-        return "shared.weight"
-    if key == "norm.weight":
-        return "encoder.final_layer_norm.weight"
+    if key in _WAN_TOP_KEYS:
+        return _WAN_TOP_KEYS[key]
     m = re.fullmatch(r"blocks\.(\d+)\.(.+)", key)
-    if not m:
-        return None
-    i, rest = m.group(1), m.group(2)
-    table = {
-        "norm1.weight": "layer.0.layer_norm.weight",
-        "attn.q.weight": "layer.0.SelfAttention.q.weight",
-        "attn.k.weight": "layer.0.SelfAttention.k.weight",
-        "attn.v.weight": "layer.0.SelfAttention.v.weight",
-        "attn.o.weight": "layer.0.SelfAttention.o.weight",
-        "pos_embedding.embedding.weight": "layer.0.SelfAttention.relative_attention_bias.weight",
-        "norm2.weight": "layer.1.layer_norm.weight",
-        "ffn.gate.0.weight": "layer.1.DenseReluDense.wi_0.weight",  # gelu branch
-        "ffn.fc1.weight": "layer.1.DenseReluDense.wi_1.weight",  # linear branch
-        "ffn.fc2.weight": "layer.1.DenseReluDense.wo.weight",
-    }
-    return f"encoder.block.{i}.{table[rest]}" if rest in table else None
+    if m and m.group(2) in _WAN_BLOCK_KEYS:
+        return f"encoder.block.{m.group(1)}.{_WAN_BLOCK_KEYS[m.group(2)]}"
+    return None
 
 
 def hf_to_wan_key(key: str) -> str | None:
-    """Inverse of the Wan mapping (used to write Wan-layout test files)."""
-    if key == "shared.weight":
-        return "token_embedding.weight"
-    if key == "encoder.final_layer_norm.weight":
-        return "norm.weight"
-    if key == "encoder.embed_tokens.weight":
-        return None
+    """Inverse of :func:`_wan_to_hf_key` (writes Wan-layout files; ``None`` for the tied ``embed_tokens``)."""
+    if key in _HF_TOP_KEYS:
+        return _HF_TOP_KEYS[key]
     m = re.fullmatch(r"encoder\.block\.(\d+)\.(.+)", key)
-    if not m:
-        return None
-    for wan_rest in (
-        "norm1.weight", "attn.q.weight", "attn.k.weight", "attn.v.weight", "attn.o.weight",
-        "pos_embedding.embedding.weight", "norm2.weight", "ffn.gate.0.weight", "ffn.fc1.weight", "ffn.fc2.weight",
-    ):
-        if _wan_to_hf_key(f"blocks.{m.group(1)}.{wan_rest}") == key:
-            return f"blocks.{m.group(1)}.{wan_rest}"
+    if m and m.group(2) in _HF_BLOCK_KEYS:
+        return f"blocks.{m.group(1)}.{_HF_BLOCK_KEYS[m.group(2)]}"
     return None
 
 
