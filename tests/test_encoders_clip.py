@@ -7,7 +7,12 @@ import torch
 import torch.nn.functional as F
 from skimage.data import astronaut
 
-from anytalker_core.encoders.clip_vision import CLIP_MEAN, CLIP_STD, load_clip_vision, make_tiny_clip_vision
+from anytalker_core.encoders.clip_vision import (
+    CLIP_MEAN,
+    CLIP_STD,
+    load_clip_vision,
+    make_tiny_clip_vision,
+)
 from anytalker_core.errors import CheckpointError, InputError, MissingModelError
 
 

@@ -94,7 +94,7 @@ def test_wan_layout_matches_comfy_layout_and_wan_math(encoder, wan_file):
     a, b = encoder.encode(PROMPTS), wan.encode(PROMPTS)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     sd = torch.load(wan_file, weights_only=True)
-    ids, mask = encoder.tokenize(PROMPTS[:1])
+    ids, _ = encoder.tokenize(PROMPTS[:1])
     reference = _wan_t5_reference(sd, ids[0])
     torch.testing.assert_close(a[0], reference, atol=1e-5, rtol=1e-5)
     # swapping the gate and the linear branch (a plausible remapping bug) must be visible
@@ -121,9 +121,9 @@ def test_fp8_scaled_weights_are_dequantised(comfy_file, tmp_path, encoder):
     assert torch.equal(fp8.model.state_dict()[key], expected)
     # the same model stored with the dequantised weights in float32 gives the same states
     dequant = {k: v for k, v in quant.items() if k != "scaled_fp8" and not k.endswith("scale_weight")}
-    for k in dequant:
-        if dequant[k].dtype == torch.float8_e4m3fn:
-            dequant[k] = dequant[k].to(torch.float32) * quant[k[: -len("weight")] + "scale_weight"]
+    for k, value in list(dequant.items()):
+        if value.dtype == torch.float8_e4m3fn:
+            dequant[k] = value.to(torch.float32) * quant[k[: -len("weight")] + "scale_weight"]
     save_file(dequant, str(tmp_path / "dequant.safetensors"))
     reference = load_text_encoder(tmp_path / "dequant.safetensors")
     b = fp8.encode(PROMPTS[:1])[0]

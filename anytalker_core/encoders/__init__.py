@@ -18,7 +18,14 @@ from .text import TextEncoder, load_text_encoder, make_tiny_text_encoder
 from .vae import WanVAE, encode_first_frame_condition, load_vae, make_tiny_vae
 
 __all__ = [
-    "TextEncoder", "load_text_encoder", "make_tiny_text_encoder",
-    "ClipVisionEncoder", "load_clip_vision", "make_tiny_clip_vision",
-    "WanVAE", "load_vae", "encode_first_frame_condition", "make_tiny_vae",
+    "ClipVisionEncoder",
+    "TextEncoder",
+    "WanVAE",
+    "encode_first_frame_condition",
+    "load_clip_vision",
+    "load_text_encoder",
+    "load_vae",
+    "make_tiny_clip_vision",
+    "make_tiny_text_encoder",
+    "make_tiny_vae",
 ]

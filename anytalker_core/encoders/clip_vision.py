@@ -37,7 +37,7 @@ from ._checkpoint import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClipVisionEncoder", "load_clip_vision", "make_tiny_clip_vision", "CLIP_MEAN", "CLIP_STD"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "ClipVisionEncoder", "load_clip_vision", "make_tiny_clip_vision"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

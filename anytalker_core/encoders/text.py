@@ -44,7 +44,7 @@ from ._checkpoint import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TextEncoder", "load_text_encoder", "make_tiny_text_encoder", "TEXT_LEN", "TOKENIZER_DIR_NAMES"]
+__all__ = ["TEXT_LEN", "TOKENIZER_DIR_NAMES", "TextEncoder", "load_text_encoder", "make_tiny_text_encoder"]
 
 #: Wan's ``text_len``: prompts are cut to this many tokens (``</s>`` included).
 TEXT_LEN = 512

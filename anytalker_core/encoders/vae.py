@@ -24,13 +24,26 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, InputError, MissingModelError
-from ._checkpoint import LazyStateDict, describe_checkpoint, is_quant_key, load_into_empty, strip_prefix, to_compute_dtype
+from ._checkpoint import (
+    LazyStateDict,
+    describe_checkpoint,
+    is_quant_key,
+    load_into_empty,
+    strip_prefix,
+    to_compute_dtype,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "WanVAE", "load_vae", "encode_first_frame_condition", "make_tiny_vae",
-    "WAN21_LATENTS_MEAN", "WAN21_LATENTS_STD", "wan_to_diffusers_key", "diffusers_to_wan_key",
+    "WAN21_LATENTS_MEAN",
+    "WAN21_LATENTS_STD",
+    "WanVAE",
+    "diffusers_to_wan_key",
+    "encode_first_frame_condition",
+    "load_vae",
+    "make_tiny_vae",
+    "wan_to_diffusers_key",
 ]
 
 WAN21_LATENTS_MEAN = (
@@ -176,9 +189,11 @@ def _config_from_diffusers_keys(sd: dict[str, torch.Tensor], path: Path) -> dict
             f"{path} has {z_dim} latent channels; AnyTalker needs the Wan2.1 VAE with 16 (wan_2.1_vae.safetensors). "
             f"The Wan2.2 VAE (48 channels) does not fit this model."
         )
-    config = dict(base_dim=base_dim, z_dim=z_dim, dim_mult=dim_mult, num_res_blocks=len(stages[0]),
-                  attn_scales=[], temperal_downsample=temporal, dropout=0.0,
-                  latents_mean=list(WAN21_LATENTS_MEAN), latents_std=list(WAN21_LATENTS_STD))
+    config = {
+        "base_dim": base_dim, "z_dim": z_dim, "dim_mult": dim_mult, "num_res_blocks": len(stages[0]),
+        "attn_scales": [], "temperal_downsample": temporal, "dropout": 0.0,
+        "latents_mean": list(WAN21_LATENTS_MEAN), "latents_std": list(WAN21_LATENTS_STD),
+    }
     if decoder_base_dim != base_dim:
         config["decoder_base_dim"] = decoder_base_dim
     if in_channels != 3:
