@@ -210,13 +210,14 @@ class Encoders:
 
     @torch.inference_mode()
     def video_latents(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """``uint8 [T, H, W, 3]`` → latents and first-frame latents, each ``[16, F, h, w]`` float32."""
+        """``uint8 [T, H, W, 3]`` → latents and first-frame latents (frame 0 + black frames, Wan I2V's
+        condition), each ``[16, F, h, w]`` float32."""
+        from anytalker_core.encoders.vae import encode_first_frame_condition
+
         video = torch.from_numpy(frames).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)[None]  # [1,3,T,H,W]
         latents = self.vae.encode(video.to(self.device))[0].float().cpu()
-        first = torch.zeros_like(video)
-        first[:, :, 0] = video[:, :, 0]
-        first_latent = self.vae.encode(first.to(self.device))[0].float().cpu()
-        return latents, first_latent
+        first = encode_first_frame_condition(self.vae, video[:, :, 0].to(self.device), frames.shape[0])
+        return latents, first[0].float().cpu()
 
     @torch.inference_mode()
     def image_tokens(self, image: np.ndarray) -> torch.Tensor:

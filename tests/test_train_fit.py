@@ -1,0 +1,166 @@
+"""Training runs on CPU with the tiny DiT: loss goes down, exact resume after a crash and after
+SIGKILL, stage 2 with real multi-person samples, export to the inference format."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO
+from train.checkpointing import export_checkpoint, find_latest, read_model_state_dict
+from train.config import load_toml
+from train.prepare import write_sample
+from train.trainer import Trainer
+
+F_LAT, LAT_H, LAT_W = 2, 8, 8
+T = 4 * (F_LAT - 1) + 1
+TEXT_DIM = CLIP_DIM = AUDIO_C = 32
+AUDIO_L = 2
+
+
+def make_cache(folder: Path, count: int, identities: int = 1, seed: int = 0) -> Path:
+    """``count`` cached samples in the real on-disk format (random encoder outputs, fixed per sample)."""
+    g = torch.Generator().manual_seed(seed)
+    w_img, h_img = LAT_W * 8, LAT_H * 8
+    boxes = torch.tensor([[4.0 + 64 * i / identities, 8.0, 4.0 + 64 * i / identities + 40 / identities, 48.0]
+                          for i in range(identities)])
+    for k in range(count):
+        tensors = {
+            "latents": torch.randn(16, F_LAT, LAT_H, LAT_W, generator=g),
+            "first_frame_latent": torch.randn(16, F_LAT, LAT_H, LAT_W, generator=g),
+            "audio_features": torch.randn(identities, T, AUDIO_L, AUDIO_C, generator=g),
+            "face_boxes": boxes[:, None].expand(identities, T, 4).clone(),
+            "global_face_box": boxes,
+            "face_clip_tokens": torch.randn(identities, 257, CLIP_DIM, generator=g),
+            "clip_tokens": torch.randn(257, CLIP_DIM, generator=g),
+            "text_embedding": torch.randn(6, TEXT_DIM, generator=g),
+        }
+        meta = {"id": f"s{k}", "fps": 24, "frames": T, "height": h_img, "width": w_img, "latent_frames": F_LAT,
+                "latent_height": LAT_H, "latent_width": LAT_W, "num_identities": identities, "caption": "test"}
+        write_sample(folder / "samples", f"s{k}", tensors, meta)
+    return folder
+
+
+def write_config(path: Path, data: Path, run: Path, **extra) -> Path:
+    settings = dict(stage=1, learning_rate=2e-3, warmup_steps=2, max_steps=10, batch_size=1, mixed_precision="no",
+                    num_workers=0, save_every=3, log_every=1, two_person_prob=0.5, text_dropout=0.1,
+                    audio_dropout=0.1, timestep_sampler="uniform", shift=3.0, seed=11, export_at_end=False)
+    settings.update(extra)
+    lines = [f'data = ["{data}"]', f'run_dir = "{run}"']
+    for k, v in settings.items():
+        lines.append(f"{k} = {json.dumps(v)}")
+    lines += ["[model]", "tiny = true", "gradient_checkpointing = false"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def read_losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return make_cache(tmp_path_factory.mktemp("cache") / "c", 2)
+
+
+def test_stage1_loss_goes_down(cache: Path, tmp_path: Path):
+    cfg = load_toml(write_config(tmp_path / "s1.toml", cache, tmp_path / "run", max_steps=30, save_every=30,
+                                 learning_rate=1e-2, text_dropout=0.0, audio_dropout=0.0), "fit")
+    losses = Trainer(cfg).run()
+    assert len(losses) == 30 and all(torch.isfinite(torch.tensor(losses)))
+    first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
+    assert last < 0.85 * first, f"loss did not go down: first {first:.4f}, last {last:.4f}"
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows[:3]] == pytest.approx([5e-3, 1e-2, 1e-2])  # linear warm-up over 2 steps
+    assert any(r["two_person"] for r in rows) and any(not r["two_person"] for r in rows)
+
+
+def test_crash_and_resume_reproduces_the_uninterrupted_losses(cache: Path, tmp_path: Path, monkeypatch):
+    full_cfg = load_toml(write_config(tmp_path / "a.toml", cache, tmp_path / "full"), "fit")
+    full = Trainer(full_cfg).run()
+
+    cfg = load_toml(write_config(tmp_path / "b.toml", cache, tmp_path / "crash"), "fit")
+    original = Trainer._micro_step
+
+    def crash_at_step_7(self, batch):
+        if self.micro_step == 7:
+            raise RuntimeError("simulated crash")
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "_micro_step", crash_at_step_7)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        Trainer(cfg).run()
+    monkeypatch.setattr(Trainer, "_micro_step", original)
+    assert find_latest(tmp_path / "crash").name == "step-00000006"
+    resumed = Trainer(cfg).run()
+    assert len(resumed) == 4  # steps 7..10
+    assert torch.allclose(torch.tensor(resumed), torch.tensor(full[6:]), atol=1e-6, rtol=0)
+    a = read_model_state_dict(find_latest(tmp_path / "full"))
+    b = read_model_state_dict(find_latest(tmp_path / "crash"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_sigkill_then_resume(cache: Path, tmp_path: Path):
+    """A real ``kill -9`` in the middle of training (possibly mid-save) loses nothing but the steps since
+    the last complete checkpoint; the resumed run continues the uninterrupted loss curve."""
+    reference = Trainer(load_toml(write_config(tmp_path / "ref.toml", cache, tmp_path / "ref", max_steps=14,
+                                               save_every=2), "fit")).run()
+    config = write_config(tmp_path / "k.toml", cache, tmp_path / "killed", max_steps=14, save_every=2)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "train.cli", "fit", str(config), "--max-steps", "100000"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    ckpt = find_latest(tmp_path / "killed")
+    done = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+    assert 2 <= done < 14
+    resumed = Trainer(load_toml(config, "fit")).run()
+    assert len(resumed) == 14 - done
+    assert torch.allclose(torch.tensor(resumed), torch.tensor(reference[done:]), atol=1e-6, rtol=0)
+
+
+def test_stage2_multi_person_and_export(tmp_path: Path):
+    from anytalker_core.checkpoint import load_dit
+    from anytalker_core.conditioning import Speaker
+
+    data = make_cache(tmp_path / "multi", 2, identities=2, seed=3)
+    cfg = load_toml(write_config(tmp_path / "s2.toml", data, tmp_path / "run2", stage=2, max_steps=2, save_every=2,
+                                 learning_rate=5e-6, export_at_end=True), "fit")
+    losses = Trainer(cfg).run()
+    assert len(losses) == 2
+    rows = [json.loads(l) for l in (tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()]
+    assert not any(r["two_person"] for r in rows)  # stage 2 never concatenates
+    exported = tmp_path / "run2" / "anytalker_dit.safetensors"
+    assert exported.is_file()
+    # the CLI export of the same checkpoint, loaded the way inference loads a DiT
+    out = tmp_path / "cli_export.safetensors"
+    result = subprocess.run([sys.executable, "-m", "train.cli", "export", str(tmp_path / "run2"), str(out)],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    model = load_dit(out)
+    trained = read_model_state_dict(find_latest(tmp_path / "run2"))
+    assert all(torch.equal(model.state_dict()[k], trained[k]) for k in trained)
+    g = torch.Generator().manual_seed(0)
+    speakers = [Speaker(torch.randn(1, T, 5, AUDIO_L, AUDIO_C, generator=g), torch.randn(1, 257, CLIP_DIM, generator=g),
+                        torch.rand(1, F_LAT, LAT_H // 2, LAT_W // 2, generator=g)) for _ in range(2)]
+    with torch.no_grad():
+        v = model(torch.randn(1, 16, F_LAT, LAT_H, LAT_W, generator=g), torch.tensor([500.0]),
+                  torch.randn(1, 6, TEXT_DIM, generator=g), torch.randn(1, 257, CLIP_DIM, generator=g),
+                  torch.randn(1, 20, F_LAT, LAT_H, LAT_W, generator=g), speakers)
+    assert v.shape == (1, 16, F_LAT, LAT_H, LAT_W) and torch.isfinite(v).all()
+    with pytest.raises(Exception, match="safetensors"):
+        export_checkpoint(tmp_path / "run2", tmp_path / "bad.pth")

@@ -1,0 +1,181 @@
+"""Data preparation on real clips made here: scikit-image's astronaut (a real face) animated with known
+motion, espeak-ng speech, muxed to mp4. Filters must drop the face-less, silent and shaky clips, keep
+the good ones, shard without overlap, resume, and produce samples the trainer consumes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anytalker_core.media import write_video
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+
+SIZE = 96
+FRAMES = 17  # 4n+1 video frames per sample (5 latent frames)
+
+
+def _frames(image: np.ndarray, offsets: list[int], y0: int = 20, crop: int = 300) -> np.ndarray:
+    import cv2
+
+    return np.stack([cv2.resize(image[y0:y0 + crop, x:x + crop], (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+                     for x in offsets])
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    from skimage import data
+
+    from anytalker_core.audio.speech import synthesize_speech
+
+    root = tmp_path_factory.mktemp("clips")
+    speech = synthesize_speech("Hello there, this clip is used to test the training data preparation.")
+    face, scene = data.astronaut(), data.coffee()
+    rng = np.random.default_rng(0)
+    n30 = 24  # 24 frames at 30 fps = 0.8 s -> 19 frames at 24 fps -> 17 (4n+1) kept
+
+    def audio(frames: int, fps: float) -> torch.Tensor:
+        return speech[: int(frames / fps * 16000)]
+
+    # good: slow pan (about 0.3 px/frame at 96 px), source at 30 fps (resampled to 24), with a caption
+    write_video(root / "good_pan.mp4", _frames(face, [40 + 2 * i for i in range(n30)]), 30, audio(n30, 30))
+    (root / "good_pan.txt").write_text("An astronaut talks to the camera.")
+    # good: still camera, 24 fps, no caption (generic prompt)
+    write_video(root / "good_still.mp4", _frames(face, [60] * FRAMES), 24, audio(FRAMES, 24))
+    # no face: a cup of coffee with speech
+    write_video(root / "noface.mp4", _frames(scene, [40 + i for i in range(FRAMES)], y0=0), 24, audio(FRAMES, 24))
+    # silent: the face, but digital silence on the audio track
+    write_video(root / "silent.mp4", _frames(face, [60] * FRAMES), 24, torch.zeros(int(FRAMES / 24 * 16000)))
+    # shaky: the face stays in view but the camera jumps around (tens of px per frame)
+    write_video(root / "shaky.mp4", _frames(face, list(rng.integers(20, 100, FRAMES))), 24, audio(FRAMES, 24))
+    # too short: 8 frames
+    write_video(root / "short.mp4", _frames(face, [60] * 8), 24, audio(8, 24))
+    return root
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, str]:
+    from anytalker_core.audio.wav2vec import make_tiny_wav2vec
+    from anytalker_core.encoders import make_tiny_clip_vision, make_tiny_text_encoder, make_tiny_vae
+
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "vae": str(make_tiny_vae(root / "wan_2.1_vae.safetensors")),
+        "clip_vision": str(make_tiny_clip_vision(root / "clip_vision_h.safetensors", hidden_size=32)),
+        "text_encoder": str(make_tiny_text_encoder(root / "text", d_model=32)),
+        "wav2vec": str(make_tiny_wav2vec(root / "wav2vec2", hidden_size=32, num_layers=2)),
+    }
+
+
+def _config(clips: Path, out: Path, models: dict, **kw):
+    from train.config import PrepareConfig
+
+    settings = dict(input=str(clips), output=str(out), max_area=SIZE * SIZE, max_frames=FRAMES, min_frames=FRAMES,
+                    face_check_stride=8, max_motion=4.0, min_audio_rms_db=-45.0, **models)
+    settings.update(kw)
+    return PrepareConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def prepared(clips: Path, models: dict, tmp_path_factory) -> tuple[Path, dict]:
+    from train.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "cache"
+    return out, prepare(_config(clips, out, models))
+
+
+def test_prepare_filters_and_caches(prepared):
+    from safetensors.torch import load_file
+
+    from train.data import CacheIndex, SharedEmbeddings, load_sample
+
+    out, report = prepared
+    by_id = {r["id"]: r for r in report["results"]}
+    assert by_id["good_pan"]["status"] == "kept" and by_id["good_still"]["status"] == "kept"
+    assert by_id["noface"]["reason"] == "face_count"
+    assert by_id["silent"]["reason"] == "silent"
+    assert by_id["shaky"]["reason"] == "too_much_motion" and by_id["shaky"]["motion"] > 4.0
+    assert by_id["short"]["reason"] == "too_short"
+    assert by_id["good_pan"]["motion"] < 2.0 < by_id["shaky"]["motion"]
+    assert report["summary"] == {"kept": 2, "dropped:face_count": 1, "dropped:silent": 1,
+                                 "dropped:too_much_motion": 1, "dropped:too_short": 1}
+    on_disk = json.loads((out / "reports" / "prepare-shard-0-of-1.json").read_text())
+    assert on_disk["summary"] == report["summary"]
+
+    index = CacheIndex([out])
+    assert sorted(m["id"] for m in index.metas) == ["good_pan", "good_still"]
+    pan = load_sample(out / "samples" / "good_pan.safetensors")
+    meta = pan.meta
+    assert (meta["frames"], meta["height"], meta["width"], meta["fps"]) == (FRAMES, SIZE, SIZE, 24.0)
+    assert meta["caption"] == "An astronaut talks to the camera." and meta["caption_source"] == "sidecar"
+    assert json.loads((out / "samples" / "good_still.json").read_text())["caption_source"] == "default"
+    lat_f = (FRAMES - 1) // 4 + 1
+    assert pan.latents.shape == (16, lat_f, SIZE // 8, SIZE // 8) == pan.first_frame_latent.shape
+    assert not torch.allclose(pan.latents, pan.first_frame_latent, atol=1e-2)
+    assert pan.audio_features.shape == (1, FRAMES, 2, 32)
+    assert pan.face_clip_tokens.shape == (1, 257, 32) and pan.clip_tokens.shape == (257, 32)
+    assert pan.text_embedding.shape[1] == 32
+    # the face moves left as the crop window pans right: frame-0 box right of the last checked box
+    boxes = load_file(str(out / "samples" / "good_pan.safetensors"))["face_boxes"][0]
+    checked = boxes[~torch.isnan(boxes[:, 0])]
+    assert len(checked) == 3 and checked[0, 0] > checked[-1, 0] + 2
+    g = pan.global_face_box[0]
+    assert g[0] <= checked[:, 0].min() and g[2] >= checked[:, 2].max()
+    shared = SharedEmbeddings.load(out)
+    assert shared.empty is not None and len(shared.two_person) == 4
+
+
+def test_prepare_resumes_without_reencoding(prepared, clips: Path, models: dict):
+    from train.prepare import prepare
+
+    out, _ = prepared
+    mtime = (out / "samples" / "good_pan.safetensors").stat().st_mtime_ns
+    again = prepare(_config(clips, out, models))
+    assert again["summary"]["cached"] == 2
+    assert (out / "samples" / "good_pan.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_prepare_shards_split_the_clips(clips: Path, models: dict, tmp_path: Path):
+    """Two shards of a manifest see disjoint clips whose union is the whole manifest."""
+    from train.prepare import discover_clips, prepare
+
+    manifest = tmp_path / "clips.jsonl"
+    names = ["noface", "silent", "shaky", "short"]  # all dropped by filters: no encoding needed here
+    manifest.write_text("".join(json.dumps({"video": str(clips / f"{n}.mp4")}) + "\n" for n in names))
+    assert [c.sample_id for c in discover_clips(manifest)] == sorted(names)
+    seen = []
+    for shard in range(2):
+        report = prepare(_config(manifest, tmp_path / "cache", models, shard_index=shard, num_shards=2))
+        seen.append({r["id"] for r in report["results"]})
+        assert all(r["status"] == "dropped" for r in report["results"])
+        assert (tmp_path / "cache" / "reports" / f"prepare-shard-{shard}-of-2.json").is_file()
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(names)
+
+
+def test_prepared_cache_trains(prepared, tmp_path: Path):
+    """The cached format is what the DiT consumes: two steps of stage 1 on freshly prepared samples."""
+    from train.config import ModelSection, TrainConfig
+    from train.trainer import Trainer
+
+    out, _ = prepared
+    cfg = TrainConfig(stage=1, data=[str(out)], run_dir=str(tmp_path / "run"), max_steps=2, batch_size=1,
+                      mixed_precision="no", num_workers=0, two_person_prob=1.0, warmup_steps=1, save_every=2,
+                      model=ModelSection(tiny=True, gradient_checkpointing=True), export_at_end=False)
+    losses = Trainer(cfg).run()
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["two_person"]  # the two kept clips were paired side by side
+
+
+def test_cli_prepare_reports_bad_input(tmp_path: Path, capsys):
+    from train.cli import main
+
+    assert main(["prepare", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "out")]) == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text('input = "x"\noutput = "y"\nmax_frame = 81\n')
+    assert main(["prepare", str(bad)]) == 2
