@@ -1,0 +1,34 @@
+"""ComfyUI nodes for AnyTalker (V3 API). Thin adapters: unpack ComfyUI types, call anytalker_core, wrap.
+
+Graph: Load AnyTalker Model, Load AnyTalker wav2vec2 → AnyTalker Audio Encode (one AUDIO per person)
+→ AnyTalker Face Masks → AnyTalker Conditioning (+ native CLIP Text Encode, Load CLIP Vision, Load VAE)
+→ AnyTalker Sampler → VAE Decode → Create Video (24 fps, mixed audio) → Save Video.
+"""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .generate import AnyTalkerConditioning, AnyTalkerSampler
+from .inputs import AnyTalkerAudioEncode, AnyTalkerFaceMasks
+from .loaders import AnyTalkerModelLoader, AnyTalkerWav2VecLoader
+from .score import AnyTalkerScoreVideo
+
+NODES: list[type[io.ComfyNode]] = [
+    AnyTalkerModelLoader,
+    AnyTalkerWav2VecLoader,
+    AnyTalkerAudioEncode,
+    AnyTalkerFaceMasks,
+    AnyTalkerConditioning,
+    AnyTalkerSampler,
+    AnyTalkerScoreVideo,
+]
+
+
+class AnyTalkerExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> AnyTalkerExtension:
+    return AnyTalkerExtension()

@@ -1,0 +1,105 @@
+"""Model loaders: the AnyTalker DiT (``diffusion_models``) and wav2vec2 (``audio_encoders``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from comfy_api.latest import io
+
+from ._bridge import AnyTalkerModel
+from .types import AnyTalkerModelType, Wav2VecType
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+ATTENTION = ["sdpa", "flash_attn", "sage"]
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 (else fp16) on a GPU, fp32 on the CPU (CPU half-precision matmuls are slow)."""
+    dtype = DTYPES[name]
+    if dtype is not None:
+        return dtype
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+class AnyTalkerModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        import folder_paths
+
+        return io.Schema(
+            node_id="AnyTalkerModelLoader",
+            display_name="Load AnyTalker Model",
+            category="AnyTalker/loaders",
+            description="Loads an AnyTalker DiT (Wan2.1 with Audio-Face Cross Attention), the released .pth "
+                        "or a converted .safetensors, from models/diffusion_models.",
+            inputs=[
+                io.Combo.Input("model_name", options=folder_paths.get_filename_list("diffusion_models"),
+                               tooltip="AnyTalker checkpoint in models/diffusion_models (1_3B-single-v1.pth, "
+                                       "14B-multi-v1.pth or a converted .safetensors). A config_af2v_*.json "
+                                       "beside it is used when present; otherwise sizes come from the weights."),
+                io.Combo.Input("weight_dtype", options=list(DTYPES), default="auto",
+                               tooltip="Compute precision of the DiT. auto = bf16 on GPUs that support it "
+                                       "(else fp16), fp32 on the CPU."),
+                io.Combo.Input("attention", options=ATTENTION, default="sdpa", advanced=True,
+                               tooltip="Attention kernel: sdpa (PyTorch, always available), flash_attn or "
+                                       "sage (need their packages; used for unmasked fp16/bf16 GPU attention)."),
+            ],
+            outputs=[AnyTalkerModelType.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model_name: str, weight_dtype: str = "auto", attention: str = "sdpa") -> io.NodeOutput:
+        import comfy.model_management as mm
+        import folder_paths
+        from anytalker_core.attention import set_attention_backend
+        from anytalker_core.checkpoint import load_dit
+
+        set_attention_backend(attention)  # fails early, naming the missing package
+        path = folder_paths.get_full_path_or_raise("diffusion_models", model_name)
+        dtype = resolve_dtype(weight_dtype, mm.get_torch_device())
+        dit = load_dit(path, device=mm.unet_offload_device(), dtype=dtype)
+        return io.NodeOutput(AnyTalkerModel(dit=dit, dtype=dtype, attention=attention, name=model_name))
+
+
+def wav2vec_location(path: str) -> str:
+    """A weights file inside a Hugging Face folder (``config.json`` beside it) loads as that folder."""
+    folder = os.path.dirname(path)
+    if os.path.basename(path) in ("model.safetensors", "pytorch_model.bin") and \
+            os.path.isfile(os.path.join(folder, "config.json")):
+        return folder
+    return path
+
+
+class AnyTalkerWav2VecLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        import folder_paths
+
+        return io.Schema(
+            node_id="AnyTalkerWav2VecLoader",
+            display_name="Load AnyTalker wav2vec2",
+            category="AnyTalker/loaders",
+            description="Loads facebook/wav2vec2-base-960h from models/audio_encoders (a Hugging Face folder "
+                        "or one .safetensors file).",
+            inputs=[
+                io.Combo.Input("model_name", options=folder_paths.get_filename_list("audio_encoders"),
+                               tooltip="wav2vec2-base-960h in models/audio_encoders: pick its model.safetensors "
+                                       "inside the Hugging Face folder, or a single-file .safetensors."),
+            ],
+            outputs=[Wav2VecType.Output(display_name="wav2vec")],
+        )
+
+    @classmethod
+    def execute(cls, model_name: str) -> io.NodeOutput:
+        import folder_paths
+        from anytalker_core.audio import load_wav2vec
+
+        path = folder_paths.get_full_path_or_raise("audio_encoders", model_name)
+        # wav2vec2-base is small (95M params): it stays on the CPU, in float32 like the reference.
+        return io.NodeOutput(load_wav2vec(wav2vec_location(path), device="cpu", dtype=torch.float32))

@@ -1,0 +1,77 @@
+"""Evaluation: the Interactivity score of a generated clip (listeners' eye/brow motion)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from comfy_api.latest import io
+
+from anytalker_core.errors import InputError
+
+from . import _bridge as bridge
+
+log = logging.getLogger(__name__)
+
+
+def parse_intervals(text: str) -> dict[str, list[list[float]]]:
+    """``{"left": [[start_s, end_s], ...], "right": [...]}`` (JSON) → dict; clear message when malformed."""
+    try:
+        data = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise InputError(f"speaking_intervals: not valid JSON ({exc.msg} at character {exc.pos}); expected "
+                         '{"left": [[0.0, 2.5]], "right": [[2.5, 5.0]]} in seconds') from None
+    if not isinstance(data, dict):
+        raise InputError("speaking_intervals: expected a JSON object mapping each face (left, right or "
+                         f"face1, face2, ...) to [[start, end], ...] seconds, got {type(data).__name__}")
+    return data
+
+
+class AnyTalkerScoreVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AnyTalkerScoreVideo",
+            display_name="AnyTalker Score Video",
+            category="AnyTalker/evaluation",
+            description="Interactivity (AnyTalker paper): mean eye and eyebrow motion of each person while "
+                        "listening. -1 when the face count is not constant. Higher = livelier listeners.",
+            inputs=[
+                io.Image.Input("images", tooltip="The video frames (e.g. from VAE Decode)."),
+                io.Float.Input("fps", default=24.0, min=1.0, max=120.0, step=1.0,
+                               tooltip="Frame rate of the frames (AnyTalker: 24)."),
+                io.String.Input("speaking_intervals", default='{"left": [], "right": []}', multiline=True,
+                                tooltip='JSON {"left": [[start, end], ...], "right": [...]} in seconds (face1, '
+                                        'face2, ... for other counts); connect speaking_intervals from AnyTalker '
+                                        'Audio Encode.'),
+                io.Int.Input("num_faces", default=2, min=1, max=8, advanced=True,
+                             tooltip="Faces every frame must show (the benchmark uses 2)."),
+                io.Combo.Input("landmarks", options=["mediapipe", "insightface"], default="mediapipe",
+                               advanced=True,
+                               tooltip="Landmark source: mediapipe (offline) or insightface 106-point (as the "
+                                       "reference; needs models/insightface/buffalo_l)."),
+            ],
+            outputs=[
+                io.Float.Output(display_name="interactivity", tooltip="Score, or -1 for an invalid clip."),
+                io.Image.Output(display_name="plot", tooltip="Per-face motion over time, speaking shaded."),
+                io.String.Output(display_name="report", tooltip="Status, per-face scores and notes as JSON."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, images, fps: float = 24.0, speaking_intervals: str = "", num_faces: int = 2,
+                landmarks: str = "mediapipe") -> io.NodeOutput:
+        import os
+
+        from anytalker_core.metrics.runner import score_video
+
+        frames = bridge.frames_to_uint8(images, "images")
+        insightface = os.path.join(bridge.models_dir(), "insightface")
+        result = score_video(frames, fps, parse_intervals(speaking_intervals), landmark_backend=landmarks,
+                             insightface_dir=insightface if landmarks == "insightface" else None,
+                             num_faces=num_faces, progress=bridge.progress_callback(len(frames)),
+                             should_stop=bridge.interrupt_check)
+        res = result.interactivity
+        report = {"status": res.status, "interactivity": res.score, "per_face": res.per_face, "note": res.reason}
+        log.info("interactivity: %s", report)
+        return io.NodeOutput(res.reference_score(), bridge.uint8_to_image(result.plot), json.dumps(report))

@@ -1,0 +1,256 @@
+"""The ComfyUI nodes without ComfyUI: schemas, each node's execute, and whole graphs for 1-3 people.
+
+ComfyUI's API is the stand-in in tests/comfy_stub (tests/test_comfyui_server.py runs the same nodes
+in a real server). Models are anytalker_core's tiny random-weight set in real file formats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+
+STUB = REPO / "tests" / "comfy_stub"
+try:  # a real ComfyUI on the path wins; else the stand-in
+    import comfy_api.latest  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(STUB))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import comfy.model_management as mm  # noqa: E402
+import comfy.utils  # noqa: E402
+import folder_paths  # noqa: E402
+
+from anytalker_core.errors import InputError  # noqa: E402
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Tiny models in a ComfyUI models/ folder, speech for 3 people, the astronaut image, native stand-ins."""
+    from anytalker_core.demo import build_demo_models, demo_image, DEMO_SENTENCES
+    from anytalker_core.audio.speech import synthesize_speech
+
+    sys.path.insert(0, str(STUB))
+    from native_models import NativeClipVision, NativeVAE, text_conditioning
+
+    root = tmp_path_factory.mktemp("comfy")
+    paths = build_demo_models(root / "models")
+    folder_paths.models_dir = str(root / "models")
+    speech = []
+    for i, (text, voice) in enumerate(DEMO_SENTENCES[:3]):
+        speech.append(synthesize_speech(text.split(",")[0], voice=voice, sample_rate=SR))
+    return {
+        "paths": paths,
+        "speech": speech,
+        "image": lambda n: torch.from_numpy(demo_image(n, size=96)).float().div(255).unsqueeze(0),
+        "vae": NativeVAE(paths.vae),
+        "clip_vision": NativeClipVision(paths.clip_vision),
+        "positive": text_conditioning(paths.text_encoder, "two astronauts talk"),
+        "negative": text_conditioning(paths.text_encoder, "blurry"),
+    }
+
+
+def audio_dict(wave: torch.Tensor, rate: int = SR, channels: int = 1) -> dict:
+    return {"waveform": wave.reshape(1, 1, -1).repeat(1, channels, 1), "sample_rate": rate}
+
+
+def run(node, **kwargs):
+    out = node.execute(**kwargs)
+    return out.args
+
+
+# ------------------------------------------------------------------------------------------- schemas
+
+
+def test_entrypoint_lists_every_node_with_a_complete_schema():
+    from nodes import NODES, comfy_entrypoint
+
+    extension = asyncio.run(comfy_entrypoint())
+    listed = asyncio.run(extension.get_node_list())
+    assert [n.__name__ for n in listed] == [n.__name__ for n in NODES]
+    ids = set()
+    for node in listed:
+        schema = node.define_schema()
+        assert schema.node_id.startswith("AnyTalker") and schema.node_id == node.__name__
+        assert schema.category.startswith("AnyTalker/")
+        assert schema.description
+        ids.add(schema.node_id)
+        for inp in schema.inputs:
+            assert inp.tooltip, f"{schema.node_id}.{inp.id} has no tooltip"
+            if hasattr(inp, "template"):
+                assert inp.template.input.tooltip
+    assert len(ids) == 7
+
+
+def test_audio_encode_takes_a_variable_number_of_speakers():
+    from nodes.inputs import AnyTalkerAudioEncode
+
+    speakers = next(i for i in AnyTalkerAudioEncode.define_schema().inputs if i.id == "speakers")
+    assert speakers.template.prefix == "audio" and speakers.template.min == 1 and speakers.template.max == 8
+
+
+# ------------------------------------------------------------------------------------------- nodes
+
+
+def load_models(world):
+    from nodes.loaders import AnyTalkerModelLoader, AnyTalkerWav2VecLoader
+
+    dit_name = folder_paths.get_filename_list("diffusion_models")[0]
+    (model,) = run(AnyTalkerModelLoader, model_name=dit_name, weight_dtype="auto", attention="sdpa")
+    w2v_name = next(n for n in folder_paths.get_filename_list("audio_encoders") if n.endswith("model.safetensors"))
+    (wav2vec,) = run(AnyTalkerWav2VecLoader, model_name=w2v_name)
+    return model, wav2vec
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("people", [1, 2, 3])
+def test_graph_audio_faces_conditioning_sampler_decode(world, people):
+    from nodes.generate import AnyTalkerConditioning, AnyTalkerSampler
+    from nodes.inputs import AnyTalkerAudioEncode, AnyTalkerFaceMasks
+    from native_models import vae_decode_node
+
+    model, wav2vec = load_models(world)
+    assert model.dtype == torch.float32 and next(model.dit.parameters()).device.type == "cpu"
+    rates = [SR, 22050, 44100]
+    speakers = {}
+    for i in range(people):
+        wave = world["speech"][i]
+        if rates[i] != SR:  # other rates and stereo arrive from Load Audio; the node resamples and mixes down
+            from anytalker_core.media import resample
+            wave = resample(wave, SR, rates[i])
+        speakers[f"audio{i}"] = audio_dict(wave, rates[i], channels=1 + i % 2)
+    feats, n, frames, mixed, intervals = run(AnyTalkerAudioEncode, wav2vec=wav2vec, speakers=speakers,
+                                             mode="concat" if people == 3 else "pad", frame_count=9)
+    assert n == people and frames == 9
+    assert feats.conditioning.features.shape[:2] == (people, frames)
+    assert mixed["sample_rate"] == SR and mixed["waveform"].shape == (1, 1, round(frames / 24 * SR))
+    assert set(json.loads(intervals)) == set(feats.names) and len(feats.names) == people
+
+    image = world["image"](people)  # [1, 96, 96 * people, 3]
+    boxes = "; ".join(f"{96 * i + 30},20,{96 * i + 66},60" for i in range(people))
+    faces, masks, preview = run(AnyTalkerFaceMasks, image=image, people=n, detector="auto", masks=None, boxes=boxes)
+    assert faces.num_faces == people and masks.shape == (people, 96, 96 * people)
+    assert preview.shape == image.shape and not torch.equal(preview, image)
+    assert np.all(np.diff(faces.boxes[:, 0]) > 0)  # identity order = left to right
+
+    cond, width, height = run(AnyTalkerConditioning, positive=world["positive"], negative=world["negative"],
+                              clip_vision=world["clip_vision"], vae=world["vae"], start_image=image, faces=faces,
+                              audio_features=feats, max_pixels=64 * 64 * people)
+    assert width % 32 == 0 and height % 32 == 0 and width * height <= 64 * 64 * people
+    f_lat = (frames - 1) // 4 + 1
+    assert cond.y.shape == (1, 20, f_lat, height // 8, width // 8)
+    assert len(cond.speakers) == people
+
+    comfy.utils.UPDATES.clear()
+    (latent,) = run(AnyTalkerSampler, model=model, conditioning=cond, seed=1, steps=2, sampler_name="unipc",
+                    cfg=4.5, shift=0.0, audio_cfg=0.0 if people != 2 else 2.0)
+    assert latent["samples"].shape == (1, 16, f_lat, height // 8, width // 8)
+    assert torch.isfinite(latent["samples"]).all()
+    assert comfy.utils.UPDATES[-1] == (2, 2)
+    assert next(model.dit.parameters()).device.type == "cpu"  # back on the offload device
+
+    video = vae_decode_node(world["vae"], latent)
+    assert video.shape == (frames, height, width, 3)
+    assert mixed["waveform"].shape[-1] / SR == pytest.approx(video.shape[0] / 24, abs=1 / SR)
+
+
+def test_sampler_is_deterministic_and_interruptible(world):
+    from nodes.generate import AnyTalkerConditioning, AnyTalkerSampler
+    from nodes.inputs import AnyTalkerAudioEncode, AnyTalkerFaceMasks
+
+    model, wav2vec = load_models(world)
+    feats, n, *_ = run(AnyTalkerAudioEncode, wav2vec=wav2vec, speakers={"audio0": audio_dict(world["speech"][0])},
+                       mode="pad", frame_count=5)
+    image = world["image"](1)
+    faces, _, _ = run(AnyTalkerFaceMasks, image=image, people=n, boxes="30,20,66,60")
+    cond, *_ = run(AnyTalkerConditioning, positive=world["positive"], negative=world["negative"],
+                   clip_vision=world["clip_vision"], vae=world["vae"], start_image=image, faces=faces,
+                   audio_features=feats, max_pixels=64 * 64)
+    settings = dict(model=model, conditioning=cond, steps=2, sampler_name="euler", cfg=3.0)
+    a = run(AnyTalkerSampler, seed=7, **settings)[0]["samples"]
+    b = run(AnyTalkerSampler, seed=7, **settings)[0]["samples"]
+    c = run(AnyTalkerSampler, seed=8, **settings)[0]["samples"]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+    mm.interrupt_current_processing(True)
+    with pytest.raises(mm.InterruptProcessingException):
+        run(AnyTalkerSampler, seed=7, **settings)
+    assert not mm.processing_interrupted()
+    assert next(model.dit.parameters()).device.type == "cpu"
+
+
+def test_faces_from_masks_and_detector(world):
+    from nodes.inputs import AnyTalkerFaceMasks
+
+    image = world["image"](2)
+    drawn = torch.zeros(2, 96, 192)
+    drawn[0, 20:60, 30:66] = 1
+    drawn[1, 25:55, 126:160] = 1
+    faces, masks, _ = run(AnyTalkerFaceMasks, image=image, people=2, masks=drawn)
+    assert faces.masks is not None and faces.boxes.tolist()[1] == [126, 25, 160, 55]
+    detected, _, preview = run(AnyTalkerFaceMasks, image=image, people=2, detector="mediapipe")
+    assert detected.num_faces == 2 and detected.boxes[0, 0] < 96 <= detected.boxes[1, 0]
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+def test_errors_name_the_input(world):
+    from nodes.generate import AnyTalkerConditioning, AnyTalkerSampler
+    from nodes.inputs import AnyTalkerAudioEncode, AnyTalkerFaceMasks
+
+    model, wav2vec = load_models(world)
+    with pytest.raises(InputError, match="audio input 2: holds a batch of 2"):
+        run(AnyTalkerAudioEncode, wav2vec=wav2vec, speakers={
+            "audio0": audio_dict(world["speech"][0]),
+            "audio1": {"waveform": torch.zeros(2, 1, SR), "sample_rate": SR}})
+    with pytest.raises(InputError, match="audio input 1: expected a ComfyUI AUDIO"):
+        run(AnyTalkerAudioEncode, wav2vec=wav2vec, speakers={"audio0": torch.zeros(SR)})
+    with pytest.raises(InputError, match="connect at least one AUDIO"):
+        run(AnyTalkerAudioEncode, wav2vec=wav2vec, speakers={})
+    image = world["image"](2)
+    with pytest.raises(InputError, match="box 2 '1,2,3' has 3 numbers"):
+        run(AnyTalkerFaceMasks, image=image, people=2, boxes="30,20,66,60; 1,2,3")
+    with pytest.raises(InputError, match="1 face mask"):
+        run(AnyTalkerFaceMasks, image=image, people=2, masks=torch.ones(1, 96, 192))
+    with pytest.raises(InputError, match="masks are 10x10 but the image is 192x96"):
+        run(AnyTalkerFaceMasks, image=image, people=1, masks=torch.ones(1, 10, 10))
+
+    feats, *_ = run(AnyTalkerAudioEncode, wav2vec=wav2vec, speakers={"audio0": audio_dict(world["speech"][0])})
+    faces2, _, _ = run(AnyTalkerFaceMasks, image=image, people=2, boxes="30,20,66,60; 126,20,160,60")
+    common = dict(positive=world["positive"], negative=world["negative"], clip_vision=world["clip_vision"],
+                  vae=world["vae"], audio_features=feats, max_pixels=64 * 64)
+    with pytest.raises(InputError, match="2 face\\(s\\) for 1 audio input"):
+        run(AnyTalkerConditioning, start_image=image, faces=faces2, **common)
+    faces1, _, _ = run(AnyTalkerFaceMasks, image=image, people=1, boxes="30,20,66,60")
+    with pytest.raises(InputError, match="192x96 image but start_image is 96x96"):
+        run(AnyTalkerConditioning, start_image=world["image"](1), faces=faces1, **common)
+    with pytest.raises(InputError, match="positive: expected a CONDITIONING"):
+        run(AnyTalkerConditioning, start_image=image, faces=faces1, **{**common, "positive": "a prompt"})
+
+    cond, *_ = run(AnyTalkerConditioning, start_image=image, faces=faces1, **common)
+    cond.prompts.context = torch.zeros(1, 512, 4096)  # e.g. a real umt5_xxl with the tiny DiT
+    with pytest.raises(InputError, match="positive: embeddings are 4096 wide but the AnyTalker model expects 32"):
+        run(AnyTalkerSampler, model=model, conditioning=cond, steps=1)
+
+
+def test_score_video_node(world):
+    from nodes.score import AnyTalkerScoreVideo
+
+    frames = world["image"](2).repeat(6, 1, 1, 1)  # a still two-face clip: listeners do not move
+    intervals = json.dumps({"left": [[0.0, 0.1]], "right": [[0.1, 0.25]]})
+    score, plot, report = run(AnyTalkerScoreVideo, images=frames, fps=24.0, speaking_intervals=intervals)
+    info = json.loads(report)
+    assert isinstance(score, float) and plot.ndim == 4 and plot.shape[-1] == 3
+    assert info["status"] in ("ok", "invalid") and (score == -1.0) == (info["status"] == "invalid")
+    with pytest.raises(InputError, match="speaking_intervals: not valid JSON"):
+        run(AnyTalkerScoreVideo, images=frames, speaking_intervals="{left: [}")
