@@ -62,6 +62,12 @@ def build_model(section: ModelSection, seed: int):
     return model
 
 
+def _has_accelerator_device() -> bool:
+    xpu = getattr(torch, "xpu", None)
+    return bool(torch.cuda.is_available() or (xpu is not None and xpu.is_available())
+                or torch.backends.mps.is_available())
+
+
 def lr_lambda(step: int, warmup: int, max_steps: int, schedule: str) -> float:
     """LR multiplier after ``step`` optimiser steps: linear warm-up, then constant / cosine / linear decay."""
     if warmup > 0 and step < warmup:
@@ -136,6 +142,8 @@ class Trainer:
 
         cfg = self.cfg
         self.accelerator = Accelerator(
+            # without a GPU, accelerate only forms a multi-process (gloo) group when told cpu=True
+            cpu=not _has_accelerator_device(),
             mixed_precision=cfg.mixed_precision,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             dataloader_config=DataLoaderConfiguration(split_batches=False),
