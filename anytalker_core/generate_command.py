@@ -376,13 +376,22 @@ def _write_png(path: Path, image) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        from .errors import Interrupted
+
+        raise Interrupted("stopped by Ctrl-C; the clip being generated was not written") from None
+
+
+def _run(args: argparse.Namespace) -> int:
     _check_args(args)
     if args.preview_faces is not None and not args.demo:
         if args.batch:
             raise InputError("--preview-faces works on one --image, not with --batch")
         return _preview_only(args)
 
-    from .media import load_audio, write_video
+    from .media import load_audio
     from .model_paths import resolve_model_paths
     from .pipeline import AnyTalkerPipeline, load_image
 
@@ -408,11 +417,10 @@ def run(args: argparse.Namespace) -> int:
             request = _build_request(args, image, audio, args.prompt or inputs.prompt, args.audio_mode,
                                      args.negative_prompt, _seed(args.seed),
                                      parse_boxes(args.boxes) if args.boxes else None)
-            result = pipe.generate(request, progress=_log_progress)
             out = args.out or Path("demo.mp4")
+            result = generate_to_file(pipe, request, out, progress=_log_progress)
             if args.preview_faces is not None:
                 _write_png(args.preview_faces, result.preview)
-            write_video(out, result.frames, result.fps, result.audio, result.sample_rate)
         log.warning(DEMO_BANNER)
         print(f"wrote {out} ({result.frames.shape[0]} frames, {result.fps} fps) [demo: random weights, noise]")
         return 0
@@ -425,8 +433,19 @@ def run(args: argparse.Namespace) -> int:
     else:
         tasks = [BatchTask(name=(args.out or Path("out.mp4")).stem, image=args.image, audio=list(args.audio),
                            prompt=args.prompt, boxes=parse_boxes(args.boxes) if args.boxes else None)]
+    out_dir = None
+    if args.batch:
+        out_dir = args.out or args.batch.resolve().parent / args.batch.stem
+        done_already = [t for t in tasks if (out_dir / f"{t.name}.mp4").exists() and not args.overwrite]
+        for t in done_already:
+            log.info("%s: %s exists, skipped (--overwrite to redo)", t.name, out_dir / f"{t.name}.mp4")
+        tasks = [t for t in tasks if t not in done_already]
+        skipped = len(done_already)
+        if not tasks:
+            print(f"batch: 0 generated, {skipped} skipped, 0 failed (every mp4 exists; --overwrite to redo)")
+            return 0
     missing_inputs = [f"{t.name}: {p}" for t in tasks for p in [t.image, *t.audio] if not Path(p).is_file()]
-    if missing_inputs:
+    if missing_inputs and not args.batch:
         raise InputError("input file(s) not found:\n  " + "\n  ".join(missing_inputs))
     paths = resolve_model_paths(args.models_dir, overrides, dit_config=args.dit_config)
     pipe = AnyTalkerPipeline.from_paths(paths, device=device, dtype=dtype, offload=args.offload,
@@ -437,30 +456,23 @@ def run(args: argparse.Namespace) -> int:
         out = args.out or Path("out.mp4")
         request = _build_request(args, load_image(task.image), [load_audio(p) for p in task.audio], task.prompt,
                                  args.audio_mode, args.negative_prompt, _seed(args.seed), task.boxes)
-        result = pipe.generate(request, progress=_log_progress)
-        write_video(out, result.frames, result.fps, result.audio, result.sample_rate)
+        result = generate_to_file(pipe, request, out, progress=_log_progress)
         print(f"wrote {out} ({result.frames.shape[0]} frames, {result.fps} fps)")
         return 0
 
-    out_dir = args.out or args.batch.resolve().parent / args.batch.stem
     out_dir.mkdir(parents=True, exist_ok=True)
     failed: list[str] = []
-    done = skipped = 0
+    done = 0
     for i, task in enumerate(tasks):
         out = out_dir / f"{task.name}.mp4"
-        if out.exists() and not args.overwrite:
-            log.info("[%d/%d] %s: %s exists, skipped (--overwrite to redo)", i + 1, len(tasks), task.name, out)
-            skipped += 1
-            continue
         log.info("[%d/%d] %s: %d person(s), %s", i + 1, len(tasks), task.name, len(task.audio), task.image)
         try:
             request = _build_request(
                 args, load_image(task.image), [load_audio(p) for p in task.audio], task.prompt,
                 task.audio_mode or args.audio_mode, task.negative_prompt or args.negative_prompt,
                 _seed(task.seed if task.seed is not None else args.seed), task.boxes)
-            result = pipe.generate(request, progress=_log_progress)
-            write_video(out, result.frames, result.fps, result.audio, result.sample_rate)
-        except InputError as exc:  # one bad task must not stop the batch
+            generate_to_file(pipe, request, out, progress=_log_progress)
+        except InputError as exc:  # one bad task (missing file, wrong face count...) must not stop the batch
             log.error("%s: %s", task.name, exc)
             failed.append(task.name)
             continue
@@ -469,6 +481,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"batch: {done} generated, {skipped} skipped, {len(failed)} failed" +
           (f" ({', '.join(failed)})" if failed else ""))
     return 1 if failed else 0
+
+
+def generate_to_file(pipe, request, out: str | Path, progress=None, should_stop=None):
+    """Generate one clip and write it as an mp4 (24 fps video + the mixed audio), atomically.
+
+    Nothing is written when generation fails or is interrupted (:class:`~.errors.Interrupted`), and
+    the mp4 itself is written to a temporary file that is renamed into place only when complete.
+    Returns the :class:`~.pipeline.GenerationResult`.
+    """
+    from .media import write_video
+
+    result = pipe.generate(request, progress=progress, should_stop=should_stop)
+    write_video(out, result.frames, result.fps, result.audio, result.sample_rate)
+    return result
 
 
 def _log_progress(step: int, total: int) -> None:
