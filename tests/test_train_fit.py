@@ -84,29 +84,60 @@ def test_stage1_loss_goes_down(cache: Path, tmp_path: Path):
     assert any(r["two_person"] for r in rows) and any(not r["two_person"] for r in rows)
 
 
-def test_crash_and_resume_reproduces_the_uninterrupted_losses(cache: Path, tmp_path: Path, monkeypatch):
-    full_cfg = load_toml(write_config(tmp_path / "a.toml", cache, tmp_path / "full", max_steps=8), "fit")
-    full = Trainer(full_cfg).run()
+def test_crash_during_save_then_resume_reproduces_the_uninterrupted_losses(cache: Path, tmp_path: Path,
+                                                                          monkeypatch):
+    """A crash while checkpoint 6 is being written leaves checkpoint 3 as the newest complete one; the
+    resumed run repeats steps 4..8 with exactly the losses of an uninterrupted run."""
+    import train.checkpointing as ckpt_mod
+
+    full = Trainer(load_toml(write_config(tmp_path / "a.toml", cache, tmp_path / "full", max_steps=8), "fit")).run()
 
     cfg = load_toml(write_config(tmp_path / "b.toml", cache, tmp_path / "crash", max_steps=8), "fit")
-    original = Trainer._micro_step
+    original = ckpt_mod.write_json_atomic
 
-    def crash_at_step_7(self, batch):
-        if self.micro_step == 7:
-            raise RuntimeError("simulated crash")
-        return original(self, batch)
+    def crash_while_saving_step_6(path, data):
+        if path.name == "trainer_state.json" and data["step"] == 6:
+            raise RuntimeError("simulated crash during save")
+        return original(path, data)
 
-    monkeypatch.setattr(Trainer, "_micro_step", crash_at_step_7)
+    monkeypatch.setattr(ckpt_mod, "write_json_atomic", crash_while_saving_step_6)
     with pytest.raises(RuntimeError, match="simulated crash"):
         Trainer(cfg).run()
-    monkeypatch.setattr(Trainer, "_micro_step", original)
-    assert find_latest(tmp_path / "crash").name == "step-00000006"
+    monkeypatch.setattr(ckpt_mod, "write_json_atomic", original)
+    root = tmp_path / "crash" / "checkpoints"
+    assert (root / ".tmp-step-00000006").is_dir() and not (root / "step-00000006").exists()
+    assert find_latest(tmp_path / "crash").name == "step-00000003"
     resumed = Trainer(cfg).run()
-    assert len(resumed) == 2  # steps 7 and 8
-    assert torch.allclose(torch.tensor(resumed), torch.tensor(full[6:]), atol=1e-6, rtol=0)
+    assert len(resumed) == 5  # steps 4..8
+    assert torch.allclose(torch.tensor(resumed), torch.tensor(full[3:]), atol=1e-6, rtol=0)
     a = read_model_state_dict(find_latest(tmp_path / "full"))
     b = read_model_state_dict(find_latest(tmp_path / "crash"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert not (root / ".tmp-step-00000006").exists()  # the stale temp folder was replaced and renamed
+
+
+def test_partial_initialisation_from_a_checkpoint(tmp_path: Path):
+    """Stage 1 starts from Wan2.1 I2V weights without AFCA layers: matching tensors load, the rest stay new."""
+    from anytalker_core.checkpoint import save_dit
+    from anytalker_core.config import AnyTalkerConfig
+    from anytalker_core.dit import AnyTalkerDiT
+    from safetensors.torch import load_file, save_file
+
+    from train.config import ModelSection
+    from train.trainer import build_model
+
+    source = AnyTalkerDiT(AnyTalkerConfig.tiny())
+    full = tmp_path / "full.safetensors"
+    save_dit(source, full)
+    base = {k: v for k, v in load_file(str(full)).items() if "audio" not in k and "face" not in k}
+    wan_like = tmp_path / "wan_i2v.safetensors"
+    save_file(base, str(wan_like))
+    model = build_model(ModelSection(tiny=True, init_checkpoint=str(wan_like)), seed=123)
+    sd = model.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in base.items())
+    new = [k for k in sd if k not in base]
+    assert new and not any(torch.equal(sd[k], source.state_dict()[k]) for k in new if sd[k].dim() >= 2)
+    assert all(p.requires_grad for p in model.parameters()) and model.training
 
 
 def test_sigkill_then_resume(cache: Path, tmp_path: Path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +109,7 @@ class TrainConfig:
     audio_dropout: float = 0.1
     num_workers: int = 2
     # flow matching
-    timestep_sampler: str = "logit_normal"  # "uniform" | "logit_normal"
+    timestep_sampler: str = "uniform"  # "uniform" | "logit_normal" (both then shifted by `shift`)
     shift: float = 3.0
     logit_mean: float = 0.0
     logit_std: float = 1.0
@@ -158,7 +159,7 @@ def _resolve(base: Path, value: str) -> str:
     if not value:
         return value
     p = Path(value).expanduser()
-    return str(p if p.is_absolute() else (base / p))
+    return os.path.normpath(p if p.is_absolute() else (base / p))
 
 
 def load_toml(path: str | Path, kind: str, overrides: Mapping[str, Any] | None = None) -> PrepareConfig | TrainConfig:
