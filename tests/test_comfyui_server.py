@@ -1,0 +1,225 @@
+"""The node pack inside a real ComfyUI server (runs only when COMFYUI_PATH points at a checkout).
+
+    COMFYUI_PATH=/path/to/ComfyUI [COMFYUI_PYTHON=/path/to/its/python] pytest tests/test_comfyui_server.py
+
+Starts ComfyUI on 127.0.0.1 with ``--cpu`` and a temporary ``--base-directory`` (its own
+custom_nodes/, models/, input/, output/), with this pack and tests/comfyui_test_nodes linked in, and
+anytalker_core's tiny random models in models/. Then: /object_info lists every node; a two-person
+prompt runs Load Image/Load Audio → our loaders, audio, faces, conditioning, sampler → VAE Decode →
+Create Video (24 fps, mixed audio) → Save Video and the mp4 is checked; a bad graph reports a clear
+execution_error; POST /interrupt stops a long sampling run. The server is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+COMFYUI = os.environ.get("COMFYUI_PATH")
+pytestmark = [pytest.mark.comfyui, pytest.mark.slow,
+              pytest.mark.skipif(not COMFYUI, reason="set COMFYUI_PATH to a ComfyUI checkout to run")]
+
+HOST = "127.0.0.1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.port = _free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+        self.log = open(base / "server.log", "w")
+        env = dict(os.environ, ANYTALKER_PACK_DIR=str(REPO))
+        self.proc = subprocess.Popen(
+            [python, "main.py", "--cpu", "--listen", HOST, "--port", str(self.port), "--base-directory", str(base),
+             "--disable-auto-launch"],
+            cwd=COMFYUI, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, data: dict):
+        req = urllib.request.Request(self.url + path, data=json.dumps(data).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            body = r.read()
+            return json.loads(body) if body else None
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited early:\n{self.text_log()[-4000:]}")
+            try:
+                self.get("/system_stats")
+                return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.5)
+        raise TimeoutError(f"ComfyUI did not answer in {timeout} s:\n{self.text_log()[-4000:]}")
+
+    def run(self, prompt: dict, timeout: float = 300, on_start=None) -> dict:
+        prompt_id = self.post("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})["prompt_id"]
+        end = time.monotonic() + timeout
+        started = False
+        while time.monotonic() < end:
+            if on_start is not None and not started:
+                running = self.get("/queue")["queue_running"]
+                if any(item[1] == prompt_id for item in running):
+                    started = True
+                    on_start()
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                return history[prompt_id]  # success, error or interrupted
+            time.sleep(0.3)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s:\n{self.text_log()[-4000:]}")
+
+    def text_log(self) -> str:
+        self.log.flush()
+        return (self.base / "server.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from PIL import Image
+
+    from anytalker_core.audio.speech import synthesize_speech
+    from anytalker_core.demo import build_demo_models, demo_image
+
+    base = tmp_path_factory.mktemp("comfyui")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "ComfyUI-AnyTalker").symlink_to(REPO, target_is_directory=True)
+    (base / "custom_nodes" / "anytalker_test_nodes").symlink_to(REPO / "tests" / "comfyui_test_nodes",
+                                                                 target_is_directory=True)
+    paths = build_demo_models(base / "models")
+    (base / "input").mkdir()
+    Image.fromarray(demo_image(2, size=96)).save(base / "input" / "two_astronauts.png")
+    for i, (text, voice) in enumerate([("Hello there", "en-us"), ("Yes indeed", "en-gb")]):
+        synthesize_speech(text, base / "input" / f"person{i + 1}.wav", voice=voice)
+    srv = Server(base)
+    try:
+        srv.wait_ready()
+        srv.paths = paths
+        yield srv
+    finally:
+        srv.stop()
+
+
+def two_person_prompt(paths, steps: int = 2, frame_count: int = 9, boxes: str = "30,20,66,60; 126,20,162,60"):
+    """An API-format graph: inputs → AnyTalker nodes → VAE Decode → Create Video → Save Video."""
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "two_astronauts.png"}},
+        "2": {"class_type": "LoadAudio", "inputs": {"audio": "person1.wav"}},
+        "3": {"class_type": "LoadAudio", "inputs": {"audio": "person2.wav"}},
+        "4": {"class_type": "AnyTalkerModelLoader",
+              "inputs": {"model_name": Path(paths.dit).name, "weight_dtype": "auto", "attention": "sdpa"}},
+        "5": {"class_type": "AnyTalkerWav2VecLoader",
+              "inputs": {"model_name": f"{Path(paths.wav2vec).name}/model.safetensors"}},
+        "6": {"class_type": "AnyTalkerAudioEncode",
+              "inputs": {"wav2vec": ["5", 0], "speakers.audio0": ["2", 0], "speakers.audio1": ["3", 0],
+                         "mode": "pad", "frame_count": frame_count, "normalize_loudness": False}},
+        "7": {"class_type": "AnyTalkerFaceMasks",
+              "inputs": {"image": ["1", 0], "people": ["6", 1], "detector": "auto", "boxes": boxes}},
+        "8": {"class_type": "AnyTalkerTestTextEncode", "inputs": {"path": str(paths.text_encoder),
+                                                                  "text": "two astronauts talk"}},
+        "9": {"class_type": "AnyTalkerTestTextEncode", "inputs": {"path": str(paths.text_encoder), "text": "blurry"}},
+        "10": {"class_type": "AnyTalkerTestClipVision", "inputs": {"path": str(paths.clip_vision)}},
+        "11": {"class_type": "VAELoader", "inputs": {"vae_name": Path(paths.vae).name}},
+        "12": {"class_type": "AnyTalkerConditioning",
+               "inputs": {"positive": ["8", 0], "negative": ["9", 0], "clip_vision": ["10", 0], "vae": ["11", 0],
+                          "start_image": ["1", 0], "faces": ["7", 0], "audio_features": ["6", 0],
+                          "max_pixels": 64 * 128}},
+        "13": {"class_type": "AnyTalkerSampler",
+               "inputs": {"model": ["4", 0], "conditioning": ["12", 0], "seed": 3, "steps": steps,
+                          "sampler_name": "unipc", "cfg": 4.5, "shift": 0.0, "audio_cfg": 0.0}},
+        "14": {"class_type": "VAEDecode", "inputs": {"samples": ["13", 0], "vae": ["11", 0]}},
+        "15": {"class_type": "CreateVideo", "inputs": {"images": ["14", 0], "fps": 24.0, "audio": ["6", 3]}},
+        "16": {"class_type": "SaveVideo", "inputs": {"video": ["15", 0], "filename_prefix": "anytalker/test",
+                                                     "format": "auto", "codec": "auto"}},
+        "17": {"class_type": "PreviewImage", "inputs": {"images": ["7", 2]}},
+    }
+
+
+def test_object_info_lists_the_nodes(server):
+    info = server.get("/object_info")
+    ours = sorted(k for k in info if k.startswith("AnyTalker") and not k.startswith("AnyTalkerTest"))
+    assert ours == sorted(["AnyTalkerModelLoader", "AnyTalkerWav2VecLoader", "AnyTalkerAudioEncode",
+                           "AnyTalkerFaceMasks", "AnyTalkerConditioning", "AnyTalkerSampler", "AnyTalkerScoreVideo"])
+    assert "IMPORT FAILED" not in server.text_log()
+    speakers = info["AnyTalkerAudioEncode"]["input"]["required"]["speakers"]
+    assert speakers[0] == "COMFY_AUTOGROW_V3" and speakers[1]["template"]["prefix"] == "audio"
+    assert info["AnyTalkerSampler"]["output"] == ["LATENT"]
+
+
+def test_two_person_graph_to_mp4(server):
+    from anytalker_core.media import read_video
+
+    started = time.monotonic()
+    entry = server.run(two_person_prompt(server.paths))
+    elapsed = time.monotonic() - started
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:3000]
+    videos = [v for out in entry["outputs"].values() for v in out.get("images", []) + out.get("video", [])
+              if str(v.get("filename", "")).endswith(".mp4")]
+    assert videos, entry["outputs"]
+    clip = read_video(server.base / "output" / videos[0]["subfolder"] / videos[0]["filename"])
+    assert clip.frames.shape[0] == 9 and clip.fps == pytest.approx(24)
+    assert clip.frames.shape[1:3] == (64, 128)  # max_pixels 64*128 keeps the 1:2 image aspect
+    assert clip.audio is not None and clip.audio.shape[-1] / clip.sample_rate == pytest.approx(9 / 24, abs=0.03)
+    print(f"two-person graph ran in {elapsed:.1f} s")
+
+
+def test_errors_reach_the_history(server):
+    entry = server.run(two_person_prompt(server.paths, boxes="30,20,66,60"))  # one box for two speakers
+    assert entry["status"]["status_str"] == "error"
+    error = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
+    assert error["node_type"] == "AnyTalkerFaceMasks" and error["exception_type"].endswith("InputError")
+    assert "1 face box(es) given for 2 audio track(s)" in error["exception_message"]
+    # the server keeps serving after an error
+    assert server.get("/system_stats")
+
+
+def test_interrupt_stops_sampling(server):
+    warm = server.run(two_person_prompt(server.paths, steps=1))  # upstream nodes now come from the cache
+    assert warm["status"]["status_str"] == "success"
+    prompt = two_person_prompt(server.paths, steps=200)
+    prompt["13"]["inputs"]["seed"] = 11
+
+    def interrupt():
+        time.sleep(1.0)
+        server.post("/interrupt", {})
+
+    entry = server.run(prompt, on_start=interrupt, timeout=300)
+    kinds = [m[0] for m in entry["status"]["messages"]]
+    assert "execution_interrupted" in kinds, kinds
+    interrupted = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_interrupted")
+    assert interrupted["node_type"] == "AnyTalkerSampler", interrupted
+    assert "execution_success" not in kinds
+    assert np.isfinite(server.get("/system_stats")["system"]["ram_total"])
