@@ -28,6 +28,8 @@ from .errors import InputError
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_AREA = 832 * 480
+DEMO_MAX_AREA = 128 * 256  # --demo defaults: small enough for a CPU in about a minute
+DEMO_FRAMES = 33
 
 
 @dataclass
@@ -136,10 +138,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--audio-guidance", type=float, default=None, help="separate audio scale")
     sampling.add_argument("--seed", type=int, default=42, help="noise seed; -1 picks a random one (logged)")
     sampling.add_argument("--max-area", type=_parse_area, default=None,
-                          help="max output pixels, as N or WxH (default 832*480); keeps the image's aspect, "
-                               "sides snapped to multiples of 32")
+                          help="max output pixels, as N or WxH (default 832*480; 128*256 with --demo); keeps the "
+                               "image's aspect, sides snapped to multiples of 32")
     sampling.add_argument("--frame-num", type=int, default=None,
-                          help="number of frames (4n+1; default: from the audio length)")
+                          help="number of frames, 4n+1, at most the audio's length (default: the audio's "
+                               "length; 33 with --demo)")
     sampling.add_argument("--fps", type=int, default=24, help="output frame rate (the model was trained at 24)")
 
     runtime = parser.add_argument_group("runtime")
@@ -413,7 +416,9 @@ def _run(args: argparse.Namespace) -> int:
             audio = [load_audio(p) for p in (args.audio or inputs.audio)]
             image = load_image(args.image) if args.image is not None else inputs.image
             if args.max_area is None:
-                args.max_area = 128 * 256
+                args.max_area = DEMO_MAX_AREA
+            if args.frame_num is None and not args.audio:  # the demo sentences all last longer than this
+                args.frame_num = DEMO_FRAMES
             request = _build_request(args, image, audio, args.prompt or inputs.prompt, args.audio_mode,
                                      args.negative_prompt, _seed(args.seed),
                                      parse_boxes(args.boxes) if args.boxes else None)

@@ -345,11 +345,14 @@ class AnyTalkerPipeline:
 
         device = torch.device(device)
         home = torch.device("cpu") if offload else device
-        enc_dtype = dtype if device.type != "cpu" else torch.float32
+        # encoders: float32 on the CPU; on a GPU the DiT's half dtype, but T5 in bfloat16 (it overflows in fp16)
+        half = device.type != "cpu" and dtype != torch.float32
+        clip_dtype = dtype if half else torch.float32
+        text_dtype = torch.bfloat16 if half else torch.float32
         started = time.monotonic()
         dit = load_dit(paths.dit, config_path=paths.dit_config, device=home, dtype=dtype)
-        text_encoder = load_text_encoder(paths.text_encoder, device=home, dtype=enc_dtype)
-        clip_vision = load_clip_vision(paths.clip_vision, device=home, dtype=enc_dtype)
+        text_encoder = load_text_encoder(paths.text_encoder, device=home, dtype=text_dtype)
+        clip_vision = load_clip_vision(paths.clip_vision, device=home, dtype=clip_dtype)
         vae = load_vae(paths.vae, device=home, dtype=torch.float32)
         wav2vec = load_wav2vec(paths.wav2vec, device=home, dtype=torch.float32)
         detector = _make_detector(face_backend, paths.insightface_root, device)

@@ -67,7 +67,7 @@ class CallLog:
         del self.dit.forward  # back to the class method
 
 
-def test_stages_build_the_reference_inputs(pipe, staged, speech):
+def test_stages_build_the_reference_inputs(pipe, staged, image2):
     plan, faces, condition, audio = staged["plan"], staged["faces"], staged["condition"], staged["audio"]
     widths = DemoWidths()
     assert plan == VideoPlan(height=32, width=96, frame_num=9)  # 192x384 image at 64*96 px, multiples of 32
@@ -92,6 +92,17 @@ def test_stages_build_the_reference_inputs(pipe, staged, speech):
     # two identical faces, so their CLIP face tokens match, and differ from the whole-image tokens
     torch.testing.assert_close(condition.speakers[0].face_clip, condition.speakers[1].face_clip)
     assert not torch.allclose(condition.speakers[0].face_clip, condition.clip_fea)
+    # y's latent channels: the VAE encoding of [image resized (bicubic, -1..1) to the video size; zeros]
+    from anytalker_core.encoders import encode_first_frame_condition
+    from anytalker_core.faces import crop_faces
+
+    first = torch.from_numpy(image2).permute(2, 0, 1)[None].float() / 127.5 - 1
+    first = torch.nn.functional.interpolate(first, size=(32, 96), mode="bicubic")
+    torch.testing.assert_close(y[:, 4:], encode_first_frame_condition(pipe.vae, first, 9))
+    # clip_fea: the whole image; face tokens: the square crop of each face
+    torch.testing.assert_close(condition.clip_fea, pipe.clip_vision.encode(torch.from_numpy(image2)[None]))
+    crop = crop_faces(image2, faces.crop_boxes)[1]
+    torch.testing.assert_close(condition.speakers[1].face_clip, pipe.clip_vision.encode(torch.from_numpy(crop)[None]))
     prompts = staged["prompts"]
     assert prompts.context.shape[0] == 1 and prompts.context.shape[2] == widths.text_dim
     assert not torch.equal(prompts.context_null[:, :prompts.context.shape[1]], prompts.context)
