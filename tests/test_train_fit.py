@@ -73,8 +73,13 @@ def cache(tmp_path_factory) -> Path:
 
 
 def test_stage1_loss_goes_down(cache: Path, tmp_path: Path):
+    from anytalker_core.encoders import make_tiny_vae
+    from anytalker_core.media import read_video
+
+    vae = make_tiny_vae(tmp_path / "wan_2.1_vae.safetensors")
     cfg = load_toml(write_config(tmp_path / "s1.toml", cache, tmp_path / "run", max_steps=30, save_every=30,
-                                 learning_rate=1e-2, text_dropout=0.0, audio_dropout=0.0), "fit")
+                                 learning_rate=1e-2, text_dropout=0.0, audio_dropout=0.0, sample_every=30,
+                                 sample_steps=2, sample_vae=str(vae)), "fit")
     losses = Trainer(cfg).run()
     assert len(losses) == 30 and all(torch.isfinite(torch.tensor(losses)))
     first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
@@ -82,6 +87,11 @@ def test_stage1_loss_goes_down(cache: Path, tmp_path: Path):
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in rows[:3]] == pytest.approx([5e-3, 1e-2, 1e-2])  # linear warm-up over 2 steps
     assert any(r["two_person"] for r in rows) and any(not r["two_person"] for r in rows)
+    # the validation hook sampled the first cached sample with the trained weights and decoded it
+    latent = tmp_path / "run" / "samples" / "step-00000030_s0.safetensors"
+    assert latent.is_file()
+    clip = read_video(latent.with_suffix(".mp4"))
+    assert clip.frames.shape == (T, LAT_H * 8, LAT_W * 8, 3)
 
 
 def test_crash_during_save_then_resume_reproduces_the_uninterrupted_losses(cache: Path, tmp_path: Path,

@@ -118,8 +118,11 @@ class TrainConfig:
     save_every: int = 500
     keep_checkpoints: int = 3
     export_at_end: bool = True
-    sample_every: int = 0  # 0 = off; see docs/training.md (validation samples)
-    sample_prompt: str = ""
+    sample_every: int = 0  # 0 = off: validation samples every N steps (train/validation.py)
+    sample_ids: list[str] = field(default_factory=list)  # cached sample ids to generate from (default: the first)
+    sample_steps: int = 20
+    sample_guidance: float = 4.5
+    sample_vae: str = ""  # VAE file to decode validation latents to mp4 (empty: latents only)
 
     def __post_init__(self) -> None:
         if isinstance(self.model, Mapping):
@@ -185,6 +188,8 @@ def load_toml(path: str | Path, kind: str, overrides: Mapping[str, Any] | None =
         if "run_dir" in data:
             data["run_dir"] = _resolve(base, data["run_dir"])
         model = dict(data.get("model", {}))
+        if data.get("sample_vae"):
+            data["sample_vae"] = _resolve(base, data["sample_vae"])
         for key in ("init_checkpoint", "config_json"):
             if model.get(key):
                 model[key] = _resolve(base, model[key])

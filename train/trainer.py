@@ -122,6 +122,7 @@ class Trainer:
         self.step = 0  # optimiser steps done
         self.micro_step = 0  # micro-batches consumed
         self.losses: list[float] = []
+        self._validation = None
 
     # ------------------------------------------------------------------ table of contents
     def run(self) -> list[float]:
@@ -313,10 +314,29 @@ class Trainer:
             log.info("step %d/%d loss %.5f lr %.3e", self.step, self.cfg.max_steps, loss, lr)
 
     def _sample_hook(self) -> None:
-        """Validation samples every ``sample_every`` steps (see docs/training.md)."""
-        log.warning("sample_every is set, but generating validation videos from inside the training loop is "
-                    "not implemented yet; export a checkpoint ('anytalker-train export') and run "
-                    "'anytalker generate' on it instead")
+        """Validation samples every ``sample_every`` steps (main process; see train/validation.py)."""
+        acc = self.accelerator
+        if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
+            if self.step == self.cfg.sample_every:
+                log.warning("validation sampling needs the whole model on one process; it is skipped under "
+                            "%s (export a checkpoint and run 'anytalker generate' instead)", acc.distributed_type.name)
+            return
+        if acc.is_main_process:
+            if self._validation is None:
+                from .validation import ValidationSampler
+
+                wanted = self.cfg.sample_ids or [self.index.metas[0].get("id", self.index.paths[0].stem)]
+                by_id = {m.get("id", p.stem): i for i, (m, p) in enumerate(zip(self.index.metas, self.index.paths))}
+                missing = [s for s in wanted if s not in by_id]
+                if missing:
+                    raise InputError(f"config sample_ids: no cached sample named {missing}")
+                self._validation = ValidationSampler(
+                    [self.index.load(by_id[s]) for s in wanted], self.shared, self.run_dir / "samples",
+                    steps=self.cfg.sample_steps, guidance=self.cfg.sample_guidance, seed=self.cfg.seed,
+                    vae_path=self.cfg.sample_vae, audio_window=self.model_config.audio_window)
+            with acc.autocast():
+                self._validation(acc.unwrap_model(self.model), self.step, acc.device)
+        acc.wait_for_everyone()
 
     def _finish(self) -> None:
         acc = self.accelerator
