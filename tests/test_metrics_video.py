@@ -164,24 +164,29 @@ def test_syncnet_on_a_real_mp4_with_audio(tmp_path, face_pair, landmarker, syncn
     assert row["sync_c_star"] == pytest.approx(sync.sync_c_star)
 
 
-def test_folder_runner_writes_tables_and_plots(tmp_path, face_pair):
+def test_folder_runner_writes_tables_and_plots(tmp_path, face_pair, syncnet_file):
     from anytalker_core.media import write_video
     from anytalker_core.metrics import command
 
     _, warp = face_pair
+    audio = _speech(tmp_path, "one two three", 0.5)
     videos = tmp_path / "videos"
-    write_video(videos / "calm.mp4", _clip(warp, 0.0, frames=12), FPS)
-    write_video(videos / "lively.mp4", _clip(warp, 6.0, frames=12), FPS)
+    write_video(videos / "calm.mp4", _clip(warp, 0.0, frames=12), FPS, audio=audio)
+    write_video(videos / "lively.mp4", _clip(warp, 6.0, frames=12), FPS, audio=audio)
     broken = _clip(warp, 2.0, frames=12).copy()
     broken[5:, :, 256:] = 128
-    write_video(videos / "broken.mp4", broken, FPS)
+    write_video(videos / "broken.mp4", broken, FPS)  # no audio track: SyncNet columns stay empty
     intervals = tmp_path / "speaker_duration.json"
     intervals.write_text(json.dumps({"calm.mp4": {"left": [[0.0, 0.2]], "right": []},
                                      "lively.mp4": {"left": [], "right": [[0.3, 0.4]]}}))
+    models = tmp_path / "models"
+    (models / "syncnet").mkdir(parents=True)
+    shutil.copy(syncnet_file, models / "syncnet" / "syncnet_v2.model")
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
     out = tmp_path / "eval"
-    args = parser.parse_args(["--videos", str(videos), "--intervals", str(intervals), "--out", str(out)])
+    args = parser.parse_args(["--videos", str(videos), "--intervals", str(intervals), "--out", str(out),
+                              "--models-dir", str(models)])
     assert command.run(args) == 0
 
     import csv
@@ -190,10 +195,15 @@ def test_folder_runner_writes_tables_and_plots(tmp_path, face_pair):
     assert set(by_clip) == {"broken.mp4", "calm.mp4", "lively.mp4", "overall"}
     assert by_clip["broken.mp4"]["status"] == "invalid" and by_clip["broken.mp4"]["interactivity"] == ""
     assert "face count changed at frame 5" in by_clip["broken.mp4"]["note"]
+    assert by_clip["broken.mp4"]["sync_c"] == ""
     calm, lively = float(by_clip["calm.mp4"]["interactivity"]), float(by_clip["lively.mp4"]["interactivity"])
     assert calm < lively
     assert float(by_clip["overall"]["interactivity"]) == pytest.approx((calm + lively) / 2, rel=1e-5)
     assert by_clip["overall"]["status"] == "2/3 valid"
+    for clip in ("calm.mp4", "lively.mp4"):
+        assert np.isfinite(float(by_clip[clip]["sync_c"])) and np.isfinite(float(by_clip[clip]["sync_d"]))
+    assert np.isfinite(float(by_clip["calm.mp4"]["sync_c_star"]))  # left speaks 0.0-0.2 s: 6 frames at 25 fps
+    assert by_clip["lively.mp4"]["sync_c_star"] == ""  # 0.3-0.4 s is too short to score
     md = (out / "results.md").read_text()
     assert md.startswith("| clip | status | interactivity |") and "**overall**" in md
     for stem in ("calm", "lively", "broken"):
