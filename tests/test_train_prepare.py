@@ -179,3 +179,35 @@ def test_cli_prepare_reports_bad_input(tmp_path: Path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text('input = "x"\noutput = "y"\nmax_frame = 81\n')
     assert main(["prepare", str(bad)]) == 2
+
+
+def test_prepare_two_person_clip_with_speaker_tracks(models: dict, tmp_path: Path):
+    """Stage-2 data: two faces side by side, one audio track per speaker (left to right) as sidecars."""
+    from skimage import data
+
+    from anytalker_core.audio.speech import synthesize_speech
+    from train.data import load_sample
+    from train.prepare import prepare
+
+    clips = tmp_path / "duo"
+    clips.mkdir()
+    face = data.astronaut()
+    left = _frames(face, [60] * FRAMES)
+    right = _frames(face[:, ::-1], [150] * FRAMES)  # the mirrored astronaut: a second person
+    frames = np.concatenate([left, right], axis=2)  # [T, 96, 192, 3]
+    speech = synthesize_speech("Hello, I am on the left.", path=clips / "duo.speaker0.wav")
+    synthesize_speech("And I answer from the right.", path=clips / "duo.speaker1.wav")
+    write_video(clips / "duo.mp4", frames, 24, speech[: int(FRAMES / 24 * 16000)])
+    write_video(clips / "mixed_only.mp4", frames, 24, speech[: int(FRAMES / 24 * 16000)])
+
+    out = tmp_path / "cache"
+    report = prepare(_config(clips, out, models, num_faces=2, max_area=SIZE * 2 * SIZE))
+    by_id = {r["id"]: r for r in report["results"]}
+    assert by_id["mixed_only"]["reason"] == "audio_tracks"  # a mixed track cannot be split per speaker
+    assert by_id["duo"]["status"] == "kept", by_id["duo"]
+    duo = load_sample(out / "samples" / "duo.safetensors")
+    assert duo.meta["num_identities"] == 2 and (duo.meta["height"], duo.meta["width"]) == (SIZE, 2 * SIZE)
+    assert duo.audio_features.shape == (2, FRAMES, 2, 32) and duo.face_clip_tokens.shape == (2, 257, 32)
+    assert not torch.allclose(duo.audio_features[0], duo.audio_features[1])  # two different voices
+    boxes = duo.global_face_box
+    assert boxes[0, 2] <= SIZE + 4 and boxes[1, 0] >= SIZE - 4  # identity 0 on the left half, 1 on the right
