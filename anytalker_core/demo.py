@@ -6,7 +6,7 @@
 ====================================================  ==================================================
 file                                                  what
 ====================================================  ==================================================
-``diffusion_models/anytalker_demo_tiny.safetensors``  AnyTalker DiT (fused AFCA), config in the metadata
+``diffusion_models/anytalker_demo_tiny.safetensors``  AnyTalker DiT (fused AFCA by default), config inside
 ``text_encoders/umt5_xxl_tiny.safetensors``           UMT5 encoder with its SentencePiece tokenizer
 ``clip_vision/clip_vision_h_tiny.safetensors``        CLIP vision tower (257 tokens, like ViT-H/14)
 ``vae/wan_2.1_vae_tiny.safetensors``                  Wan2.1 VAE (16 latent channels, stride 4x8x8)
@@ -34,7 +34,8 @@ from .errors import MissingModelError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEMO_BANNER", "DemoWidths", "DemoInputs", "build_demo_models", "demo_image", "demo_inputs",
+__all__ = ["DEMO_BANNER", "DemoWidths", "DemoInputs", "build_demo_models", "make_demo_dit", "demo_image",
+           "demo_inputs",
            "DEMO_SENTENCES", "DEMO_PROMPT"]
 
 DEMO_BANNER = "demo mode: random weights, the output is noise"
@@ -59,6 +60,7 @@ class DemoWidths:
     audio_channels: int = 64
     dit_dim: int = 32
     dit_layers: int = 2
+    afca: str = "fused"  # "legacy" for a 14B-style DiT
     seed: int = 0
 
 
@@ -71,13 +73,14 @@ class DemoInputs:
     prompt: str
 
 
-def _tiny_dit(path: Path, widths: DemoWidths) -> Path:
-    """A random fused-AFCA DiT with every parameter perturbed (no dead branch), saved as safetensors."""
+def make_demo_dit(path: str | Path, widths: DemoWidths = DemoWidths()) -> Path:
+    """A random DiT sized for the demo encoders, every parameter perturbed (no dead branch), saved as
+    safetensors with its config in the metadata."""
     from .checkpoint import save_dit
     from .config import AnyTalkerConfig
     from .dit import AnyTalkerDiT
 
-    config = AnyTalkerConfig.tiny(afca="fused", dim=widths.dit_dim, num_layers=widths.dit_layers,
+    config = AnyTalkerConfig.tiny(afca=widths.afca, dim=widths.dit_dim, num_layers=widths.dit_layers,
                                   text_dim=widths.text_dim, clip_dim=widths.clip_dim,
                                   audio_layers=widths.audio_layers, audio_channels=widths.audio_channels)
     with torch.random.fork_rng():
@@ -99,7 +102,7 @@ def build_demo_models(directory: str | Path, widths: DemoWidths = DemoWidths()):
 
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
-    _tiny_dit(root / "diffusion_models" / "anytalker_demo_tiny.safetensors", widths)
+    make_demo_dit(root / "diffusion_models" / "anytalker_demo_tiny.safetensors", widths)
     make_tiny_text_encoder(root / "text_encoders", d_model=widths.text_dim, seed=widths.seed)
     make_tiny_clip_vision(root / "clip_vision" / "clip_vision_h_tiny.safetensors", hidden_size=widths.clip_dim,
                           seed=widths.seed)

@@ -250,3 +250,16 @@ def test_load_image(tmp_path):
         load_image(tmp_path / "bad.png")
     with pytest.raises(InputError, match="no such file"):
         load_image(tmp_path / "missing.png")
+
+
+def test_legacy_afca_dit_runs_in_the_same_pipeline(pipe, staged, tmp_path):
+    """A 14B-style (legacy AFCA) DiT takes the same Condition; only the model differs."""
+    from anytalker_core.checkpoint import load_dit
+    from anytalker_core.demo import make_demo_dit
+
+    legacy = load_dit(make_demo_dit(tmp_path / "legacy.safetensors", DemoWidths(afca="legacy")))
+    assert legacy.config.afca == "legacy"
+    other = AnyTalkerPipeline(legacy, pipe.text_encoder, pipe.clip_vision, pipe.vae, pipe.wav2vec)
+    latent = other.denoise(staged["condition"], steps=1, seed=2)
+    assert latent.shape == (1, 16, 3, 4, 12) and torch.isfinite(latent).all()
+    assert not torch.allclose(latent, pipe.denoise(staged["condition"], steps=1, seed=2))
