@@ -124,3 +124,12 @@ def test_bad_inputs_raise_clear_errors():
         compute_interactivity(frames, 0, None, (480, 832))
     with pytest.raises(InputError, match=r"\[106, 2\]"):
         FaceObservation(box=[0, 0, 1, 1], landmarks=np.zeros((68, 2)))
+
+
+def test_interval_text_for_nodes():
+    from anytalker_core.metrics.runner import parse_intervals_text
+
+    assert parse_intervals_text("  ") is None
+    assert parse_intervals_text('{"left": [[0, 1.5]], "right": []}') == {"left": [[0, 1.5]], "right": []}
+    with pytest.raises(InputError, match="not valid JSON"):
+        parse_intervals_text("{left: 1}")

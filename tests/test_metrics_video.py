@@ -162,6 +162,8 @@ def test_syncnet_on_a_real_mp4_with_audio(tmp_path, face_pair, landmarker, syncn
     assert len(left.segments) == 1 and len(sync.per_face["right"].segments) == 1
     row = score.row()
     assert row["sync_c_star"] == pytest.approx(sync.sync_c_star)
+    text = score.summary()
+    assert text.startswith("clip: Interactivity ") and f"Sync-C* {sync.sync_c_star:.3f}" in text
 
 
 def test_folder_runner_writes_tables_and_plots(tmp_path, face_pair, syncnet_file):

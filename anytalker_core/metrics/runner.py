@@ -62,6 +62,40 @@ class VideoScore:
         row["note"] = res.reason or self.sync_note
         return row
 
+    def summary(self) -> str:
+        """Human-readable multi-line summary (for UIs and logs)."""
+        res = self.interactivity
+        lines = [f"{self.name}: Interactivity " + (f"{res.score:.4f}" if res.valid else f"invalid ({res.reason})")]
+        for side in res.sides:
+            value = res.per_face.get(side)
+            lines.append(f"  {side}: " + (f"{value:.4f}" if value is not None else "n/a (never listening)"))
+        sync = self.sync
+        if sync is None:
+            lines.append(f"  {self.sync_note}" if self.sync_note else "  SyncNet not run")
+        else:
+            def fmt(v):
+                return "n/a" if v is None else f"{v:.3f}"
+            lines.append(f"  Sync-C {fmt(sync.sync_c)}  Sync-D {fmt(sync.sync_d)}  "
+                         f"Sync-C* {fmt(sync.sync_c_star)}  Sync-D* {fmt(sync.sync_d_star)}")
+        return "\n".join(lines)
+
+
+def parse_intervals_text(text: str | None) -> dict[str, list[list[float]]] | None:
+    """Speaking intervals of one clip from JSON text ``{"left": [[s, e], ...], "right": [...]}``.
+
+    Empty text means no intervals (every face listens). Raises :class:`InputError` on malformed JSON.
+    """
+    if text is None or not text.strip():
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f'speaking intervals: not valid JSON ({exc}); expected {{"left": [[start_s, end_s], ...], '
+                         '"right": [...]}}') from None
+    if not isinstance(data, dict):
+        raise InputError('speaking intervals: expected a JSON object {"left": [[start_s, end_s], ...], "right": [...]}')
+    return data
+
 
 def _face_boxes(observations: Sequence[Sequence[FaceObservation]], num_faces: int) -> dict[str, np.ndarray]:
     """Per side, ``[T, 4]`` boxes left to right; frames where the side is missing reuse the nearest frame."""
