@@ -69,8 +69,8 @@ class GenerationRequest:
     """Everything one clip needs besides the models.
 
     Attributes:
-        image: uint8 ``[H, W, 3]`` RGB first frame, one face per audio track.
-        audio: one mono 16 kHz waveform ``[S]`` per person, **left to right**.
+        image: uint8 ``[H, W, 3]`` RGB first frame (or an image file path), one face per audio track.
+        audio: one mono 16 kHz waveform ``[S]`` (or an audio file path) per person, **left to right**.
         prompt / negative_prompt: text; ``None`` negative = the reference's default.
         audio_mode: ``"pad"`` (tracks overlap on one timeline) or ``"concat"`` (turns, left to right).
         steps, shift, sampler: solver settings (``shift=None``: 3.0 up to 480p area, else 5.0).
@@ -84,8 +84,8 @@ class GenerationRequest:
         masks: optional face masks ``[N, H, W]`` in 0..1, one per track (wins over ``boxes``).
     """
 
-    image: np.ndarray
-    audio: Sequence[torch.Tensor]
+    image: np.ndarray | str | Path
+    audio: Sequence[torch.Tensor | str | Path]
     prompt: str = ""
     negative_prompt: str | None = None
     audio_mode: str = "pad"
@@ -206,6 +206,8 @@ def load_image(path: str | Path) -> np.ndarray:
 
 
 def _check_image(image: Any) -> np.ndarray:
+    if isinstance(image, (str, Path)):
+        image = load_image(image)
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     image = np.asarray(image)
@@ -231,7 +233,11 @@ def _check_tracks(audio: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         raise InputError(f"audio: {len(tracks)} tracks given; at most {MAX_SPEAKERS} people are supported")
     out = []
     for i, t in enumerate(tracks):
-        t = torch.as_tensor(t, dtype=torch.float32).reshape(-1) if not isinstance(t, torch.Tensor) else t
+        if isinstance(t, (str, Path)):
+            from .media import load_audio
+
+            t = load_audio(t, SAMPLE_RATE)
+        t = torch.as_tensor(np.asarray(t, dtype=np.float32)) if not isinstance(t, torch.Tensor) else t
         if t.ndim != 1:
             raise InputError(f"audio track {i + 1}: expected a mono waveform [S], got shape {tuple(t.shape)}")
         if t.numel() < SAMPLE_RATE // 10:

@@ -263,3 +263,13 @@ def test_legacy_afca_dit_runs_in_the_same_pipeline(pipe, staged, tmp_path):
     latent = other.denoise(staged["condition"], steps=1, seed=2)
     assert latent.shape == (1, 16, 3, 4, 12) and torch.isfinite(latent).all()
     assert not torch.allclose(latent, pipe.denoise(staged["condition"], steps=1, seed=2))
+
+
+def test_request_accepts_file_paths(pipe, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(demo_image(1, size=128)).save(tmp_path / "one.png")
+    synthesize_speech("Hello.", tmp_path / "hello.wav")
+    result = pipe.generate(GenerationRequest(image=tmp_path / "one.png", audio=[str(tmp_path / "hello.wav")],
+                                             steps=1, max_area=32 * 32, frame_num=5))
+    assert result.frames.shape == (5, 32, 32, 3)
