@@ -211,3 +211,14 @@ def test_folder_runner_writes_tables_and_plots(tmp_path, face_pair, syncnet_file
     for stem in ("calm", "lively", "broken"):
         png = out / "plots" / f"{stem}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_comfyui_style_float_tensor_frames(face_pair, landmarker):
+    import torch
+
+    _, warp = face_pair
+    frames = _clip(warp, 4.0, frames=8)
+    as_uint8 = score_video(frames, FPS, None, landmarker, make_plot=False).interactivity
+    as_tensor = score_video(torch.from_numpy(frames).float() / 255.0, FPS, None, landmarker,
+                            make_plot=False).interactivity
+    assert as_uint8.valid and as_tensor.score == as_uint8.score

@@ -19,10 +19,14 @@ from .interactivity import (
     InteractivityResult,
     compute_interactivity,
 )
+from .runner import VideoScore, evaluate_folder, score_video
 
 __all__ = [
     "EYE_BROW_INDICES",
     "FaceObservation",
     "InteractivityResult",
     "compute_interactivity",
+    "VideoScore",
+    "evaluate_folder",
+    "score_video",
 ]

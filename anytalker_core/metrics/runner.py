@@ -152,6 +152,8 @@ def score_video(
     Returns:
         :class:`VideoScore`.
     """
+    if hasattr(frames, "detach"):  # a torch tensor (ComfyUI IMAGE batches are float [T, H, W, 3] in 0..1)
+        frames = frames.detach().cpu().float().numpy()
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
         raise InputError(f"frames must be an RGB video [T, H, W, 3], got shape {tuple(frames.shape)}")
