@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import MissingModelError
+from .errors import InputError, MissingModelError
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def demo_image(num_people: int = 2, size: int = 256) -> np.ndarray:
     except ImportError:
         raise MissingModelError("the demo image comes from scikit-image: pip install scikit-image") from None
     if not 1 <= num_people <= len(DEMO_SENTENCES):
-        raise ValueError(f"demo supports 1..{len(DEMO_SENTENCES)} people, got {num_people}")
+        raise InputError(f"the demo has 1 to {len(DEMO_SENTENCES)} people, got {num_people} (one per --audio)")
     face = np.asarray(Image.fromarray(astronaut()).resize((size, size), Image.BICUBIC))
     return np.concatenate([face] * num_people, axis=1)
 

@@ -452,6 +452,8 @@ def _run(args: argparse.Namespace) -> int:
     missing_inputs = [f"{t.name}: {p}" for t in tasks for p in [t.image, *t.audio] if not Path(p).is_file()]
     if missing_inputs and not args.batch:
         raise InputError("input file(s) not found:\n  " + "\n  ".join(missing_inputs))
+    if missing_inputs:  # batch: those tasks fail with this message, the others run
+        log.warning("batch: input file(s) not found:\n  %s", "\n  ".join(missing_inputs))
     paths = resolve_model_paths(args.models_dir, overrides, dit_config=args.dit_config)
     pipe = AnyTalkerPipeline.from_paths(paths, device=device, dtype=dtype, offload=args.offload,
                                         face_backend=args.face_backend)
