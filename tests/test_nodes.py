@@ -254,3 +254,23 @@ def test_score_video_node(world):
     assert info["status"] in ("ok", "invalid") and (score == -1.0) == (info["status"] == "invalid")
     with pytest.raises(InputError, match="speaking_intervals: not valid JSON"):
         run(AnyTalkerScoreVideo, images=frames, speaking_intervals="{left: [}")
+
+
+def test_pack_loads_the_way_comfyui_loads_it():
+    """ComfyUI imports the pack folder's __init__.py under a path-derived module name; the entry point
+    must resolve ``.nodes`` relative to it (ComfyUI has its own top-level ``nodes`` module)."""
+    import importlib.util
+
+    name = str(REPO).replace(".", "_x_")
+    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        assert not hasattr(module, "NODE_CLASS_MAPPINGS")  # else ComfyUI would ignore comfy_entrypoint
+        extension = asyncio.run(module.comfy_entrypoint())
+        assert len(asyncio.run(extension.get_node_list())) == 7
+        assert sys.modules[name + ".nodes"].__file__ == str(REPO / "nodes" / "__init__.py")
+    finally:
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[key]
