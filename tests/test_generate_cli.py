@@ -87,6 +87,13 @@ def test_generate_mp4_for_1_2_3_people(people, models, inputs, tmp_path, capsys)
     # the mixed speech is muxed in and lasts as long as the video (AAC frames are 1024 samples)
     duration = clip["audio_duration"] or clip["audio_samples"] / clip["audio_rate"]
     assert abs(duration - 13 / 24) < 1100 / clip["audio_rate"] + 1e-3
+    from anytalker_core.media import load_audio
+
+    heard = load_audio(out)
+    spoken = sum(load_audio(p)[: heard.numel()] for p in inputs["audio"][:people])
+    assert heard.abs().max() > 0.05  # speech, not silence
+    n = min(heard.numel(), spoken.numel())
+    assert np.corrcoef(heard[:n].numpy(), spoken[:n].numpy())[0, 1] > 0.9  # the mix of the given voices
     assert "wrote" in capsys.readouterr().out
 
 
