@@ -133,3 +133,26 @@ def test_interval_text_for_nodes():
     assert parse_intervals_text('{"left": [[0, 1.5]], "right": []}') == {"left": [[0, 1.5]], "right": []}
     with pytest.raises(InputError, match="not valid JSON"):
         parse_intervals_text("{left: 1}")
+
+
+def test_parity_runner_keeps_two_faces_like_the_reference(fixtures, tmp_path):
+    """A fixture with a third, smaller identity: the reference keeps the two largest faces, so the stored
+    results stay those of the two-face fixture and the runner must still pass."""
+    from safetensors.numpy import load_file, save_file
+
+    meta = json.loads((fixtures / "interactivity.json").read_text())
+    t = load_file(str(fixtures / "interactivity.safetensors"))
+    lm, boxes = t["landmarks"], t["bboxes_xyxy"]
+    small_lm = (lm[:, :1] - lm[:, :1].mean(axis=2, keepdims=True)) * 0.2 + np.array([416.0, 400.0], np.float32)
+    centre = np.array([416.0, 400.0, 416.0, 400.0], np.float32)
+    small_box = (boxes[:, :1] - boxes[:, :1, [0, 1, 0, 1]].mean(axis=-1, keepdims=True)) * 0.2 + centre
+    t3 = dict(t)
+    t3["landmarks"] = np.ascontiguousarray(np.concatenate([lm, small_lm.astype(np.float32)], axis=1))
+    t3["bboxes_xyxy"] = np.ascontiguousarray(np.concatenate([boxes, small_box.astype(np.float32)], axis=1))
+    # scenario b: the third face leaves together with the dropped one (else it would stand in for it)
+    t3["present_b"] = np.ascontiguousarray(np.concatenate([t["present_b"], t["present_b"].min(1, keepdims=True)], 1))
+    save_file(t3, str(tmp_path / "interactivity3.safetensors"))
+    meta["file"] = "interactivity3.safetensors"
+    (tmp_path / "interactivity3.json").write_text(json.dumps(meta))
+    for cmp in run_fixture(tmp_path / "interactivity3.json"):
+        assert cmp.passed, cmp.line()
