@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from anytalker_core.errors import InputError
 from train.checkpointing import export_checkpoint, find_latest, read_model_state_dict
 from train.config import load_toml
 from train.prepare import write_sample
@@ -172,6 +173,10 @@ def test_sigkill_then_resume(cache: Path, tmp_path: Path):
     resumed = Trainer(load_toml(config, "fit")).run()
     assert len(resumed) == 10 - done
     assert torch.allclose(torch.tensor(resumed), torch.tensor(reference[done:]), atol=1e-6, rtol=0)
+    logged = [json.loads(l)["step"] for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, 11))  # steps redone after the kill are logged once
+    with pytest.raises(InputError, match="already holds checkpoints"):
+        Trainer(load_toml(config, "fit"), resume=False).run()
 
 
 def test_stage2_multi_person_and_export(tmp_path: Path):
@@ -207,3 +212,14 @@ def test_stage2_multi_person_and_export(tmp_path: Path):
     assert v.shape == (1, 16, F_LAT, LAT_H, LAT_W) and torch.isfinite(v).all()
     with pytest.raises(Exception, match="safetensors"):
         export_checkpoint(tmp_path / "run2", tmp_path / "bad.pth")
+
+
+def test_should_stop_saves_and_interrupts(cache: Path, tmp_path: Path):
+    from anytalker_core.errors import Interrupted
+
+    cfg = load_toml(write_config(tmp_path / "i.toml", cache, tmp_path / "run", max_steps=4, save_every=100), "fit")
+    trainer = Trainer(cfg, should_stop=lambda: trainer.step >= 2)
+    with pytest.raises(Interrupted, match="step 2"):
+        trainer.run()
+    assert find_latest(tmp_path / "run").name == "step-00000002"
+    assert len(Trainer(cfg).run()) == 2  # resumes at step 2, trains 3 and 4

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("config", help="stage TOML config (train/configs/stage1.toml, stage2.toml)")
     f.add_argument("--run-dir", default=None, help="override the config's run_dir")
     f.add_argument("--max-steps", type=int, default=None, help="override the config's max_steps")
-    f.add_argument("--no-resume", action="store_true", help="start from scratch even if checkpoints exist")
+    f.add_argument("--no-resume", action="store_true", help="refuse to continue a run that already has checkpoints (default: resume from the newest)")
 
     e = sub.add_parser("export", help="write a run's newest (or a given) checkpoint in the inference format")
     e.add_argument("source", help="run folder or checkpoint folder (RUN/checkpoints/step-…)")

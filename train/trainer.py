@@ -62,6 +62,12 @@ def build_model(section: ModelSection, seed: int):
     return model
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def _has_accelerator_device() -> bool:
     xpu = getattr(torch, "xpu", None)
     return bool(torch.cuda.is_available() or (xpu is not None and xpu.is_available())
@@ -132,6 +138,8 @@ class Trainer:
         self._setup_model()
         if self.resume:
             self._resume()
+        else:
+            self._refuse_existing_run()
         self._loop()
         self._finish()
         return self.losses
@@ -203,6 +211,11 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.accelerator.register_for_checkpointing(self.scheduler)
 
+    def _refuse_existing_run(self) -> None:
+        if find_latest(self.run_dir) is not None:
+            raise InputError(f"run_dir '{self.run_dir}' already holds checkpoints; to start over pick a new "
+                             "run_dir (--run-dir) or delete its checkpoints/ folder")
+
     def _resume(self) -> None:
         latest = find_latest(self.run_dir)
         if latest is None:
@@ -214,6 +227,12 @@ class Trainer:
         self.step = int(state["step"])
         self.micro_step = int(state["micro_step"])
         self.sampler.load_state_dict(state["sampler"])
+        if self.accelerator.is_main_process:  # steps logged after this checkpoint are trained again
+            metrics = self.run_dir / "metrics.jsonl"
+            if metrics.is_file():
+                rows = [r for r in metrics.read_text().splitlines() if r.strip()]
+                kept = [r for r in rows if json.loads(r)["step"] <= self.step]
+                write_text_atomic(metrics, "".join(r + "\n" for r in kept))
         log.info("resumed from %s (step %d, epoch %d, batch %d)", latest, self.step, self.sampler.epoch,
                  self.sampler.position)
 
