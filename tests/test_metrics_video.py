@@ -120,6 +120,21 @@ def test_insightface_backend_names_the_missing_models(tmp_path):
         make_landmarker("insightface", None)
 
 
+def test_insightface_pack_lookup(tmp_path):
+    from anytalker_core.metrics.landmarks import find_insightface_pack
+
+    pack = tmp_path / "insightface" / "models" / "buffalo_l"
+    pack.mkdir(parents=True)
+    (pack / "det_10g.onnx").write_bytes(b"")
+    with pytest.raises(MissingModelError, match="2d106det.onnx"):
+        find_insightface_pack(tmp_path / "insightface")
+    (pack / "2d106det.onnx").write_bytes(b"")
+    root = tmp_path / "insightface"
+    assert find_insightface_pack(root) == root  # ComfyUI's models/insightface
+    assert find_insightface_pack(root / "models") == root
+    assert find_insightface_pack(pack) == root  # the pack folder itself
+
+
 def _speech(tmp_path, text: str, seconds: float):
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng not installed")
