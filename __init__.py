@@ -15,6 +15,6 @@ if importlib.util.find_spec("anytalker_core") is None:
 # Outside ComfyUI (pytest collecting this folder, a plain `import`), there is no node API to register
 # with; inside ComfyUI `comfy_api` is always importable and the nodes load (or fail loudly).
 if importlib.util.find_spec("comfy_api") is not None:
-    from .nodes import comfy_entrypoint  # noqa: E402
+    from .nodes import comfy_entrypoint
 
     __all__ = ["comfy_entrypoint"]

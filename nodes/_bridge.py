@@ -10,8 +10,9 @@ and call the native models.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,10 +36,6 @@ class AnyTalkerModel:
     dtype: torch.dtype
     attention: str
     name: str
-
-    @property
-    def config(self) -> Any:
-        return self.dit.config
 
 
 @dataclass

@@ -163,6 +163,7 @@ class AnyTalkerSampler(io.ComfyNode):
                 cfg: float = 4.5, shift: float = 0.0, audio_cfg: float = 0.0) -> io.NodeOutput:
         import comfy.latent_formats
         import comfy.model_management as mm
+
         from anytalker_core.attention import set_attention_backend
         from anytalker_core.pipeline import AnyTalkerPipeline
 

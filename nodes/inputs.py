@@ -64,6 +64,7 @@ class AnyTalkerAudioEncode(io.ComfyNode):
     def execute(cls, wav2vec, speakers: dict, mode: str = "pad", frame_count: int = 0,
                 normalize_loudness: bool = False) -> io.NodeOutput:
         import comfy.model_management as mm
+
         from anytalker_core.audio import build_audio_conditioning
         from anytalker_core.metrics.interactivity import side_names
 
@@ -88,18 +89,19 @@ class AnyTalkerAudioEncode(io.ComfyNode):
                              json.dumps(intervals))
 
 
-def _image_grid_masks(image: np.ndarray, selection: bridge.FaceSelection):
-    """The core's face-mask chain on the image itself (only its image-resolution outputs are used here)."""
+def image_masks(image: np.ndarray, boxes: np.ndarray | None, masks: np.ndarray | None):
+    """The core's face-mask chain on the image itself; only its image-resolution fields are used here
+    (boxes, enlarged masks). The latent-grid fields are rebuilt on the video's grid by Conditioning."""
     from anytalker_core.faces import build_face_masks, build_face_masks_from_masks
 
     h, w = image.shape[:2]
-    grid = (max(2, (h // 16) * 2), max(2, (w // 16) * 2))  # image/8, even: any grid gives the same pixels
-    if selection.masks is not None:
-        return build_face_masks_from_masks(selection.masks, grid, 1, image_hw=(h, w))
-    return build_face_masks(selection.boxes, (h, w), grid, 1)
+    grid = (max(2, (h // 16) * 2), max(2, (w // 16) * 2))  # image / 8, even
+    if masks is not None:
+        return build_face_masks_from_masks(masks, grid, 1, image_hw=(h, w))
+    return build_face_masks(boxes, (h, w), grid, 1)
 
 
-def select_faces(image: np.ndarray, people: int, detector: str, boxes: list | None,
+def choose_faces(image: np.ndarray, people: int, detector: str, boxes: list | None,
                  masks: np.ndarray | None, models_dir: str | None) -> bridge.FaceSelection:
     """Masks, else boxes, else the detector → one face per person, in identity order."""
     from anytalker_core.pipeline import detect_faces_for_preview
@@ -109,8 +111,8 @@ def select_faces(image: np.ndarray, people: int, detector: str, boxes: list | No
         if masks.shape[0] != people:
             raise InputError(f"{masks.shape[0]} face mask(s) given for {people} speaker(s); give exactly one "
                              "mask per audio input, in the same order")
-        faces = _image_grid_masks(image, bridge.FaceSelection(np.zeros((0, 4), np.float32), masks, hw))
-        return bridge.FaceSelection(faces.boxes_xyxy, masks.astype(np.float32), hw, "masks")
+        bounds = image_masks(image, None, masks).boxes_xyxy
+        return bridge.FaceSelection(bounds, masks.astype(np.float32), hw, "masks")
     _, chosen = detect_faces_for_preview(image, people, boxes=boxes, backend=detector, models_dir=models_dir)
     source = "boxes" if boxes is not None else f"detector {detector}"
     return bridge.FaceSelection(np.stack([np.asarray(b, np.float32).reshape(4) for b in chosen]), None, hw, source)
@@ -153,9 +155,9 @@ class AnyTalkerFaceMasks(io.ComfyNode):
         frame = bridge.image_to_uint8(image, "image")
         hw = (int(frame.shape[0]), int(frame.shape[1]))
         user_masks = None if masks is None else bridge.masks_to_array(masks, hw, "masks")
-        selection = select_faces(frame, int(people), detector, bridge.parse_boxes(boxes),
+        selection = choose_faces(frame, int(people), detector, bridge.parse_boxes(boxes),
                                  user_masks, bridge.models_dir())
-        faces = _image_grid_masks(frame, selection)
+        faces = image_masks(frame, selection.boxes, selection.masks)
         preview = draw_preview(frame, faces.boxes_xyxy, masks=faces.expanded_masks)
         log.info("faces (%s), left to right: %s", selection.source, "; ".join(
             f"#{i + 1} [{', '.join(f'{v:.0f}' for v in b)}]" for i, b in enumerate(selection.boxes)))

@@ -57,6 +57,7 @@ class AnyTalkerModelLoader(io.ComfyNode):
     def execute(cls, model_name: str, weight_dtype: str = "auto", attention: str = "sdpa") -> io.NodeOutput:
         import comfy.model_management as mm
         import folder_paths
+
         from anytalker_core.attention import set_attention_backend
         from anytalker_core.checkpoint import load_dit
 
@@ -98,6 +99,7 @@ class AnyTalkerWav2VecLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model_name: str) -> io.NodeOutput:
         import folder_paths
+
         from anytalker_core.audio import load_wav2vec
 
         path = folder_paths.get_full_path_or_raise("audio_encoders", model_name)

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
@@ -47,7 +46,7 @@ class Server:
         self.port = _free_port()
         self.url = f"http://{HOST}:{self.port}"
         python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-        self.log = open(base / "server.log", "w")
+        self.log = open(base / "server.log", "w")  # noqa: SIM115 - the server writes to it until stop()
         env = dict(os.environ, ANYTALKER_PACK_DIR=str(REPO))
         self.proc = subprocess.Popen(
             [python, "main.py", "--cpu", "--listen", HOST, "--port", str(self.port), "--base-directory", str(base),

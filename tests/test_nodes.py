@@ -13,7 +13,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO
 
 STUB = REPO / "tests" / "comfy_stub"
@@ -24,11 +23,11 @@ except ImportError:
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import comfy.model_management as mm  # noqa: E402
-import comfy.utils  # noqa: E402
-import folder_paths  # noqa: E402
+import comfy.model_management as mm
+import comfy.utils
+import folder_paths
 
-from anytalker_core.errors import InputError  # noqa: E402
+from anytalker_core.errors import InputError
 
 SR = 16000
 
@@ -36,8 +35,8 @@ SR = 16000
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Tiny models in a ComfyUI models/ folder, speech for 3 people, the astronaut image, native stand-ins."""
-    from anytalker_core.demo import build_demo_models, demo_image, DEMO_SENTENCES
     from anytalker_core.audio.speech import synthesize_speech
+    from anytalker_core.demo import DEMO_SENTENCES, build_demo_models, demo_image
 
     sys.path.insert(0, str(STUB))
     from native_models import NativeClipVision, NativeVAE, text_conditioning
@@ -114,9 +113,10 @@ def load_models(world):
 @pytest.mark.slow
 @pytest.mark.parametrize("people", [1, 2, 3])
 def test_graph_audio_faces_conditioning_sampler_decode(world, people):
+    from native_models import vae_decode_node
+
     from nodes.generate import AnyTalkerConditioning, AnyTalkerSampler
     from nodes.inputs import AnyTalkerAudioEncode, AnyTalkerFaceMasks
-    from native_models import vae_decode_node
 
     model, wav2vec = load_models(world)
     assert model.dtype == torch.float32 and next(model.dit.parameters()).device.type == "cpu"
@@ -175,7 +175,7 @@ def test_sampler_is_deterministic_and_interruptible(world):
     cond, *_ = run(AnyTalkerConditioning, positive=world["positive"], negative=world["negative"],
                    clip_vision=world["clip_vision"], vae=world["vae"], start_image=image, faces=faces,
                    audio_features=feats, max_pixels=64 * 64)
-    settings = dict(model=model, conditioning=cond, steps=2, sampler_name="euler", cfg=3.0)
+    settings = {"model": model, "conditioning": cond, "steps": 2, "sampler_name": "euler", "cfg": 3.0}
     a = run(AnyTalkerSampler, seed=7, **settings)[0]["samples"]
     b = run(AnyTalkerSampler, seed=7, **settings)[0]["samples"]
     c = run(AnyTalkerSampler, seed=8, **settings)[0]["samples"]
@@ -196,8 +196,10 @@ def test_faces_from_masks_and_detector(world):
     drawn[0, 20:60, 30:66] = 1
     drawn[1, 25:55, 126:160] = 1
     faces, masks, _ = run(AnyTalkerFaceMasks, image=image, people=2, masks=drawn)
+    assert masks.shape == (2, 96, 192) and masks[1, 40, 140] == 1
     assert faces.masks is not None and faces.boxes.tolist()[1] == [126, 25, 160, 55]
     detected, _, preview = run(AnyTalkerFaceMasks, image=image, people=2, detector="mediapipe")
+    assert preview.shape == image.shape
     assert detected.num_faces == 2 and detected.boxes[0, 0] < 96 <= detected.boxes[1, 0]
 
 
@@ -227,8 +229,8 @@ def test_errors_name_the_input(world):
 
     feats, *_ = run(AnyTalkerAudioEncode, wav2vec=wav2vec, speakers={"audio0": audio_dict(world["speech"][0])})
     faces2, _, _ = run(AnyTalkerFaceMasks, image=image, people=2, boxes="30,20,66,60; 126,20,160,60")
-    common = dict(positive=world["positive"], negative=world["negative"], clip_vision=world["clip_vision"],
-                  vae=world["vae"], audio_features=feats, max_pixels=64 * 64)
+    common = {"positive": world["positive"], "negative": world["negative"], "clip_vision": world["clip_vision"],
+                  "vae": world["vae"], "audio_features": feats, "max_pixels": 64 * 64}
     with pytest.raises(InputError, match="2 face\\(s\\) for 1 audio input"):
         run(AnyTalkerConditioning, start_image=image, faces=faces2, **common)
     faces1, _, _ = run(AnyTalkerFaceMasks, image=image, people=1, boxes="30,20,66,60")

@@ -10,7 +10,6 @@ import json
 import sys
 
 import pytest
-
 from conftest import REPO
 
 try:
@@ -20,7 +19,7 @@ except ImportError:
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from comfy_api.latest import io  # noqa: E402
+from comfy_api.latest import io
 
 WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
 CORE = json.loads((REPO / "tests" / "data" / "comfyui_core_nodes.json").read_text())

@@ -24,7 +24,7 @@ def intermediate_device():
     return torch.device("cpu")
 
 
-def free_memory(memory_required, device, keep_loaded=[], for_dynamic=False, pins_required=0, ram_required=0):
+def free_memory(memory_required, device, keep_loaded=(), for_dynamic=False, pins_required=0, ram_required=0):
     FREED.append(float(memory_required))
 
 
