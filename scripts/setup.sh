@@ -15,7 +15,7 @@ python -m pip install -q --upgrade pip
 # On a machine without one, TORCH_SPEC chooses what to install (default: the 2.13.0 release).
 python -c "import torch" 2>/dev/null || python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 
-python -m pip install -q -e ".[test,train,eval]"
+python -m pip install -q -e ".[test,train,eval,demo]"
 
 # mediapipe 0.10.21 ships its face-detection and face-mesh models inside the wheel (the offline
 # face backend). Its declared dependencies drag in jax and opencv-contrib, so install it without
