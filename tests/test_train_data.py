@@ -123,6 +123,17 @@ def test_lr_schedule_warms_up_linearly():
     assert lr_lambda(12, 4, 20, "linear") == pytest.approx(0.5)
 
 
+def test_resize_cover_fills_the_bucket_without_distortion():
+    from train.prepare import resize_cover
+
+    frames = np.zeros((2, 100, 180, 3), dtype=np.uint8)
+    frames[:, :, 90:] = 255  # right half white
+    h, w = bucket_size(100, 180, max_area=96 * 160)
+    out = resize_cover(frames, (h, w))
+    assert out.shape == (2, h, w, 3) and out.dtype == np.uint8
+    assert out[:, :, : w // 2 - 2].max() == 0 and out[:, :, w // 2 + 2:].min() == 255  # centre kept
+
+
 def test_frame_rate_and_length_rules():
     assert frames_for_training(100, 81) == 81
     assert frames_for_training(80, 81) == 77

@@ -266,13 +266,26 @@ def _is_cached(folder: Path, sample_id: str) -> bool:
     return (folder / f"{sample_id}.json").is_file() and (folder / f"{sample_id}.safetensors").is_file()
 
 
-def write_shared_embeddings(out: Path, encoders: Encoders, cfg: PrepareConfig) -> None:
-    """Empty-prompt and generic two-person prompt embeddings (once per cache folder)."""
+def _shared_meta(cfg: PrepareConfig) -> dict:
+    return {"empty_prompt": cfg.empty_prompt, "two_person_prompts": list(cfg.two_person_prompts)}
+
+
+def _shared_embeddings_current(out: Path, cfg: PrepareConfig) -> bool:
     path = out / SHARED_EMBEDDINGS_FILE
     meta_path = path.with_suffix(".json")
-    meta = {"empty_prompt": cfg.empty_prompt, "two_person_prompts": list(cfg.two_person_prompts)}
-    if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
+    try:
+        return path.is_file() and json.loads(meta_path.read_text()) == _shared_meta(cfg)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def write_shared_embeddings(out: Path, encoders: Encoders, cfg: PrepareConfig) -> None:
+    """Empty-prompt and generic two-person prompt embeddings (once per cache folder and prompt set)."""
+    if _shared_embeddings_current(out, cfg):
         return
+    path = out / SHARED_EMBEDDINGS_FILE
+    meta_path = path.with_suffix(".json")
+    meta = _shared_meta(cfg)
     tensors = {"empty_text_embedding": encoders.text_embedding(cfg.empty_prompt)}
     for i, prompt in enumerate(cfg.two_person_prompts):
         tensors[f"two_person_text_embedding.{i}"] = encoders.text_embedding(prompt)
@@ -300,10 +313,28 @@ def _segment_audio(track: torch.Tensor, start_s: float, num_frames: int, fps: fl
     return seg.float()
 
 
-def _load_clip(src: ClipSource):
+def _probe_fps(path: Path) -> float | None:
+    """The video stream's frame rate without decoding (None if it cannot be read here)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            return float(rate) if rate else None
+    except (av.error.FFmpegError, IndexError, OSError, ValueError):
+        return None  # read_video reports the problem with a clear message
+
+
+def _load_clip(src: ClipSource, cfg: PrepareConfig):
     from anytalker_core.media import load_audio, read_video
 
-    clip = read_video(src.video, sample_rate=SAMPLE_RATE)
+    # decode only what the segments need (long clips would not fit in memory)
+    fps = _probe_fps(src.video)
+    needed = None
+    if fps:
+        needed = int(math.ceil(cfg.segments_per_clip * cfg.max_frames * fps / cfg.fps)) + 2
+    clip = read_video(src.video, max_frames=needed, sample_rate=SAMPLE_RATE)
     if src.audio_tracks:
         tracks = [load_audio(p, SAMPLE_RATE) for p in src.audio_tracks]
         if len(tracks) != src.num_faces:
@@ -323,7 +354,7 @@ def process_clip(src: ClipSource, cfg: PrepareConfig, encoders: Encoders | None,
     """Filter and cache every segment of one clip, reporting each outcome through ``on_result``."""
     base = {"source": str(src.video), "clip": src.sample_id}
     try:
-        clip, tracks = _load_clip(src)
+        clip, tracks = _load_clip(src, cfg)
     except Dropped as exc:
         on_result({**base, "id": src.sample_id, "status": "dropped", "reason": exc.reason, "detail": exc.detail})
         return
@@ -456,11 +487,12 @@ def prepare(cfg: PrepareConfig, encoders: Encoders | None = None, detector=None,
     mine = clips[shard::shards]
     log.info("prepare shard %d/%d: %d of %d clips -> %s", shard, shards, len(mine), len(clips), out)
     todo = [c for c in mine if not (cfg.segments_per_clip == 1 and _is_cached(out / "samples", c.sample_id))]
-    if todo and encoders is None:
+    need_shared = shard == 0 and not _shared_embeddings_current(out, cfg)
+    if (todo or need_shared) and encoders is None:
         encoders = Encoders(cfg, _device_for_shard(cfg.device))
     if todo and detector is None:
         detector = _load_detector(cfg)
-    if shard == 0 and encoders is not None:
+    if need_shared:
         write_shared_embeddings(out, encoders, cfg)
 
     report = {"shard": shard, "num_shards": shards, "config": asdict(cfg), "results": []}
