@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -112,8 +112,6 @@ def apply_condition_dropout(batch: TrainBatch, generator: torch.Generator, text_
     if drop_audio.any():
         audio = audio.clone()
         audio[:, drop_audio] = 0
-    from dataclasses import replace
-
     return replace(batch, context=context, audio=audio)
 
 
@@ -129,6 +127,7 @@ class Trainer:
         self.micro_step = 0  # micro-batches consumed
         self.losses: list[float] = []
         self._validation = None
+        self._data_position = (0, 0)
 
     # ------------------------------------------------------------------ table of contents
     def run(self) -> list[float]:
@@ -243,6 +242,8 @@ class Trainer:
             log.info("run already at step %d >= max_steps %d; nothing to train", self.step, cfg.max_steps)
             return
         progress = self._progress_bar()
+        # the data position of the last *consumed* batch (the loader's workers prefetch ahead of it)
+        self._data_position = (self.sampler.epoch, self.sampler.position)
         batches = iter(self._make_loader())
         window: list[float] = []
         t0 = time.perf_counter()
@@ -296,7 +297,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ bookkeeping
     def _trainer_state(self) -> dict:
-        epoch, position = getattr(self, "_data_position", (self.sampler.epoch, self.sampler.position))
+        epoch, position = self._data_position
         sampler_state = self.sampler.state_dict()
         sampler_state.update(epoch=epoch, position=position)
         return {"step": self.step, "micro_step": self.micro_step, "sampler": sampler_state,
