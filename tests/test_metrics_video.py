@@ -223,6 +223,10 @@ def test_folder_runner_writes_tables_and_plots(tmp_path, face_pair, syncnet_file
     assert by_clip["lively.mp4"]["sync_c_star"] == ""  # 0.3-0.4 s is too short to score
     md = (out / "results.md").read_text()
     assert md.startswith("| clip | status | interactivity |") and "**overall**" in md
+    trace = list(csv.DictReader((out / "traces" / "calm.csv").open()))
+    assert len(trace) == 12 and trace[0]["motion_left"] == "" and float(trace[1]["motion_left"]) < 0.05
+    assert [r["speaking_left"] for r in trace[:6]] == ["1"] * 5 + ["0"]  # 0.0-0.2 s at 24 fps: frames 0..4
+    assert trace[5]["counted_left"] == "1" and trace[4]["counted_left"] == "0"
     for stem in ("calm", "lively", "broken"):
         png = out / "plots" / f"{stem}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -212,6 +212,26 @@ def load_intervals(path: str | Path) -> dict[str, dict[str, list[list[float]]]]:
     return data
 
 
+def write_trace(result: InteractivityResult, path: str | Path) -> Path:
+    """Per-frame CSV: ``frame, time_s`` then per side ``motion_<side>, counted_<side>, speaking_<side>``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        header = ["frame", "time_s"]
+        for side in result.sides:
+            header += [f"motion_{side}", f"counted_{side}", f"speaking_{side}"]
+        writer.writerow(header)
+        for t in range(result.motion.shape[0]):
+            row: list[Any] = [t, f"{t / result.fps:.6f}"]
+            for n in range(len(result.sides)):
+                value = result.motion[t, n]
+                row += ["" if np.isnan(value) else f"{value:.6f}", int(result.counted[t, n]),
+                        int(result.speaking[t, n])]
+            writer.writerow(row)
+    return path
+
+
 @dataclass
 class FolderReport:
     """Results of :func:`evaluate_folder`: per-clip rows, the overall row, and the written files."""
@@ -272,7 +292,8 @@ def evaluate_folder(
     plots: bool = True,
     progress: ProgressFn | None = None,
 ) -> FolderReport:
-    """Score every video in ``video_dir`` and write ``results.csv``, ``results.md``, ``plots/<clip>.png``.
+    """Score every video in ``video_dir`` and write ``results.csv``, ``results.md``, ``plots/<clip>.png``
+    and ``traces/<clip>.csv`` (per-frame motion, counted and speaking flags of each face).
 
     A clip's intervals are looked up by file name (then by stem); a clip without an entry is scored with
     nobody speaking (as the reference does) and a warning. The overall row averages each column over the
@@ -313,6 +334,7 @@ def evaluate_folder(
             if model is not None and clip.audio is None:
                 log.warning("'%s' has no audio track: SyncNet scores left empty", video.name)
             rows.append(score.row())
+            write_trace(score.interactivity, out_dir / "traces" / f"{video.stem}.csv")
             if score.plot is not None:
                 from .plots import save_png
                 plot_paths.append(save_png(score.plot, out_dir / "plots" / f"{video.stem}.png"))
