@@ -1,4 +1,4 @@
-"""Evaluation: the Interactivity score of a generated clip (listeners' eye/brow motion)."""
+"""Evaluation: Interactivity (listeners' eye/brow motion) and, with SyncNet weights, Sync-C/D and Sync-C*."""
 
 from __future__ import annotations
 
@@ -12,6 +12,19 @@ from anytalker_core.errors import InputError
 from . import _bridge as bridge
 
 log = logging.getLogger(__name__)
+
+SYNCNET_FOLDER = "syncnet"
+NO_SYNCNET = "none"
+
+
+def syncnet_options() -> list[str]:
+    """``none`` + the files in ``models/syncnet/`` (the folder is registered with ComfyUI here)."""
+    import os
+
+    import folder_paths
+
+    folder_paths.add_model_folder_path(SYNCNET_FOLDER, os.path.join(folder_paths.models_dir, SYNCNET_FOLDER))
+    return [NO_SYNCNET, *folder_paths.get_filename_list(SYNCNET_FOLDER)]
 
 
 def parse_intervals(text: str) -> dict[str, list[list[float]]]:
@@ -30,6 +43,7 @@ def parse_intervals(text: str) -> dict[str, list[list[float]]]:
 class AnyTalkerScoreVideo(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
+        syncnets = syncnet_options()
         return io.Schema(
             node_id="AnyTalkerScoreVideo",
             display_name="AnyTalker Score Video",
@@ -50,9 +64,16 @@ class AnyTalkerScoreVideo(io.ComfyNode):
                                advanced=True,
                                tooltip="Landmark source: mediapipe (offline) or insightface 106-point (as the "
                                        "reference; needs models/insightface/buffalo_l)."),
+                io.Audio.Input("audio", optional=True,
+                               tooltip="Optional: the clip's audio (e.g. mixed_audio) for the SyncNet scores."),
+                io.Combo.Input("syncnet_model", options=syncnets, default=syncnets[-1], advanced=True,
+                               tooltip="SyncNet weights (syncnet_v2.model) in models/syncnet for Sync-C/D and "
+                                       "Sync-C* (confidence inside each person's speaking intervals); needs audio."),
             ],
             outputs=[
                 io.Float.Output(display_name="interactivity", tooltip="Score, or -1 for an invalid clip."),
+                io.Float.Output(display_name="sync_c_star",
+                                tooltip="SyncNet confidence inside speaking intervals; -1 when not computed."),
                 io.Image.Output(display_name="plot", tooltip="Per-face motion over time, speaking shaded."),
                 io.String.Output(display_name="report", tooltip="Status, per-face scores and notes as JSON."),
             ],
@@ -60,18 +81,30 @@ class AnyTalkerScoreVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, fps: float = 24.0, speaking_intervals: str = "", num_faces: int = 2,
-                landmarks: str = "mediapipe") -> io.NodeOutput:
+                landmarks: str = "mediapipe", audio=None, syncnet_model: str = NO_SYNCNET) -> io.NodeOutput:
         import os
+
+        import comfy.model_management as mm
+        import folder_paths
 
         from anytalker_core.metrics.runner import score_video
 
         frames = bridge.frames_to_uint8(images, "images")
         insightface = os.path.join(bridge.models_dir(), "insightface")
+        syncnet = (None if syncnet_model == NO_SYNCNET
+                   else folder_paths.get_full_path_or_raise(SYNCNET_FOLDER, syncnet_model))
+        wave = None if audio is None else bridge.audio_to_mono(audio, "audio")
         result = score_video(frames, fps, parse_intervals(speaking_intervals), landmark_backend=landmarks,
+                             audio=wave, syncnet_path=syncnet, sample_rate=bridge.SAMPLE_RATE,
                              insightface_dir=insightface if landmarks == "insightface" else None,
-                             num_faces=num_faces, progress=bridge.progress_callback(len(frames)),
-                             should_stop=bridge.interrupt_check)
-        res = result.interactivity
-        report = {"status": res.status, "interactivity": res.score, "per_face": res.per_face, "note": res.reason}
-        log.info("interactivity: %s", report)
-        return io.NodeOutput(res.reference_score(), bridge.uint8_to_image(result.plot), json.dumps(report))
+                             num_faces=num_faces, device=str(mm.get_torch_device()),
+                             progress=bridge.progress_callback(len(frames)), should_stop=bridge.interrupt_check)
+        res, sync = result.interactivity, result.sync
+        report = {"status": res.status, "interactivity": res.score, "per_face": res.per_face, "note": res.reason,
+                  "sync_c": sync and sync.sync_c, "sync_d": sync and sync.sync_d,
+                  "sync_c_star": sync and sync.sync_c_star, "sync_d_star": sync and sync.sync_d_star,
+                  "sync_note": result.sync_note}
+        log.info("scores: %s", report)
+        c_star = sync.sync_c_star if sync is not None and sync.sync_c_star is not None else -1.0
+        return io.NodeOutput(res.reference_score(), float(c_star), bridge.uint8_to_image(result.plot),
+                             json.dumps(report))

@@ -307,3 +307,19 @@ def test_shipped_workflow_runs(server, name, people):
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:3000]
     saved = [v for out in entry["outputs"].values() for v in out.get("images", []) if v["filename"].endswith(".mp4")]
     assert len(saved) == 1
+
+
+def test_shipped_score_workflow_runs(server):
+    from anytalker_core.demo import demo_image
+    from anytalker_core.media import write_video
+
+    frames = np.repeat(demo_image(2, size=96)[None], 12, axis=0)  # a still two-person clip, 0.5 s
+    wave = np.zeros(8000, dtype=np.float32)
+    write_video(server.base / "input" / "anytalker_two_people.mp4", frames, 24, audio=wave, sample_rate=16000)
+    workflow = json.loads((REPO / "example_workflows" / "anytalker_score_video.json").read_text())
+    prompt = ui_to_api(workflow, server.get("/object_info"))
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:3000]
+    texts = [t for out in entry["outputs"].values() for t in out.get("text", [])]
+    report = next(json.loads(t) for t in texts if t.startswith("{"))
+    assert report["status"] == "ok" and report["interactivity"] == 0.0  # nobody moves

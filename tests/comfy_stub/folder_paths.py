@@ -5,16 +5,20 @@ from __future__ import annotations
 import os
 
 models_dir = os.path.join(os.getcwd(), "models")
-_extra: dict[str, list[str]] = {}
 EXTENSIONS = {".safetensors", ".pth", ".pt", ".ckpt", ".bin", ".pkl", ".sft"}
+CORE_FOLDERS = ("checkpoints", "diffusion_models", "text_encoders", "clip_vision", "vae", "audio_encoders",
+                "model_patches", "loras")
+_added: dict[str, list[str]] = {}  # folders registered by packs: (paths, no extension filter) as in ComfyUI
 
 
 def get_folder_paths(folder_name: str) -> list[str]:
-    return [os.path.join(models_dir, folder_name)] + _extra.get(folder_name, [])
+    if folder_name in CORE_FOLDERS:
+        return [os.path.join(models_dir, folder_name)] + _added.get(folder_name, [])
+    return list(_added[folder_name])  # KeyError for an unregistered folder, as in ComfyUI
 
 
 def add_model_folder_path(folder_name: str, full_folder_path: str, is_default: bool = False) -> None:
-    paths = _extra.setdefault(folder_name, [])
+    paths = _added.setdefault(folder_name, [])
     if full_folder_path not in paths:
         paths.insert(0, full_folder_path) if is_default else paths.append(full_folder_path)
 
@@ -24,7 +28,7 @@ def get_filename_list(folder_name: str) -> list[str]:
     for root in get_folder_paths(folder_name):
         for dirpath, _, files in os.walk(root, followlinks=True):
             for f in files:
-                if os.path.splitext(f)[1].lower() in EXTENSIONS:
+                if folder_name not in CORE_FOLDERS or os.path.splitext(f)[1].lower() in EXTENSIONS:
                     names.add(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/"))
     return sorted(names)
 
