@@ -12,10 +12,7 @@ import sys
 import pytest
 from conftest import REPO
 
-try:
-    import comfy_api.latest  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(REPO / "tests" / "comfy_stub"))
+sys.path.insert(0, str(REPO / "tests" / "comfy_stub"))  # ComfyUI's API stand-in
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 

@@ -108,6 +108,17 @@ class Schema:
     is_api_node: bool = False
     not_idempotent: bool = False
 
+    def validate(self) -> None:
+        """As ComfyUI: input ids (autogrow templates included) and explicit output ids must be unique."""
+        ids = []
+        for inp in self.inputs:
+            ids.append(inp.id)
+            if isinstance(inp, Autogrow.Input):
+                ids.extend(inp.template.names)
+        outputs = [o.id for o in self.outputs if o.id is not None]
+        if len(set(ids)) != len(ids) or len(set(outputs)) != len(outputs):
+            raise ValueError(f"{self.node_id}: input and output ids must be unique: {ids} {outputs}")
+
 
 class NodeOutput:
     def __init__(self, *args: Any, ui: Any = None, expand: Any = None, block_execution: Any = None) -> None:
