@@ -32,10 +32,10 @@ SR = 16000
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Tiny models in a ComfyUI models/ folder, speech for 3 people, the astronaut image, native stand-ins."""
+    from native_models import NativeClipVision, NativeVAE, text_conditioning
+
     from anytalker_core.audio.speech import synthesize_speech
     from anytalker_core.demo import DEMO_SENTENCES, build_demo_models, demo_image
-
-    from native_models import NativeClipVision, NativeVAE, text_conditioning
 
     root = tmp_path_factory.mktemp("comfy")
     paths = build_demo_models(root / "models")
@@ -269,3 +269,23 @@ def test_score_video_node(world, tmp_path):
     info = json.loads(report)
     assert info["sync_note"] == "" and info["sync_c"] is not None and info["sync_d"] > 0
     assert c_star == info["sync_c_star"] >= 0
+
+
+def test_pack_loads_the_way_comfyui_loads_it():
+    """ComfyUI imports the pack folder's __init__.py under a path-derived module name; the entry point
+    must resolve ``.nodes`` relative to it (ComfyUI has its own top-level ``nodes`` module)."""
+    import importlib.util
+
+    name = str(REPO).replace(".", "_x_")
+    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        assert not hasattr(module, "NODE_CLASS_MAPPINGS")  # else ComfyUI would ignore comfy_entrypoint
+        extension = asyncio.run(module.comfy_entrypoint())
+        assert len(asyncio.run(extension.get_node_list())) == 7
+        assert sys.modules[name + ".nodes"].__file__ == str(REPO / "nodes" / "__init__.py")
+    finally:
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[key]
