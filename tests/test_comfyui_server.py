@@ -301,7 +301,7 @@ def with_tiny_models(prompt: dict, paths, people: int) -> dict:
 @pytest.mark.parametrize("name,people", [("anytalker_one_person.json", 1), ("anytalker_two_people.json", 2),
                                          ("anytalker_three_people.json", 3)])
 def test_shipped_workflow_runs(server, name, people):
-    workflow = json.loads((REPO / "example_workflows" / name).read_text())
+    workflow = json.loads((REPO / "workflows" / name).read_text())
     prompt = with_tiny_models(ui_to_api(workflow, server.get("/object_info")), server.paths, people)
     entry = server.run(prompt)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:3000]
@@ -316,7 +316,7 @@ def test_shipped_score_workflow_runs(server):
     frames = np.repeat(demo_image(2, size=96)[None], 12, axis=0)  # a still two-person clip, 0.5 s
     wave = np.zeros(8000, dtype=np.float32)
     write_video(server.base / "input" / "anytalker_two_people.mp4", frames, 24, audio=wave, sample_rate=16000)
-    workflow = json.loads((REPO / "example_workflows" / "anytalker_score_video.json").read_text())
+    workflow = json.loads((REPO / "workflows" / "anytalker_score_video.json").read_text())
     prompt = ui_to_api(workflow, server.get("/object_info"))
     entry = server.run(prompt)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:3000]

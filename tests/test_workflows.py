@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:
 
 from comfy_api.latest import io
 
-WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 CORE = json.loads((REPO / "tests" / "data" / "comfyui_core_nodes.json").read_text())
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 PEOPLE = {"anytalker_one_person.json": 1, "anytalker_two_people.json": 2, "anytalker_three_people.json": 3}
@@ -123,7 +123,7 @@ def test_required_inputs_are_connected(path):
 
 @pytest.mark.parametrize("name,people", sorted(PEOPLE.items()))
 def test_people_count_matches_the_audio_inputs(name, people):
-    wf = json.loads((REPO / "example_workflows" / name).read_text())
+    wf = json.loads((REPO / "workflows" / name).read_text())
     nodes = {n["id"]: n for n in wf["nodes"]}
     encode = next(n for n in nodes.values() if n["type"] == "AnyTalkerAudioEncode")
     speakers = [i for i in encode["inputs"] if i["name"].startswith("speakers.") and i["link"] is not None]
