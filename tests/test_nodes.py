@@ -109,7 +109,7 @@ def load_models(world):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("people", [1, 2, 3])
-def test_graph_audio_faces_conditioning_sampler_decode(world, people):
+def test_graph_audio_faces_conditioning_sampler_decode(world, people, tmp_path):
     from native_models import vae_decode_node
 
     from nodes.generate import AnyTalkerConditioning, AnyTalkerSampler
@@ -158,6 +158,16 @@ def test_graph_audio_faces_conditioning_sampler_decode(world, people):
     video = vae_decode_node(world["vae"], latent)
     assert video.shape == (frames, height, width, 3)
     assert mixed["waveform"].shape[-1] / SR == pytest.approx(video.shape[0] / 24, abs=1 / SR)
+
+    # The graph ends in native Create Video (24 fps, mixed_audio) -> Save Video (exercised for real in
+    # test_comfyui_server.py); here the same frames and audio are muxed with the core writer and read back.
+    from anytalker_core.media import read_video, write_video
+
+    out = write_video(tmp_path / "talk.mp4", video.numpy(), fps=24,
+                      audio=mixed["waveform"][0].mean(0), sample_rate=mixed["sample_rate"])
+    clip = read_video(out)
+    assert clip.num_frames == frames and clip.fps == pytest.approx(24)
+    assert clip.audio is not None and clip.audio.shape[-1] / clip.sample_rate == pytest.approx(frames / 24, abs=0.03)
 
 
 def test_sampler_is_deterministic_and_interruptible(world):
