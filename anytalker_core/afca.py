@@ -21,6 +21,7 @@ from torch import nn
 
 from .attention import attention
 from .layout import group_by_frame
+from .quantization import linear_compute_dtype
 
 
 @dataclass
@@ -121,8 +122,8 @@ def fused_afca_sum(q: torch.Tensor, identities: list[IdentityTokens], k_audio: n
     """
     total = None
     for ident in identities:
-        face = ident.face.to(k_face.weight.dtype)
-        audio = ident.audio.to(k_audio.weight.dtype)
+        face = ident.face.to(linear_compute_dtype(k_face))
+        audio = ident.audio.to(linear_compute_dtype(k_audio))
         fk = _heads(norm_k_face(k_face(face)), heads)
         fv = _heads(v_face(face), heads)
         ak = _heads(norm_k_audio(k_audio(audio)), heads)
@@ -152,7 +153,7 @@ class LegacyAudioCrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, identities: list[IdentityTokens], frames: int) -> torch.Tensor:
         """x ``[B, S, dim]`` (already ``norm_x``-ed) -> ``[B, S, dim]``."""
-        dtype = self.q_linear.weight.dtype
+        dtype = linear_compute_dtype(self.q_linear)
         q = group_by_frame(_heads(self.q_linear(x.to(dtype)), self.heads), frames)
         total = None
         for ident in identities:

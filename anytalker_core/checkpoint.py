@@ -156,27 +156,43 @@ def check_keys(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], path: Pat
 
 
 def build_dit(sd: Mapping[str, torch.Tensor], config: AnyTalkerConfig, path: Path,
-              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-    """Construct the model without allocating, check keys, then materialise with the weights."""
-    from .dit import AnyTalkerDiT
+              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+              weight_dtype: torch.dtype | None = None):
+    """Construct the model without allocating, check keys, then materialise with the weights.
 
+    ``weight_dtype`` fp8 stores the blocks' linear weights in fp8 (quantised on the CPU from the
+    memory-mapped file, before anything reaches ``device``); ``dtype`` is the compute dtype.
+    """
+    from .dit import AnyTalkerDiT
+    from .quantization import FP8_DTYPES, quantize_blocks_fp8
+
+    if weight_dtype not in (None, dtype) and weight_dtype not in FP8_DTYPES:
+        raise CheckpointError(f"weight_dtype {weight_dtype} is not supported: use the compute dtype or an fp8 dtype")
     with torch.device("meta"):
         model = AnyTalkerDiT(config)
     check_keys(model, sd, path)
     model.load_state_dict(sd, strict=True, assign=True)
-    model = model.to(device=device, dtype=dtype)
+    if weight_dtype in FP8_DTYPES:
+        quantize_blocks_fp8(model, compute_dtype=dtype, fp8_dtype=weight_dtype)
+        model = model.to(device=device)
+    else:
+        model = model.to(device=device, dtype=dtype)
     return model.eval().requires_grad_(False)
 
 
 def load_dit(path: str | Path, config_path: str | Path | None = None, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32):
-    """Load an AnyTalker DiT (released ``.pth`` or ``.safetensors``) in eval mode on ``device``/``dtype``."""
+             dtype: torch.dtype = torch.float32, weight_dtype: torch.dtype | None = None):
+    """Load an AnyTalker DiT (released ``.pth`` or ``.safetensors``) in eval mode on ``device``.
+
+    ``dtype`` is the compute dtype; ``weight_dtype=torch.float8_e4m3fn`` halves the memory of the
+    transformer blocks (see :mod:`anytalker_core.quantization`).
+    """
     path = Path(path)
     sd, hints = read_state_dict(path)
     config = resolve_config(path, sd, hints, config_path)
     log.info("loading %s: %s AFCA, dim %d, %d layers, %d heads", path.name, config.afca, config.dim,
              config.num_layers, config.num_heads)
-    return build_dit(sd, config, path, device, dtype)
+    return build_dit(sd, config, path, device, dtype, weight_dtype)
 
 
 def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:

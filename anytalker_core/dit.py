@@ -3,7 +3,8 @@
 Read in dependency order: self-attention -> cross-attention (text, image and fused AFCA) -> block
 -> head -> model. Parameter names match the released checkpoints key for key, so a state dict
 loads without remapping. The residual stream and the adaLN modulation are kept in float32; every
-linear layer runs in the weight dtype (fp32, bf16 or fp16), as the reference does under autocast.
+linear layer runs in the weight dtype (fp32, bf16 or fp16), as the reference does under autocast, or
+in the compute dtype of blocks whose weights are stored in fp8 (:mod:`anytalker_core.quantization`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .errors import InputError
 from .layout import audio_window_for_latent_frames, flatten_token_mask, unpatchify
 from .norms import FP32LayerNorm, RMSNorm
 from .projections import AudioProjection, LegacyAudioProjection, MLPProj
+from .quantization import linear_compute_dtype
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """x ``[B, S, dim]`` -> ``[B, S, dim]``."""
-        x = x.to(self.q.weight.dtype)
+        x = x.to(linear_compute_dtype(self.q))
         q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, -1))
         k = self.norm_k(self.k(x)).unflatten(-1, (self.heads, -1))
         v = self.v(x).unflatten(-1, (self.heads, -1))
@@ -86,7 +88,7 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, text: torch.Tensor, image: torch.Tensor,
                 identities: list[IdentityTokens], frames: int) -> torch.Tensor:
         """x ``[B, S, dim]``, text ``[B, Lt, dim]``, image ``[B, 257, dim]`` -> ``[B, S, dim]``."""
-        dtype = self.q.weight.dtype
+        dtype = linear_compute_dtype(self.q)
         x, text, image = x.to(dtype), text.to(dtype), image.to(dtype)
         q = self._heads(self.norm_q(self.q(x)))
         out = attention(q, self._heads(self.norm_k(self.k(text))), self._heads(self.v(text))).flatten(2)
@@ -129,7 +131,7 @@ class Block(nn.Module):
         x = x + self.cross_attn(self.norm3(x), text, image, identities, frames).float()
         if self.legacy and identities:
             x = x + self.audio_cross_attn(self.norm_x(x), identities, frames).float()
-        y = self.ffn((self.norm2(x).float() * (1 + scale2) + shift2).to(self.ffn[0].weight.dtype))
+        y = self.ffn((self.norm2(x).float() * (1 + scale2) + shift2).to(linear_compute_dtype(self.ffn[0])))
         return x + y.float() * gate2
 
 

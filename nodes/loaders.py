@@ -14,6 +14,8 @@ from .types import AnyTalkerModelType, Wav2VecType
 log = logging.getLogger(__name__)
 
 DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# storage options for the transformer blocks' weights (computation stays in weight_dtype)
+STORAGE = {"same": None, "fp8_e4m3fn": torch.float8_e4m3fn}
 ATTENTION = ["sdpa", "flash_attn", "sage"]
 
 
@@ -46,6 +48,10 @@ class AnyTalkerModelLoader(io.ComfyNode):
                 io.Combo.Input("weight_dtype", options=list(DTYPES), default="auto",
                                tooltip="Compute precision of the DiT. auto = bf16 on GPUs that support it "
                                        "(else fp16), fp32 on the CPU."),
+                io.Combo.Input("block_storage", options=list(STORAGE), default="same", advanced=True,
+                               tooltip="fp8_e4m3fn stores the transformer blocks' weights in 8 bits (half the "
+                                       "memory: the 14B model fits a 24 GB GPU), computed in weight_dtype; "
+                                       "slightly less accurate. same = weight_dtype."),
                 io.Combo.Input("attention", options=ATTENTION, default="sdpa", advanced=True,
                                tooltip="Attention kernel: sdpa (PyTorch, always available), flash_attn or "
                                        "sage (need their packages; used for unmasked fp16/bf16 GPU attention)."),
@@ -54,7 +60,8 @@ class AnyTalkerModelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model_name: str, weight_dtype: str = "auto", attention: str = "sdpa") -> io.NodeOutput:
+    def execute(cls, model_name: str, weight_dtype: str = "auto", attention: str = "sdpa",
+                block_storage: str = "same") -> io.NodeOutput:
         import comfy.model_management as mm
         import folder_paths
 
@@ -64,7 +71,7 @@ class AnyTalkerModelLoader(io.ComfyNode):
         set_attention_backend(attention)  # fails early, naming the missing package
         path = folder_paths.get_full_path_or_raise("diffusion_models", model_name)
         dtype = resolve_dtype(weight_dtype, mm.get_torch_device())
-        dit = load_dit(path, device=mm.unet_offload_device(), dtype=dtype)
+        dit = load_dit(path, device=mm.unet_offload_device(), dtype=dtype, weight_dtype=STORAGE[block_storage])
         return io.NodeOutput(AnyTalkerModel(dit=dit, dtype=dtype, attention=attention, name=model_name))
 
 

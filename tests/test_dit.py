@@ -379,3 +379,43 @@ def test_verify_fixture_other_sizes(tmp_path, afca):
     results = run_fixture(tmp_path / "out.json")
     assert sorted(r.name for r in results) == sorted(outputs)
     assert all(r.passed for r in results), [r.line() for r in results]
+
+
+# ---------------------------------------------------------------- fp8 weight storage
+def _block_weight_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.blocks.parameters())
+
+
+def test_fp8_blocks_halve_memory_and_stay_close(model, tmp_path):
+    inputs = make_inputs(model.config, 2)
+    path = save_dit(model, tmp_path / "m.safetensors")
+    bf16 = load_dit(path, dtype=torch.bfloat16)
+    fp8 = load_dit(path, dtype=torch.bfloat16, weight_dtype=torch.float8_e4m3fn)
+    linear_weights = [m.weight for m in fp8.blocks.modules() if hasattr(m, "scale")]
+    assert linear_weights and all(w.dtype == torch.float8_e4m3fn for w in linear_weights)
+    assert fp8.patch_embedding.weight.dtype == torch.bfloat16  # only block linears are stored in fp8
+    assert _block_weight_bytes(fp8) < 0.6 * _block_weight_bytes(bf16)
+    with torch.no_grad():
+        ref = model(*inputs)
+        out = fp8(*inputs)
+    assert torch.isfinite(out).all()
+    assert (out - ref).abs().max() / ref.abs().max() < 0.1
+    fp8.to("cpu")  # a device move keeps the fp8 storage
+    assert all(w.dtype == torch.float8_e4m3fn for w in linear_weights)
+
+
+def test_fp8_dequantised_weights_match(model):
+    from anytalker_core.quantization import FP8Linear
+
+    linear = model.blocks[0].self_attn.q
+    q = FP8Linear(linear, torch.float32)
+    dequant = q.weight.float() * q.scale
+    assert (dequant - linear.weight).abs().max() <= 0.07 * linear.weight.abs().max()  # e4m3: 3 mantissa bits
+    x = torch.randn(4, linear.in_features)
+    torch.testing.assert_close(q(x), torch.nn.functional.linear(x, dequant, linear.bias), atol=1e-5, rtol=1e-5)
+
+
+def test_fp8_rejects_bad_dtypes(model, tmp_path):
+    path = save_dit(model, tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match="weight_dtype"):
+        load_dit(path, dtype=torch.bfloat16, weight_dtype=torch.int8)

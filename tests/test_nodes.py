@@ -299,3 +299,14 @@ def test_pack_loads_the_way_comfyui_loads_it():
     finally:
         for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
             del sys.modules[key]
+
+
+def test_model_loader_fp8_block_storage(world):
+    from nodes.loaders import AnyTalkerModelLoader
+
+    dit_name = folder_paths.get_filename_list("diffusion_models")[0]
+    (model,) = run(AnyTalkerModelLoader, model_name=dit_name, weight_dtype="bf16", attention="sdpa",
+                   block_storage="fp8_e4m3fn")
+    stored = {m.weight.dtype for m in model.dit.blocks.modules() if hasattr(m, "scale")}
+    assert stored == {torch.float8_e4m3fn}
+    assert model.dit.patch_embedding.weight.dtype == torch.bfloat16
