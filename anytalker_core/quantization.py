@@ -1,8 +1,9 @@
 """fp8 weight storage for the DiT's transformer blocks (computation stays in bf16/fp16/fp32).
 
-The blocks hold almost all of the DiT's weights (the 14B release: ~28 GB in bf16). Storing their linear
-weights as ``float8_e4m3fn`` with one float32 scale per tensor halves that (~14 GB, so the 14B model
-fits a 24 GB GPU); each layer dequantises its weight to the compute dtype when it runs. Embeddings,
+The blocks hold almost all of the DiT's weights. The "14B" release (legacy AFCA) has 21.0 B parameters:
+39.1 GiB in bf16, 19.9 GiB with the blocks' linear weights stored as ``float8_e4m3fn`` with one float32
+scale per tensor (1.3B release: 3.5 -> 1.8 GiB), so it fits a 24 GB GPU with little room to spare and a
+32 GB one comfortably. Each layer dequantises its weight to the compute dtype when it runs. Embeddings,
 projections, norms, biases and the head keep the compute dtype. This trades a little accuracy
 (8-bit mantissa-less weights; measured in the tests) for memory; it is not faster.
 """

@@ -49,8 +49,8 @@ class AnyTalkerModelLoader(io.ComfyNode):
                                tooltip="Compute precision of the DiT. auto = bf16 on GPUs that support it "
                                        "(else fp16), fp32 on the CPU."),
                 io.Combo.Input("block_storage", options=list(STORAGE), default="same", advanced=True,
-                               tooltip="fp8_e4m3fn stores the transformer blocks' weights in 8 bits (half the "
-                                       "memory: the 14B model fits a 24 GB GPU), computed in weight_dtype; "
+                               tooltip="fp8_e4m3fn stores the transformer blocks' weights in 8 bits, computed in "
+                                       "weight_dtype: about half the memory (14B release: 39 -> 20 GiB), "
                                        "slightly less accurate. same = weight_dtype."),
                 io.Combo.Input("attention", options=ATTENTION, default="sdpa", advanced=True,
                                tooltip="Attention kernel: sdpa (PyTorch, always available), flash_attn or "
