@@ -144,6 +144,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="number of frames, 4n+1, at most the audio's length (default: the audio's "
                                "length; 33 with --demo)")
     sampling.add_argument("--fps", type=int, default=24, help="output frame rate (the model was trained at 24)")
+    sampling.add_argument("--window-frames", type=int, default=81, metavar="W",
+                          help="longest single pass, 4m+1 frames (default 81, the training length); longer clips "
+                               "are generated in chained windows of W frames, each starting from the last frame "
+                               "of the one before; 0 = the whole clip in one pass (the reference's behaviour)")
 
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, mps ...")
@@ -287,6 +291,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--frame-num must be 4n+1 (5, 9, 13, ..., 81), got {args.frame_num}")
     if args.fps < 1:
         raise InputError(f"--fps must be positive, got {args.fps}")
+    from .long_video import check_window_frames
+
+    check_window_frames(args.window_frames, "--window-frames")
     if args.out is not None and args.out.suffix.lower() != ".mp4" and not args.batch:
         raise InputError(f"--out '{args.out}': expected an .mp4 file name")
 
@@ -333,6 +340,7 @@ def _build_request(args: argparse.Namespace, image, audio: list, prompt: str, mo
         frame_num=args.frame_num,
         fps=args.fps,
         boxes=boxes,
+        window_frames=args.window_frames,
     )
 
 

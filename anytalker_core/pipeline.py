@@ -12,12 +12,14 @@ stage                  in -> out
 ``prepare_faces``      image, N, plan (+ user boxes/masks) -> ``FaceMasks`` (token masks, y mask, crops)
 ``encode_prompts``     prompt, negative prompt -> :class:`PromptEmbeds`
 ``build_condition``    image, faces, audio, plan, prompts -> :class:`Condition` (``y``, ``clip_fea``,
-                       one ``Speaker`` per person)
+                       one ``Speaker`` per person); ``encode_first_frame`` is its image part and
+                       ``condition_from_frame`` swaps only that part (long videos, :mod:`.long_video`)
 ``denoise``            condition, sampler settings, seed -> latent ``[1, 16, F, h, w]``
 ``decode``             latent -> frames uint8 ``[T, H, W, 3]``
 =====================  ===============================================================================
 
-:meth:`AnyTalkerPipeline.generate` chains them. Like the reference (``wan/audio2video_multiID.py``):
+:meth:`AnyTalkerPipeline.generate` chains them; a clip longer than ``GenerationRequest.window_frames``
+is denoised and decoded window by window (:mod:`.long_video`). Like the reference (``wan/audio2video_multiID.py``):
 faces are found on the full-resolution image and identity ``i`` is the i-th face from the left;
 ``clip_fea`` encodes the whole image, each speaker's face tokens encode its square face crop; ``y`` is
 ``[4 mask channels ; VAE latent of (first frame + zeros)]``; CFG's unconditional branch is the negative
@@ -32,6 +34,7 @@ only while its stage runs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -43,6 +46,7 @@ import torch
 
 from .conditioning import Speaker
 from .errors import InputError, Interrupted
+from .long_video import DEFAULT_WINDOW_FRAMES
 
 if TYPE_CHECKING:  # imported lazily at run time
     from .faces.masks import FaceMasks
@@ -82,6 +86,8 @@ class GenerationRequest:
         fps: output frame rate (24: the rate the audio features are aligned to).
         boxes: optional face boxes ``x1, y1, x2, y2`` (image pixels), one per track, in track order.
         masks: optional face masks ``[N, H, W]`` in 0..1, one per track (wins over ``boxes``).
+        window_frames: longest single denoising pass, ``4m+1`` frames (81: the training length); a longer
+            clip is generated in chained windows (:mod:`.long_video`). ``0`` = one pass whatever the length.
     """
 
     image: np.ndarray | str | Path
@@ -101,6 +107,7 @@ class GenerationRequest:
     fps: int = DEFAULT_FPS
     boxes: Sequence[Sequence[float]] | None = None
     masks: np.ndarray | None = None
+    window_frames: int = DEFAULT_WINDOW_FRAMES
 
 
 @dataclass
@@ -185,6 +192,27 @@ class Condition:
         if branch == "text_only":
             return self.prompts.context, [s.without_audio() for s in self.speakers]
         raise ValueError(f"unknown guidance branch {branch!r}")
+
+    def window(self, start: int, length: int) -> "Condition":
+        """The condition of video frames ``start .. start+length-1`` (``length = 4j+1``), for chained windows.
+
+        Audio: each speaker's features ``[:, start:start+length]`` (the real neighbouring audio context at
+        the window's edges). Masks (``y``'s 4 mask channels, token masks): the first ``F_w`` latent frames,
+        which is the window's own mask (frame 0 all ones, then the same face masks every frame). ``y``'s
+        latent channels and ``clip_fea``: also the first ``F_w`` frames, i.e. the timeline's first frame; for
+        ``start = 0`` that is exactly the first-frame latent of a ``length``-frame video because the Wan VAE
+        is causal (latent frame j sees video frames <= 4j). For ``start > 0`` replace them with
+        :meth:`AnyTalkerPipeline.condition_from_frame`.
+        """
+        total = self.plan.frame_num
+        if length < 1 or (length - 1) % 4 or start < 0 or start % 4 or start + length > total:
+            raise InputError(f"window of {length} frames at frame {start}: expected 4j+1 frames starting at a "
+                             f"multiple of 4 inside the {total}-frame clip")
+        plan = VideoPlan(height=self.plan.height, width=self.plan.width, frame_num=length)
+        f_lat = plan.latent_frames
+        speakers = [dataclasses.replace(s, audio=s.audio[:, start:start + length],
+                                        token_mask=s.token_mask[:, :f_lat]) for s in self.speakers]
+        return dataclasses.replace(self, y=self.y[:, :, :f_lat], speakers=speakers, plan=plan)
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -459,7 +487,6 @@ class AnyTalkerPipeline:
             plan: sizes; ``plan.frame_num`` must equal the audio's frame count.
             prompts: from :meth:`encode_prompts`.
         """
-        from .encoders import encode_first_frame_condition
         from .faces import crop_faces
 
         image = _check_image(image)
@@ -474,15 +501,9 @@ class AnyTalkerPipeline:
                              f"{(plan.latent_frames, *plan.latent_hw)}; call prepare_faces with this plan")
         crops = crop_faces(image, faces.crop_boxes)
         with self._on_device(self.clip_vision), torch.no_grad():
-            # whole first frame -> clip_fea; each square face crop (own size) -> that speaker's face tokens
-            clip_fea = self.clip_vision.encode(torch.from_numpy(image)[None])  # [1, 257, clip_dim]
+            # each square face crop (own size) -> that speaker's face tokens
             face_clip = torch.cat([self.clip_vision.encode(torch.from_numpy(c)[None]) for c in crops])  # [N, ...]
-        # the reference resizes the -1..1 image to the video size with bicubic interpolation (no clamp)
-        first = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)  # [1, 3, H, W]
-        first = torch.nn.functional.interpolate(first, size=(plan.height, plan.width), mode="bicubic")
-        with self._on_device(self.vae), torch.no_grad():
-            latent = encode_first_frame_condition(self.vae, first.to(self.device), plan.frame_num)
-        latent = _batch1(latent, ndim=5).to(self.device)            # [1, 16, F_lat, lat_h, lat_w]
+        clip_fea, latent = self.encode_first_frame(image, plan)
         y = torch.cat([faces.y_mask.unsqueeze(0).to(latent), latent], dim=1)  # [1, 20, F_lat, lat_h, lat_w]
         speakers = [
             Speaker(audio=self._dit_tensor(features[i:i + 1]),      # [1, T, 5, L, C]
@@ -490,8 +511,37 @@ class AnyTalkerPipeline:
                     token_mask=self._dit_tensor(faces.token_mask(i)))  # [1, F_lat, h/2, w/2]
             for i in range(n)
         ]
-        return Condition(y=self._dit_tensor(y), clip_fea=self._dit_tensor(_batch1(clip_fea, ndim=3)),
-                         speakers=speakers, prompts=prompts, plan=plan)
+        return Condition(y=self._dit_tensor(y), clip_fea=clip_fea, speakers=speakers, prompts=prompts, plan=plan)
+
+    def encode_first_frame(self, image: np.ndarray, plan: VideoPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first-frame part of the conditioning: ``(clip_fea, latent)``.
+
+        Args:
+            image: uint8 ``[H, W, 3]`` first frame (any size; resized to the plan's).
+            plan: the sizes (``plan.frame_num`` frames of first frame + zeros are VAE-encoded).
+        Returns:
+            ``clip_fea [1, 257, clip_dim]`` (CLIP tokens of the whole frame, DiT dtype) and the latent
+            ``[1, 16, F_lat, lat_h, lat_w]`` of ``[frame; zeros]`` (float32), both on the device.
+        """
+        from .encoders import encode_first_frame_condition
+
+        image = _check_image(image)
+        with self._on_device(self.clip_vision), torch.no_grad():
+            clip_fea = self.clip_vision.encode(torch.from_numpy(image)[None])  # [1, 257, clip_dim]
+        # the reference resizes the -1..1 image to the video size with bicubic interpolation (no clamp)
+        first = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)  # [1, 3, H, W]
+        first = torch.nn.functional.interpolate(first, size=(plan.height, plan.width), mode="bicubic")
+        with self._on_device(self.vae), torch.no_grad():
+            latent = encode_first_frame_condition(self.vae, first.to(self.device), plan.frame_num)
+        latent = _batch1(latent, ndim=5).to(self.device)            # [1, 16, F_lat, lat_h, lat_w]
+        return self._dit_tensor(_batch1(clip_fea, ndim=3)), latent
+
+    def condition_from_frame(self, condition: Condition, frame: np.ndarray) -> Condition:
+        """``condition`` with a new first frame: ``clip_fea`` and ``y``'s latent channels recomputed from
+        ``frame`` (uint8 ``[H, W, 3]``); masks, face tokens, audio, prompts and sizes are kept."""
+        clip_fea, latent = self.encode_first_frame(frame, condition.plan)
+        y = torch.cat([condition.y[:, :4], self._dit_tensor(latent)], dim=1)  # [1, 20, F_lat, lat_h, lat_w]
+        return dataclasses.replace(condition, y=y, clip_fea=clip_fea)
 
     def denoise(self, condition: Condition, *, steps: int = 40, shift: float | None = None,
                 sampler: str = "unipc", guidance: float = 4.5, text_guidance: float | None = None,
@@ -534,8 +584,14 @@ class AnyTalkerPipeline:
 
     def generate(self, request: GenerationRequest, progress: ProgressFn | None = None,
                  should_stop: StopFn | None = None) -> GenerationResult:
-        """Run every stage for one clip. ``progress(step, total)`` reports denoising steps."""
+        """Run every stage for one clip. ``progress(step, total)`` reports denoising steps.
+
+        A clip longer than ``request.window_frames`` is denoised and decoded in chained windows
+        (:func:`.long_video.generate_windows`; progress then counts all windows' steps); otherwise in one
+        pass, as the reference does.
+        """
         from .faces import draw_preview
+        from .long_video import check_window_frames, generate_windows, needs_windows
 
         timings: dict[str, float] = {}
         clock = time.monotonic()
@@ -550,6 +606,7 @@ class AnyTalkerPipeline:
 
         image = _check_image(request.image)
         tracks = _check_tracks(request.audio)
+        check_window_frames(request.window_frames)
         if request.fps != DEFAULT_FPS:
             log.warning("fps %s: the model was trained at 24 fps; lip sync may drift at other rates", request.fps)
         if request.boxes is not None and request.masks is None and len(request.boxes) != len(tracks):
@@ -565,13 +622,17 @@ class AnyTalkerPipeline:
         lap("text")
         condition = self.build_condition(image, faces, audio, plan, prompts)
         lap("condition")
-        latent = self.denoise(condition, steps=request.steps, shift=request.shift, sampler=request.sampler,
-                              guidance=request.guidance, text_guidance=request.text_guidance,
-                              audio_guidance=request.audio_guidance, seed=request.seed, progress=progress,
-                              should_stop=should_stop)
-        lap("denoise")
-        frames = self.decode(latent)
-        lap("decode")
+        sampling = dict(steps=request.steps, shift=request.shift, sampler=request.sampler, guidance=request.guidance,
+                        text_guidance=request.text_guidance, audio_guidance=request.audio_guidance,
+                        seed=request.seed, progress=progress, should_stop=should_stop)
+        if needs_windows(plan.frame_num, request.window_frames):
+            frames = generate_windows(self, condition, request.window_frames, **sampling)
+            lap("denoise+decode")
+        else:
+            latent = self.denoise(condition, **sampling)
+            lap("denoise")
+            frames = self.decode(latent)
+            lap("decode")
         samples = int(round(frames.shape[0] / request.fps * SAMPLE_RATE))
         mixed = _fit_length(audio.mixed.detach().float().cpu().reshape(-1), samples)
         log.info("generated %d frames %dx%d in %s", frames.shape[0], frames.shape[2], frames.shape[1],
