@@ -2,14 +2,15 @@
 
 Graph: Load AnyTalker Model, Load AnyTalker wav2vec2 → AnyTalker Audio Encode (one AUDIO per person)
 → AnyTalker Face Masks → AnyTalker Conditioning (+ native CLIP Text Encode, Load CLIP Vision, Load VAE)
-→ AnyTalker Sampler → VAE Decode → Create Video (24 fps, mixed audio) → Save Video.
+→ AnyTalker Sampler → VAE Decode → Create Video (24 fps, mixed audio) → Save Video; or AnyTalker Long
+Sampler (chained windows, decodes itself) → Create Video.
 """
 
 from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from .generate import AnyTalkerConditioning, AnyTalkerSampler
+from .generate import AnyTalkerConditioning, AnyTalkerLongSampler, AnyTalkerSampler
 from .inputs import AnyTalkerAudioEncode, AnyTalkerFaceMasks
 from .loaders import AnyTalkerModelLoader, AnyTalkerWav2VecLoader
 from .score import AnyTalkerScoreVideo
@@ -21,6 +22,7 @@ NODES: list[type[io.ComfyNode]] = [
     AnyTalkerFaceMasks,
     AnyTalkerConditioning,
     AnyTalkerSampler,
+    AnyTalkerLongSampler,
     AnyTalkerScoreVideo,
 ]
 

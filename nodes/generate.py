@@ -1,9 +1,12 @@
-"""Conditioning assembly and sampling: native text/CLIP-vision/VAE outputs + faces + audio → LATENT."""
+"""Conditioning assembly and sampling: native text/CLIP-vision/VAE outputs + faces + audio → LATENT, or frames
+(chained windows for long clips)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+from collections.abc import Iterator
 
 import torch
 from comfy_api.latest import io
@@ -125,35 +128,79 @@ def fit_text(embeds: torch.Tensor, text_len: int, what: str) -> torch.Tensor:
     return embeds
 
 
+def sampling_inputs() -> list:
+    """The sampler settings shared by AnyTalker Sampler and AnyTalker Long Sampler."""
+    from anytalker_core.sampling import SOLVERS
+
+    return [
+        io.Int.Input("seed", default=42, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                     tooltip="Noise seed (drawn on the CPU: the same seed gives the same video on any device)."),
+        io.Int.Input("steps", default=40, min=1, max=200,
+                     tooltip="Denoising steps (reference: 40; 20-30 is usually enough)."),
+        io.Combo.Input("sampler_name", options=list(SOLVERS), default="unipc",
+                       tooltip="unipc (reference default), dpmpp (reference alternative) or euler."),
+        io.Float.Input("cfg", default=4.5, min=1.0, max=20.0, step=0.1,
+                       tooltip="Guidance for text and audio together (reference: 4.5). Unconditional = "
+                               "negative prompt with silent audio."),
+        io.Float.Input("shift", default=0.0, min=0.0, max=20.0, step=0.1, advanced=True,
+                       tooltip="Flow shift; 0 = the reference's choice (3.0 up to 832x480, else 5.0)."),
+        io.Float.Input("audio_cfg", default=0.0, min=0.0, max=20.0, step=0.1, advanced=True,
+                       tooltip="0 = one scale (cfg) for text and audio. Above 0: separate guidance, "
+                               "cfg for text and this for audio (3 model passes per step)."),
+    ]
+
+
+def sampling_kwargs(seed: int, steps: int, sampler_name: str, cfg: float, shift: float, audio_cfg: float) -> dict:
+    """The node settings as ``AnyTalkerPipeline.denoise`` keyword arguments (with ComfyUI's progress/cancel)."""
+    separate = audio_cfg > 0
+    return dict(steps=steps, shift=shift or None, sampler=sampler_name, guidance=cfg,
+                text_guidance=cfg if separate else None, audio_guidance=audio_cfg if separate else None,
+                seed=seed, progress=bridge.progress_callback(steps), should_stop=bridge.interrupt_check)
+
+
+@contextlib.contextmanager
+def dit_on_device(model, conditioning) -> Iterator[tuple[object, torch.device]]:
+    """Check the conditioning against the DiT, move both to ComfyUI's device for the duration of sampling
+    (other models offloaded first) and the DiT back to the offload device afterwards.
+
+    Yields ``(condition on the device, device)``.
+    """
+    import comfy.model_management as mm
+
+    from anytalker_core.attention import set_attention_backend
+
+    dit = model.dit
+    check_widths(conditioning, dit.config)
+    device = mm.get_torch_device()
+    condition = condition_to(conditioning, device, model.dtype)
+    condition.prompts.context = fit_text(condition.prompts.context, dit.config.text_len, "positive")
+    condition.prompts.context_null = fit_text(condition.prompts.context_null, dit.config.text_len, "negative")
+    set_attention_backend(model.attention)
+
+    weights = sum(p.numel() * p.element_size() for p in dit.parameters())
+    mm.free_memory(weights * 1.3, device)  # room for the DiT plus activations: other models are offloaded
+    dit.to(device)
+    try:
+        yield condition, device
+    finally:
+        dit.to(mm.unet_offload_device())
+        mm.soft_empty_cache()
+
+
 class AnyTalkerSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        from anytalker_core.sampling import SOLVERS
-
         return io.Schema(
             node_id="AnyTalkerSampler",
             display_name="AnyTalker Sampler",
             category="AnyTalker/sampling",
             description="Denoises the whole clip in one pass (flow matching, reference solvers). Decode the "
-                        "LATENT with VAE Decode, then Create Video at 24 fps with the mixed audio.",
+                        "LATENT with VAE Decode, then Create Video at 24 fps with the mixed audio. For clips "
+                        "longer than 81 frames (3.4 s) use AnyTalker Long Sampler.",
             inputs=[
                 AnyTalkerModelType.Input("model", tooltip="From Load AnyTalker Model."),
                 ConditioningType.Input("conditioning", tooltip="From AnyTalker Conditioning."),
-                io.Int.Input("seed", default=42, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Noise seed (drawn on the CPU: the same seed gives the same video on any "
-                                     "device)."),
-                io.Int.Input("steps", default=40, min=1, max=200,
-                             tooltip="Denoising steps (reference: 40; 20-30 is usually enough)."),
-                io.Combo.Input("sampler_name", options=list(SOLVERS), default="unipc",
-                               tooltip="unipc (reference default), dpmpp (reference alternative) or euler."),
-                io.Float.Input("cfg", default=4.5, min=1.0, max=20.0, step=0.1,
-                               tooltip="Guidance for text and audio together (reference: 4.5). Unconditional = "
-                                       "negative prompt with silent audio."),
-                io.Float.Input("shift", default=0.0, min=0.0, max=20.0, step=0.1, advanced=True,
-                               tooltip="Flow shift; 0 = the reference's choice (3.0 up to 832x480, else 5.0)."),
-                io.Float.Input("audio_cfg", default=0.0, min=0.0, max=20.0, step=0.1, advanced=True,
-                               tooltip="0 = one scale (cfg) for text and audio. Above 0: separate guidance, "
-                                       "cfg for text and this for audio (3 model passes per step)."),
+                *sampling_inputs(),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="Wan2.1 latent; decode with VAE Decode.")],
         )
@@ -162,31 +209,54 @@ class AnyTalkerSampler(io.ComfyNode):
     def execute(cls, model, conditioning, seed: int = 42, steps: int = 40, sampler_name: str = "unipc",
                 cfg: float = 4.5, shift: float = 0.0, audio_cfg: float = 0.0) -> io.NodeOutput:
         import comfy.latent_formats
-        import comfy.model_management as mm
 
-        from anytalker_core.attention import set_attention_backend
         from anytalker_core.pipeline import AnyTalkerPipeline
 
-        dit = model.dit
-        check_widths(conditioning, dit.config)
-        device = mm.get_torch_device()
-        condition = condition_to(conditioning, device, model.dtype)
-        condition.prompts.context = fit_text(condition.prompts.context, dit.config.text_len, "positive")
-        condition.prompts.context_null = fit_text(condition.prompts.context_null, dit.config.text_len, "negative")
-        set_attention_backend(model.attention)
-
-        weights = sum(p.numel() * p.element_size() for p in dit.parameters())
-        mm.free_memory(weights * 1.3, device)  # room for the DiT plus activations: other models are offloaded
-        dit.to(device)
-        try:
-            pipe = AnyTalkerPipeline(dit, None, None, None, None, device=device, dtype=model.dtype)
-            separate = audio_cfg > 0
-            latent = pipe.denoise(
-                condition, steps=steps, shift=shift or None, sampler=sampler_name, guidance=cfg,
-                text_guidance=cfg if separate else None, audio_guidance=audio_cfg if separate else None,
-                seed=seed, progress=bridge.progress_callback(steps), should_stop=bridge.interrupt_check)
-        finally:
-            dit.to(mm.unet_offload_device())
-            mm.soft_empty_cache()
+        with dit_on_device(model, conditioning) as (condition, device):
+            pipe = AnyTalkerPipeline(model.dit, None, None, None, None, device=device, dtype=model.dtype)
+            latent = pipe.denoise(condition, **sampling_kwargs(seed, steps, sampler_name, cfg, shift, audio_cfg))
         raw = comfy.latent_formats.Wan21().process_out(latent.detach().float().cpu())
         return io.NodeOutput({"samples": raw})
+
+
+class AnyTalkerLongSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AnyTalkerLongSampler",
+            display_name="AnyTalker Long Sampler",
+            category="AnyTalker/sampling",
+            description="Generates a clip of any length in chained windows of window_frames frames: window 1 "
+                        "starts from the start image, each later one from the last frame of the window before "
+                        "(seed + window index). Decodes as it goes and returns the frames: connect them to "
+                        "Create Video at 24 fps with the mixed audio.",
+            inputs=[
+                AnyTalkerModelType.Input("model", tooltip="From Load AnyTalker Model."),
+                ConditioningType.Input("conditioning", tooltip="From AnyTalker Conditioning (the whole audio "
+                                                               "timeline)."),
+                io.Vae.Input("vae", tooltip="The Wan2.1 VAE given to AnyTalker Conditioning: decodes each window "
+                                            "and encodes the frame the next window starts from."),
+                io.ClipVision.Input("clip_vision", tooltip="The CLIP vision model given to AnyTalker "
+                                                           "Conditioning: encodes the frame each window starts from."),
+                io.Int.Input("window_frames", default=81, min=5, max=1001, step=4,
+                             tooltip="Frames per window, 4m+1 (81 = 3.4 s, the training length). Consecutive "
+                                     "windows share one frame; a clip no longer than this is one pass."),
+                *sampling_inputs(),
+            ],
+            outputs=[io.Image.Output(display_name="images", tooltip="All frames of the clip (24 fps).")],
+        )
+
+    @classmethod
+    def execute(cls, model, conditioning, vae, clip_vision, window_frames: int = 81, seed: int = 42,
+                steps: int = 40, sampler_name: str = "unipc", cfg: float = 4.5, shift: float = 0.0,
+                audio_cfg: float = 0.0) -> io.NodeOutput:
+        from anytalker_core.long_video import generate_windows
+        from anytalker_core.pipeline import AnyTalkerPipeline
+
+        with dit_on_device(model, conditioning) as (condition, device):
+            pipe = AnyTalkerPipeline(model.dit, None, bridge.ClipVisionAdapter(clip_vision), bridge.VaeAdapter(vae),
+                                     None, device=device, dtype=model.dtype)
+            # generate_windows reports progress as (done, windows x steps): the bar takes that total
+            frames = generate_windows(pipe, condition, window_frames,
+                                      **sampling_kwargs(seed, steps, sampler_name, cfg, shift, audio_cfg))
+        return io.NodeOutput(bridge.uint8_to_image(frames))

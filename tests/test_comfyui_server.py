@@ -6,7 +6,8 @@ Starts ComfyUI on 127.0.0.1 with ``--cpu`` and a temporary ``--base-directory`` 
 custom_nodes/, models/, input/, output/), with this pack and tests/comfyui_test_nodes linked in, and
 anytalker_core's tiny random models in models/. Then: /object_info lists every node; a two-person
 prompt runs Load Image/Load Audio → our loaders, audio, faces, conditioning, sampler → VAE Decode →
-Create Video (24 fps, mixed audio) → Save Video and the mp4 is checked; a bad graph reports a clear
+Create Video (24 fps, mixed audio) → Save Video and the mp4 is checked, and the same with the Long Sampler
+(two chained windows); a bad graph reports a clear
 execution_error; POST /interrupt stops a long sampling run. The server is stopped at the end.
 """
 
@@ -174,11 +175,13 @@ def test_object_info_lists_the_nodes(server):
     info = server.get("/object_info")
     ours = sorted(k for k in info if k.startswith("AnyTalker") and not k.startswith("AnyTalkerTest"))
     assert ours == sorted(["AnyTalkerModelLoader", "AnyTalkerWav2VecLoader", "AnyTalkerAudioEncode",
-                           "AnyTalkerFaceMasks", "AnyTalkerConditioning", "AnyTalkerSampler", "AnyTalkerScoreVideo"])
+                           "AnyTalkerFaceMasks", "AnyTalkerConditioning", "AnyTalkerSampler", "AnyTalkerLongSampler",
+                           "AnyTalkerScoreVideo"])
     assert "IMPORT FAILED" not in server.text_log()
     speakers = info["AnyTalkerAudioEncode"]["input"]["required"]["speakers"]
     assert speakers[0] == "COMFY_AUTOGROW_V3" and speakers[1]["template"]["prefix"] == "audio"
     assert info["AnyTalkerSampler"]["output"] == ["LATENT"]
+    assert info["AnyTalkerLongSampler"]["output"] == ["IMAGE"]
 
 
 def test_two_person_graph_to_mp4(server):
@@ -196,6 +199,26 @@ def test_two_person_graph_to_mp4(server):
     assert clip.frames.shape[1:3] == (64, 128)  # max_pixels 64*128 keeps the 1:2 image aspect
     assert clip.audio is not None and clip.audio.shape[-1] / clip.sample_rate == pytest.approx(9 / 24, abs=0.03)
     print(f"two-person graph ran in {elapsed:.1f} s")
+
+
+def test_long_sampler_graph_to_mp4(server):
+    """13 frames in windows of 9 (frames 0-8, then 8-12): Long Sampler → Create Video → Save Video."""
+    from anytalker_core.media import read_video
+
+    prompt = two_person_prompt(server.paths, frame_count=13)
+    prompt["13"] = {"class_type": "AnyTalkerLongSampler",
+                    "inputs": {"model": ["4", 0], "conditioning": ["12", 0], "vae": ["11", 0], "clip_vision": ["10", 0],
+                               "window_frames": 9, "seed": 3, "steps": 2, "sampler_name": "unipc", "cfg": 4.5,
+                               "shift": 0.0, "audio_cfg": 0.0}}
+    del prompt["14"]
+    prompt["15"]["inputs"]["images"] = ["13", 0]
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:3000]
+    videos = [v for out in entry["outputs"].values() for v in out.get("images", []) + out.get("video", [])
+              if str(v.get("filename", "")).endswith(".mp4")]
+    clip = read_video(server.base / "output" / videos[0]["subfolder"] / videos[0]["filename"])
+    assert clip.frames.shape[:3] == (13, 64, 128) and clip.fps == pytest.approx(24)
+    assert clip.audio is not None and clip.audio.shape[-1] / clip.sample_rate == pytest.approx(13 / 24, abs=0.03)
 
 
 def test_errors_reach_the_history(server):
@@ -296,11 +319,13 @@ def with_tiny_models(prompt: dict, paths, people: int) -> dict:
             inputs["max_pixels"] = 64 * 64 * people
         elif kind == "AnyTalkerSampler":
             inputs["steps"] = 2
+        elif kind == "AnyTalkerLongSampler":
+            inputs.update(steps=2, window_frames=5)  # the 9 frames in two windows
     return prompt
 
 
 @pytest.mark.parametrize("name,people", [("anytalker_one_person.json", 1), ("anytalker_two_people.json", 2),
-                                         ("anytalker_three_people.json", 3)])
+                                         ("anytalker_three_people.json", 3), ("anytalker_long_clip.json", 1)])
 def test_shipped_workflow_runs(server, name, people):
     workflow = json.loads((REPO / "workflows" / name).read_text())
     prompt = with_tiny_models(ui_to_api(workflow, server.get("/object_info")), server.paths, people)

@@ -84,7 +84,7 @@ def test_entrypoint_lists_every_node_with_a_complete_schema():
             assert inp.tooltip, f"{schema.node_id}.{inp.id} has no tooltip"
             if hasattr(inp, "template"):
                 assert inp.template.input.tooltip
-    assert len(ids) == 7
+    assert len(ids) == 8
 
 
 def test_audio_encode_takes_a_variable_number_of_speakers():
@@ -195,6 +195,44 @@ def test_sampler_is_deterministic_and_interruptible(world):
     assert next(model.dit.parameters()).device.type == "cpu"
 
 
+def test_long_sampler_chains_windows(world):
+    """13 frames in windows of 9: frames 0-8, then 8-12 started from frame 8; one window = Sampler + VAE Decode."""
+    from native_models import vae_decode_node
+
+    from nodes.generate import AnyTalkerConditioning, AnyTalkerLongSampler, AnyTalkerSampler
+    from nodes.inputs import AnyTalkerAudioEncode, AnyTalkerFaceMasks
+
+    model, wav2vec = load_models(world)
+    feats, n, *_ = run(AnyTalkerAudioEncode, wav2vec=wav2vec, speakers={"audio0": audio_dict(world["speech"][0])},
+                       mode="pad", frame_count=13)
+    image = world["image"](1)
+    faces, _, _ = run(AnyTalkerFaceMasks, image=image, people=n, boxes="30,20,66,60")
+    cond, width, height = run(AnyTalkerConditioning, positive=world["positive"], negative=world["negative"],
+                              clip_vision=world["clip_vision"], vae=world["vae"], start_image=image, faces=faces,
+                              audio_features=feats, max_pixels=64 * 64)
+    settings = {"model": model, "conditioning": cond, "vae": world["vae"], "clip_vision": world["clip_vision"],
+                "seed": 3, "steps": 2, "sampler_name": "euler", "cfg": 3.0}
+    comfy.utils.UPDATES.clear()
+    (frames,) = run(AnyTalkerLongSampler, window_frames=9, **settings)
+    assert frames.shape == (13, height, width, 3) and 0 <= frames.min() and frames.max() <= 1
+    assert comfy.utils.UPDATES[-1] == (4, 4)  # 2 windows x 2 steps
+    assert next(model.dit.parameters()).device.type == "cpu"
+
+    (whole,) = run(AnyTalkerLongSampler, window_frames=13, **settings)
+    (latent,) = run(AnyTalkerSampler, model=model, conditioning=cond, seed=3, steps=2, sampler_name="euler", cfg=3.0)
+    one_pass = vae_decode_node(world["vae"], latent)
+    assert (whole - one_pass).abs().max() <= 1 / 255 + 1e-6  # the same video, up to uint8 rounding
+    assert not torch.equal(whole, frames)  # chained windows: frames 9-12 come from the second window
+
+    with pytest.raises(InputError, match="window_frames must be 4m\\+1"):
+        run(AnyTalkerLongSampler, window_frames=10, **settings)
+    mm.interrupt_current_processing(True)
+    with pytest.raises(mm.InterruptProcessingException):
+        run(AnyTalkerLongSampler, window_frames=9, **settings)
+    assert not mm.processing_interrupted()
+    assert next(model.dit.parameters()).device.type == "cpu"
+
+
 def test_faces_from_masks_and_detector(world):
     from nodes.inputs import AnyTalkerFaceMasks
 
@@ -294,7 +332,7 @@ def test_pack_loads_the_way_comfyui_loads_it():
         spec.loader.exec_module(module)
         assert not hasattr(module, "NODE_CLASS_MAPPINGS")  # else ComfyUI would ignore comfy_entrypoint
         extension = asyncio.run(module.comfy_entrypoint())
-        assert len(asyncio.run(extension.get_node_list())) == 7
+        assert len(asyncio.run(extension.get_node_list())) == 8
         assert sys.modules[name + ".nodes"].__file__ == str(REPO / "nodes" / "__init__.py")
     finally:
         for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
