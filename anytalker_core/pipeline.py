@@ -371,8 +371,11 @@ class AnyTalkerPipeline:
     @classmethod
     def from_paths(cls, paths: "ModelPaths", *, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32, offload: bool = False,
-                   face_backend: str = "auto") -> "AnyTalkerPipeline":
-        """Load every model named in ``paths`` (see :mod:`.model_paths`)."""
+                   face_backend: str = "auto", block_weight_dtype: torch.dtype | None = None) -> "AnyTalkerPipeline":
+        """Load every model named in ``paths`` (see :mod:`.model_paths`).
+
+        ``block_weight_dtype=torch.float8_e4m3fn`` stores the DiT's block weights in fp8 (half the memory).
+        """
         from .audio import load_wav2vec
         from .checkpoint import load_dit
         from .encoders import load_clip_vision, load_text_encoder, load_vae
@@ -384,7 +387,8 @@ class AnyTalkerPipeline:
         clip_dtype = dtype if half else torch.float32
         text_dtype = torch.bfloat16 if half else torch.float32
         started = time.monotonic()
-        dit = load_dit(paths.dit, config_path=paths.dit_config, device=home, dtype=dtype)
+        dit = load_dit(paths.dit, config_path=paths.dit_config, device=home, dtype=dtype,
+                       weight_dtype=block_weight_dtype)
         text_encoder = load_text_encoder(paths.text_encoder, device=home, dtype=text_dtype)
         clip_vision = load_clip_vision(paths.clip_vision, device=home, dtype=clip_dtype)
         vae = load_vae(paths.vae, device=home, dtype=torch.float32)
