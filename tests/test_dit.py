@@ -358,7 +358,14 @@ def test_verify_fixture_other_sizes(tmp_path, afca):
     frames, h, w, n = 5, 6, 8, 3
     x, t, ctx, clip, y, speakers = make_inputs(cfg, n, frames=frames, h=h, w=w, seed=5)
     torch.save({"model": model.state_dict()}, tmp_path / "m.pth")
-    (tmp_path / "m.config.json").write_text(json.dumps(cfg.to_dict()))
+    reference_config = {  # WanModel.__init__ keys, as the reference writes them: no wav2vec2 sizes
+        "model_type": "a2v_af", "dim": cfg.dim, "ffn_dim": cfg.ffn_dim, "num_heads": cfg.num_heads,
+        "num_layers": cfg.num_layers, "in_dim": 36, "out_dim": 16, "text_dim": cfg.text_dim, "freq_dim": 256,
+        "text_len": 512, "eps": 1e-6, "qk_norm": True, "cross_attn_norm": True, "patch_size": [1, 2, 2],
+        "legacy_audio_cross_attn": afca == "legacy", "audio_window": 5,
+        "intermediate_dim": cfg.audio_intermediate_dim, "audio_output_dim": cfg.audio_output_dim,
+        "context_tokens": 32, "vae_scale": 4}
+    (tmp_path / "m.config.json").write_text(json.dumps(reference_config))
     inputs = {
         "x": x[0], "t": t, "context": ctx[0], "clip_fea": clip, "y": y[0],
         "audio_features": torch.stack([s.audio[0] for s in speakers]),

@@ -78,11 +78,16 @@ def _capture_debug(model) -> tuple[dict[str, torch.Tensor], list]:
 
 def run(fixture: Fixture) -> list[Comparison]:
     from ..afca import fused_visibility_mask
-    from ..checkpoint import load_dit
+    from ..checkpoint import build_dit, find_config, read_state_dict, resolve_config
 
     inp = _inputs(fixture)
-    weights, config = _checkpoint_paths(fixture)
-    model = load_dit(weights, config_path=config, device="cpu", dtype=torch.float32)
+    weights, config_path = _checkpoint_paths(fixture)
+    config_path = config_path or find_config(weights)
+    sd, hints = read_state_dict(weights)
+    # The reference config has no wav2vec2 sizes; the fixture's own audio features give them.
+    window, layers, channels = inp["audio_features"].shape[-3:]
+    hints = {"audio_window": window, "audio_layers": layers, "audio_channels": channels, **hints}
+    model = build_dit(sd, resolve_config(weights, sd, hints, config_path), weights)
     expected = fixture.tensors
     atol, rtol = _DEFAULT_TOL
     x, y = inp["x"][None], inp["y"][None]
