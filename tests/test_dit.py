@@ -426,3 +426,21 @@ def test_fp8_rejects_bad_dtypes(model, tmp_path):
     path = save_dit(model, tmp_path / "m.safetensors")
     with pytest.raises(CheckpointError, match="weight_dtype"):
         load_dit(path, dtype=torch.bfloat16, weight_dtype=torch.int8)
+
+
+def test_verify_fixture_glob_skips_model_configs(fixtures):
+    """`anytalker verify-fixture fixtures/*.json` runs every fixture; the model configs are skipped."""
+    files = sorted(str(p) for p in fixtures.glob("*.json"))
+    proc = subprocess.run([sys.executable, "-m", "anytalker_core.cli", "verify-fixture", *files],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "dit_af.config.json: not a fixture (no 'group' key), skipped" in proc.stdout
+    for group in ("dit_af", "dit_legacy", "audio_features", "face_masks", "scheduler", "interactivity"):
+        assert f"(group {group})" in proc.stdout
+    assert " 0 failed" in proc.stdout
+
+
+def test_verify_fixture_missing_file_is_an_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "anytalker_core.cli", "verify-fixture",
+                           str(tmp_path / "nope.json")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "no such file" in proc.stderr
