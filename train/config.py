@@ -105,6 +105,9 @@ class TrainConfig:
     mixed_precision: str = "bf16"  # "no" | "bf16" | "fp16"
     # data
     two_person_prob: float = 0.5  # stage 1; stage 2 uses 0
+    # frozen CLIP vision file (prepare's clip_vision): encodes the side-by-side first frame of two-person
+    # batches; required when two-person mode can occur, unused otherwise
+    clip_vision: str = ""
     text_dropout: float = 0.1
     audio_dropout: float = 0.1
     num_workers: int = 2
@@ -141,6 +144,16 @@ class TrainConfig:
                 raise InputError(f"config: {name} must be in [0, 1], got {getattr(self, name)}")
         if not self.data:
             raise InputError("config: 'data' must list at least one prepared cache folder")
+        if self.effective_two_person_prob > 0 and not self.clip_vision:
+            raise InputError(f"config: two_person_prob = {self.two_person_prob} (stage 1's two-person mode) needs "
+                             "'clip_vision' = the frozen CLIP vision file prepare used (e.g. "
+                             "models/clip_vision/clip_vision_h.safetensors): the CLIP tokens of each side-by-side "
+                             "first frame are encoded during training")
+
+    @property
+    def effective_two_person_prob(self) -> float:
+        """Probability of a two-person batch: ``two_person_prob`` in stage 1, 0 in stage 2."""
+        return self.two_person_prob if self.stage == 1 else 0.0
 
 
 T = TypeVar("T")
@@ -188,8 +201,9 @@ def load_toml(path: str | Path, kind: str, overrides: Mapping[str, Any] | None =
         if "run_dir" in data:
             data["run_dir"] = _resolve(base, data["run_dir"])
         model = dict(data.get("model", {}))
-        if data.get("sample_vae"):
-            data["sample_vae"] = _resolve(base, data["sample_vae"])
+        for key in ("sample_vae", "clip_vision"):
+            if data.get(key):
+                data[key] = _resolve(base, data[key])
         for key in ("init_checkpoint", "config_json"):
             if model.get(key):
                 model[key] = _resolve(base, model[key])

@@ -13,6 +13,8 @@ key                         shape                        meaning
 ``global_face_box``         ``[N, 4]``                  union of the clip's boxes (made square), xyxy pixels
 ``face_clip_tokens``        ``[N, 257, D]``             CLIP ViT-H/14 penultimate tokens of each face crop
 ``clip_tokens``             ``[257, D]``                CLIP tokens of frame 0
+``first_frame``             ``[H, W, 3]`` uint8         frame 0's pixels (two-person mode encodes its CLIP tokens
+                                                         from the side-by-side crops; prepare format ≥ 2)
 ``text_embedding``          ``[L_text, text_dim]``      UMT5 embedding of the caption (unpadded)
 ==========================  ==========================  ===============================================
 
@@ -25,9 +27,11 @@ binary box masks enlarged ×1.2 (width) × 1.1 (height) about their centre, bili
 token grid ``[F, h/2, w/2]`` (one per identity) and, summed, to the latent grid for the 4 mask
 channels of ``y`` (frame 0 = 1). Training uses the clip's global face box, as the paper did.
 
-Two-person mode (:func:`concat_side_by_side`) works on cached tensors only: each sample's latents
-are centre-cropped to half width and the halves concatenated (left = identity 0 = sample k, right =
+Two-person mode (:func:`concat_side_by_side`) works on cached tensors: each sample's latents are
+centre-cropped to half width and the halves concatenated (left = identity 0 = sample k, right =
 identity 1 = sample k+1); boxes move with their half and each identity's masks are confined to it.
+The first frames' pixels are cropped to the same columns (latent column c = pixel columns 8c … 8c+7)
+and concatenated; the trainer encodes that frame with the frozen CLIP vision model for ``clip_fea``.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -46,10 +50,12 @@ from anytalker_core.errors import InputError
 log = logging.getLogger(__name__)
 
 __all__ = ["CachedSample", "TrainBatch", "CacheIndex", "SharedEmbeddings", "load_sample", "identity_masks",
-           "window_audio", "concat_side_by_side", "collate", "SAMPLE_KEYS", "SHARED_EMBEDDINGS_FILE"]
+           "window_audio", "concat_side_by_side", "collate", "SAMPLE_KEYS", "FIRST_FRAME_KEY",
+           "SHARED_EMBEDDINGS_FILE"]
 
 SAMPLE_KEYS = ("latents", "first_frame_latent", "audio_features", "face_boxes", "global_face_box",
                "face_clip_tokens", "clip_tokens", "text_embedding")
+FIRST_FRAME_KEY = "first_frame"  # optional at load time; two-person mode needs it
 SHARED_EMBEDDINGS_FILE = "shared_embeddings.safetensors"
 VAE_STRIDE = 8
 
@@ -64,9 +70,10 @@ class CachedSample:
     audio_features: torch.Tensor  # [N, T, L, C]
     global_face_box: torch.Tensor  # [N, 4] xyxy pixels
     face_clip_tokens: torch.Tensor  # [N, 257, D]
-    clip_tokens: torch.Tensor  # [257, D]
+    clip_tokens: torch.Tensor | None  # [257, D]; None for a two-person pair (encoded later from first_frame)
     text_embedding: torch.Tensor  # [L_text, text_dim]
     image_hw: tuple[int, int]
+    first_frame: torch.Tensor | None = None  # uint8 [H, W, 3]; None in caches of prepare format 1
     # per-identity column ranges (pixels) the identity's masks are confined to; None = whole image
     regions: list[tuple[float, float]] | None = None
     meta: dict = field(default_factory=dict)
@@ -84,31 +91,47 @@ class TrainBatch:
         latents: ``[B, 16, F, h, w]`` clean latents x0.
         y: ``[B, 20, F, h, w]`` 4 mask channels + first-frame latent.
         context: ``[B, L, text_dim]`` text embeddings (zero-padded to the longest).
-        clip_fea: ``[B, 257, D]``.
+        clip_fea: ``[B, 257, D]`` cached CLIP tokens; None for two-person batches until the trainer
+            encodes ``first_frames`` (:meth:`with_image_tokens`).
         audio: ``[N, B, T, 5, L, C]`` windowed audio per identity.
         face_clip: ``[N, B, 257, D]``.
         token_masks: ``[N, B, F, h/2, w/2]``.
         sample_ids: for logging.
         two_person: whether the batch was built by side-by-side concatenation.
+        first_frames: ``[B, H, W, 3]`` uint8 side-by-side first frames whose CLIP tokens ``clip_fea``
+            still needs (two-person batches only; None otherwise).
     """
 
     latents: torch.Tensor
     y: torch.Tensor
     context: torch.Tensor
-    clip_fea: torch.Tensor
+    clip_fea: torch.Tensor | None
     audio: torch.Tensor
     face_clip: torch.Tensor
     token_masks: torch.Tensor
     sample_ids: list[str]
     two_person: bool = False
+    first_frames: torch.Tensor | None = None
     data_position: tuple[int, int] = (0, 0)  # sampler (epoch, position) after this batch
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "TrainBatch":
-        def mv(t: torch.Tensor) -> torch.Tensor:
+        def mv(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
             return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
         return replace(self, latents=mv(self.latents), y=mv(self.y), context=mv(self.context),
                        clip_fea=mv(self.clip_fea), audio=mv(self.audio), face_clip=mv(self.face_clip),
-                       token_masks=mv(self.token_masks))
+                       token_masks=mv(self.token_masks), first_frames=mv(self.first_frames))
+
+    def with_image_tokens(self, encode: Callable[[torch.Tensor], torch.Tensor]) -> "TrainBatch":
+        """Fill ``clip_fea`` of a two-person batch with ``encode(first_frames)`` (a CLIP vision
+        encoder's ``encode``: uint8 ``[B, H, W, 3]`` → ``[B, 257, D]``); other batches are returned as they are."""
+        if self.clip_fea is not None:
+            return self
+        if self.first_frames is None:
+            raise InputError(f"batch {self.sample_ids} has neither CLIP tokens nor first frames to encode")
+        # clone: the encoder runs under inference_mode, and its output must be usable in autograd
+        return replace(self, clip_fea=encode(self.first_frames).clone(), first_frames=None)
 
     def speakers(self) -> list:
         """The per-identity ``Speaker`` inputs of :class:`anytalker_core.dit.AnyTalkerDiT`."""
@@ -154,6 +177,7 @@ def load_sample(path: str | Path) -> CachedSample:
         clip_tokens=tensors["clip_tokens"].float(),
         text_embedding=tensors["text_embedding"].float(),
         image_hw=image_hw,
+        first_frame=tensors.get(FIRST_FRAME_KEY),
         meta=meta,
     )
 
@@ -218,6 +242,17 @@ class CacheIndex:
     def load(self, i: int) -> CachedSample:
         return load_sample(self.paths[i])
 
+    def has_tensor(self, i: int, key: str) -> bool:
+        """Whether sample ``i`` stores tensor ``key`` (reads the file header only)."""
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(self.paths[i]), framework="pt") as fh:
+                return key in fh.keys()
+        except (OSError, SafetensorError) as exc:
+            raise InputError(f"cached sample '{self.paths[i]}' is unreadable ({exc}); delete it and re-run "
+                             "prepare") from None
+
 
 # ----------------------------------------------------------------------------------- masks
 
@@ -262,22 +297,35 @@ def window_audio(features: torch.Tensor, window: int = 5) -> torch.Tensor:
 # ----------------------------------------------------------------------------------- two-person
 
 
-def _centre_half(x: torch.Tensor) -> torch.Tensor:
-    """Centre crop of the last dimension to half its size."""
-    w = x.shape[-1]
-    if w % 4:
-        raise InputError(f"two-person concatenation needs a latent width divisible by 4, got {w}")
-    return x[..., w // 4: w // 4 + w // 2]
+def _centre_half_columns(latent_width: int) -> slice:
+    """The latent columns kept by the half-width centre crop (``latent_width`` divisible by 4)."""
+    if latent_width % 4:
+        raise InputError(f"two-person concatenation needs a latent width divisible by 4, got {latent_width}")
+    return slice(latent_width // 4, latent_width // 4 + latent_width // 2)
+
+
+def _first_frame_half(sample: CachedSample, columns: slice) -> torch.Tensor:
+    """``sample``'s first frame ``[H, W, 3]`` cropped to the pixel columns of latent ``columns`` (c → 8c … 8c+7)."""
+    frame = sample.first_frame
+    if frame is None:
+        raise InputError(f"cached sample '{sample.sample_id}' has no '{FIRST_FRAME_KEY}' (written by an older "
+                         "prepare); two-person mode encodes the side-by-side first frame from it: re-run "
+                         "'anytalker-train prepare' on its data folder (older samples are re-encoded)")
+    lat_h, lat_w = sample.latents.shape[-2:]
+    if tuple(frame.shape) != (VAE_STRIDE * lat_h, VAE_STRIDE * lat_w, 3):
+        raise InputError(f"cached sample '{sample.sample_id}': first frame {tuple(frame.shape)} does not match its "
+                         f"latents {lat_h}x{lat_w} (expected {VAE_STRIDE * lat_h}x{VAE_STRIDE * lat_w}x3)")
+    return frame[:, VAE_STRIDE * columns.start: VAE_STRIDE * columns.stop]
 
 
 def concat_side_by_side(left: CachedSample, right: CachedSample, text_embedding: torch.Tensor | None) -> CachedSample:
     """Stage 1's two-person sample: ``left`` (identity 0) and ``right`` (identity 1) side by side.
 
     Each sample's latents and first-frame latents are centre-cropped to half width and concatenated
-    along width; face boxes move with their half and each identity's masks are confined to its half;
-    audio and face tokens keep their identity. ``text_embedding`` is a generic two-person prompt
-    (None keeps ``left``'s caption). The CLIP image tokens of the concatenated frame cannot be
-    computed without the encoder, so the mean of both samples' tokens stands in for them.
+    along width, and so are the same columns of both first frames (pixels; ``clip_tokens`` is None
+    until the trainer encodes that frame); face boxes move with their half and each identity's masks
+    are confined to its half; audio and face tokens keep their identity. ``text_embedding`` is a
+    generic two-person prompt (None keeps ``left``'s caption).
     """
     if left.num_identities != 1 or right.num_identities != 1:
         raise InputError(f"two-person concatenation needs single-person samples, got {left.sample_id} "
@@ -288,6 +336,8 @@ def concat_side_by_side(left: CachedSample, right: CachedSample, text_embedding:
     if left.audio_features.shape != right.audio_features.shape:
         raise InputError(f"cannot concatenate {left.sample_id} and {right.sample_id}: audio shapes "
                          f"{tuple(left.audio_features.shape)} vs {tuple(right.audio_features.shape)} differ")
+    columns = _centre_half_columns(left.latents.shape[-1])
+    first_frame = torch.cat([_first_frame_half(left, columns), _first_frame_half(right, columns)], dim=1)
     h_img, w_img = left.image_hw
     quarter, half = w_img / 4, w_img / 2
     boxes = []
@@ -297,15 +347,16 @@ def concat_side_by_side(left: CachedSample, right: CachedSample, text_embedding:
         boxes.append(box)
     return CachedSample(
         sample_id=f"{left.sample_id}+{right.sample_id}",
-        latents=torch.cat([_centre_half(left.latents), _centre_half(right.latents)], dim=-1),
-        first_frame_latent=torch.cat([_centre_half(left.first_frame_latent),
-                                      _centre_half(right.first_frame_latent)], dim=-1),
+        latents=torch.cat([left.latents[..., columns], right.latents[..., columns]], dim=-1),
+        first_frame_latent=torch.cat([left.first_frame_latent[..., columns],
+                                      right.first_frame_latent[..., columns]], dim=-1),
         audio_features=torch.cat([left.audio_features, right.audio_features], dim=0),
         global_face_box=torch.stack(boxes),
         face_clip_tokens=torch.cat([left.face_clip_tokens, right.face_clip_tokens], dim=0),
-        clip_tokens=0.5 * (left.clip_tokens + right.clip_tokens),
+        clip_tokens=None,
         text_embedding=left.text_embedding if text_embedding is None else text_embedding,
         image_hw=left.image_hw,
+        first_frame=first_frame,
         regions=[(0.0, half), (half, float(w_img))],
         meta={"two_person": True, "left": left.meta, "right": right.meta},
     )
@@ -315,7 +366,10 @@ def concat_side_by_side(left: CachedSample, right: CachedSample, text_embedding:
 
 
 def collate(samples: Sequence[CachedSample], two_person: bool = False, audio_window: int = 5) -> TrainBatch:
-    """Stack samples of one bucket into a :class:`TrainBatch` (masks built here, text zero-padded)."""
+    """Stack samples of one bucket into a :class:`TrainBatch` (masks built here, text zero-padded).
+
+    Samples without CLIP tokens (two-person pairs) contribute their first frames instead.
+    """
     if not samples:
         raise InputError("collate: empty batch")
     shapes = {(tuple(s.latents.shape), s.num_identities, tuple(s.audio_features.shape[1:])) for s in samples}
@@ -332,11 +386,15 @@ def collate(samples: Sequence[CachedSample], two_person: bool = False, audio_win
     context = torch.zeros(len(samples), text_len, text_dim)
     for b, s in enumerate(samples):
         context[b, : s.text_embedding.shape[0]] = s.text_embedding
+    encoded = {s.clip_tokens is not None for s in samples}
+    if len(encoded) != 1:
+        raise InputError("collate: samples with and without CLIP tokens in one batch")
     return TrainBatch(
         latents=torch.stack([s.latents for s in samples]),
         y=torch.stack(y),
         context=context,
-        clip_fea=torch.stack([s.clip_tokens for s in samples]),
+        clip_fea=torch.stack([s.clip_tokens for s in samples]) if encoded == {True} else None,
+        first_frames=None if encoded == {True} else torch.stack([s.first_frame for s in samples]),
         audio=window_audio(torch.stack([s.audio_features for s in samples], dim=1), audio_window),
         face_clip=torch.stack([s.face_clip_tokens for s in samples], dim=1),
         token_masks=torch.stack(token_masks, dim=1),

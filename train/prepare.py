@@ -7,11 +7,13 @@ For every clip (mp4/mov/mkv/webm with audio) of a folder or manifest:
 3. filters — audio present and not silent (RMS dBFS), motion (Farneback optical flow), exactly the
    expected number of faces in every checked frame (the face detector);
 4. encode with the frozen encoders — VAE latents of the clip and of (frame 0 + black frames), wav2vec2
-   features per identity, CLIP tokens of frame 0 and of each face crop, UMT5 caption embedding;
+   features per identity, CLIP tokens of frame 0 and of each face crop, UMT5 caption embedding, and
+   frame 0's pixels (stage 1 encodes the CLIP tokens of its side-by-side first frames from them);
 5. write ``samples/<id>.safetensors`` then ``samples/<id>.json`` atomically (temp file + rename; the
    json is the completion marker, so an interrupted run simply redoes that clip).
 
-Re-running skips samples already cached (resumable). Several processes split the clips by
+Re-running skips samples already cached (resumable); samples of an older format (e.g. without
+``first_frame``) count as not cached and are redone. Several processes split the clips by
 ``shard_index/num_shards`` (or torchrun's ``RANK``/``WORLD_SIZE``) and never write the same file.
 Each shard writes ``reports/prepare-shard-I-of-N.json`` listing every clip kept or dropped and why.
 
@@ -41,7 +43,7 @@ from anytalker_core.errors import InputError, Interrupted
 from .buckets import bucket_size
 from .checkpointing import write_json_atomic
 from .config import PrepareConfig
-from .data import SHARED_EMBEDDINGS_FILE
+from .data import FIRST_FRAME_KEY, SHARED_EMBEDDINGS_FILE
 from .filters import audio_rms_db, faces_per_frame, motion_score
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ClipSource", "discover_clips", "resolve_shard", "resample_indices", "frames_for_training",
            "resize_cover", "Encoders", "prepare", "write_sample", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: + first_frame (uint8 pixels of frame 0)
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".aac")
 SAMPLE_RATE = 16000
@@ -252,10 +254,12 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
 
 def write_sample(folder: Path, sample_id: str, tensors: dict[str, torch.Tensor], meta: dict,
                  storage_dtype: torch.dtype = torch.bfloat16) -> Path:
-    """Write one cached sample: ``<id>.safetensors`` (floats in ``storage_dtype``, boxes float32), then ``<id>.json``."""
+    """Write one cached sample: ``<id>.safetensors`` (floats in ``storage_dtype``, boxes float32, integer
+    tensors such as the uint8 ``first_frame`` unchanged), then ``<id>.json``."""
     folder.mkdir(parents=True, exist_ok=True)
     keep_fp32 = {"face_boxes", "global_face_box"}
-    stored = {k: (v.float() if k in keep_fp32 else v.to(storage_dtype)) for k, v in tensors.items()}
+    stored = {k: (v.float() if k in keep_fp32 else v.to(storage_dtype) if v.is_floating_point() else v)
+              for k, v in tensors.items()}
     path = folder / f"{sample_id}.safetensors"
     _atomic_save(stored, path, {"format": "anytalker-train-sample", "version": str(FORMAT_VERSION)})
     write_json_atomic(folder / f"{sample_id}.json", meta)
@@ -263,7 +267,14 @@ def write_sample(folder: Path, sample_id: str, tensors: dict[str, torch.Tensor],
 
 
 def _is_cached(folder: Path, sample_id: str) -> bool:
-    return (folder / f"{sample_id}.json").is_file() and (folder / f"{sample_id}.safetensors").is_file()
+    """A complete sample of the current format (older ones, e.g. without ``first_frame``, are redone)."""
+    meta_path = folder / f"{sample_id}.json"
+    if not (meta_path.is_file() and (folder / f"{sample_id}.safetensors").is_file()):
+        return False
+    try:
+        return int(json.loads(meta_path.read_text()).get("format_version", 0)) >= FORMAT_VERSION
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
 
 
 def _shared_meta(cfg: PrepareConfig) -> dict:
@@ -440,6 +451,7 @@ def _encode_and_write(src, cfg, encoders: Encoders, out, frames, audio, faces, c
         "global_face_box": global_box,
         "face_clip_tokens": face_tokens,
         "clip_tokens": encoders.image_tokens(frames[0]),
+        FIRST_FRAME_KEY: torch.from_numpy(np.ascontiguousarray(frames[0])),  # uint8 [H, W, 3]
         "text_embedding": encoders.text_embedding(caption),
     }
     meta = {

@@ -1,4 +1,5 @@
-"""The training loop for both stages (encoders are never loaded: every input comes from the cache).
+"""The training loop for both stages (every input comes from the cache; the one encoder loaded is the
+frozen CLIP vision model, in stage 1 only, for the side-by-side first frames of two-person batches).
 
 :meth:`Trainer.run` reads as the table of contents: set up accelerate, the model, optimiser and data;
 resume from the newest complete checkpoint if there is one; loop over optimiser steps; save and export.
@@ -29,7 +30,7 @@ from .buckets import BucketBatchSampler
 from .checkpointing import (MODEL_CONFIG_FILE, export_checkpoint, find_latest, load_trainer_state,
                             save_checkpoint, write_json_atomic)
 from .config import ModelSection, TrainConfig
-from .data import BatchBuilder, CacheIndex, SharedEmbeddings, TrainBatch, passthrough
+from .data import FIRST_FRAME_KEY, BatchBuilder, CacheIndex, SharedEmbeddings, TrainBatch, passthrough
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,11 @@ def build_model(section: ModelSection, seed: int):
     model.float().train().requires_grad_(True)
     model.enable_gradient_checkpointing(section.gradient_checkpointing)
     return model
+
+
+def _pairable(key: tuple[int, int, int, int]) -> bool:
+    """Buckets whose samples stage 1 may pair: single-person, latent width divisible by 4."""
+    return key[0] == 1 and key[3] % 4 == 0
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -134,6 +140,7 @@ class Trainer:
         """Train until ``max_steps``; returns this process's logged losses (one per optimiser step)."""
         self._setup_accelerator()
         self._setup_data()
+        self._setup_clip()
         self._setup_model()
         if self.resume:
             self._resume()
@@ -177,13 +184,37 @@ class Trainer:
         cfg = self.cfg
         self.index = CacheIndex(cfg.data)
         self.shared = SharedEmbeddings.load(cfg.data[0])
-        two_person_prob = cfg.two_person_prob if cfg.stage == 1 else 0.0
         self.sampler = BucketBatchSampler(
-            self.index.keys(), cfg.batch_size, two_person_prob=two_person_prob,
-            pairable=lambda key: key[0] == 1 and key[3] % 4 == 0,
-            seed=cfg.seed, rank=self.rank, world_size=self.world)
+            self.index.keys(), cfg.batch_size, two_person_prob=cfg.effective_two_person_prob,
+            pairable=_pairable, seed=cfg.seed, rank=self.rank, world_size=self.world)
         log.info("%d cached samples in %d bucket(s); %d batches per epoch per process", len(self.index),
                  len(set(self.index.keys())), len(self.sampler))
+
+    def _setup_clip(self) -> None:
+        """Stage 1's frozen CLIP vision model (two-person batches encode their side-by-side first frame)."""
+        self.clip = None
+        if self.cfg.effective_two_person_prob <= 0:
+            return
+        self._check_first_frames_cached()
+        from anytalker_core.encoders.clip_vision import load_clip_vision
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.mixed_precision, torch.float32)
+        self.clip = load_clip_vision(self.cfg.clip_vision, device=self.accelerator.device, dtype=dtype)
+        self.clip.model.eval().requires_grad_(False)
+
+    def _check_first_frames_cached(self) -> None:
+        """Fail at start-up, not mid-run, on a cache folder written before prepare stored first frames
+        (checks the first pairable sample of each folder; every pair checks its own samples again)."""
+        checked = set()
+        for i, (path, key) in enumerate(zip(self.index.paths, self.index.keys())):
+            folder = path.parent
+            if folder in checked or not _pairable(key):
+                continue
+            checked.add(folder)
+            if not self.index.has_tensor(i, FIRST_FRAME_KEY):
+                raise InputError(f"data folder '{folder.parent}' was prepared without '{FIRST_FRAME_KEY}' (sample "
+                                 f"'{path.name}'), which two-person mode (two_person_prob > 0) needs: re-run "
+                                 "'anytalker-train prepare' on it (older samples are re-encoded)")
 
     def _make_loader(self):
         from torch.utils.data import DataLoader
@@ -284,6 +315,8 @@ class Trainer:
         cfg = self.cfg
         g = step_generator(cfg.seed, self.rank, self.micro_step)
         batch = apply_condition_dropout(batch, g, cfg.text_dropout, cfg.audio_dropout, self.shared.empty)
+        if self.clip is not None:
+            batch = batch.with_image_tokens(self.clip.encode)
         x0 = batch.latents
         noise = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
         sigma = flow.sample_sigmas(x0.shape[0], g, cfg.timestep_sampler, cfg.shift, cfg.logit_mean, cfg.logit_std)
