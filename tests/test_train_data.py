@@ -149,14 +149,19 @@ F_LAT, LAT_H, LAT_W, T, L, C, D = 3, 8, 16, 9, 2, 4, 6
 
 
 def _sample(marker: float, box, sample_id: str) -> CachedSample:
-    """A single-person sample whose every tensor carries ``marker`` (latent columns also encode their x)."""
+    """A single-person sample whose every tensor carries ``marker`` (latent columns also encode their x;
+    first-frame pixels hold the marker in red, their column in green and their row in blue)."""
     cols = torch.arange(LAT_W, dtype=torch.float32)
     lat = marker + cols.expand(16, F_LAT, LAT_H, LAT_W) / 100
+    h_img, w_img = LAT_H * 8, LAT_W * 8
+    frame = torch.stack([torch.full((h_img, w_img), int(marker * 50)),
+                         torch.arange(w_img).expand(h_img, w_img),
+                         torch.arange(h_img)[:, None].expand(h_img, w_img)], dim=-1).to(torch.uint8)
     return CachedSample(
         sample_id=sample_id, latents=lat, first_frame_latent=-lat,
         audio_features=torch.full((1, T, L, C), marker), global_face_box=torch.tensor([box], dtype=torch.float32),
         face_clip_tokens=torch.full((1, 257, D), marker), clip_tokens=torch.full((257, D), marker),
-        text_embedding=torch.full((3, D), marker), image_hw=(LAT_H * 8, LAT_W * 8))
+        text_embedding=torch.full((3, D), marker), image_hw=(h_img, w_img), first_frame=frame)
 
 
 def test_concat_side_by_side_binds_each_half_to_its_identity():
@@ -179,6 +184,7 @@ def test_concat_side_by_side_binds_each_half_to_its_identity():
     assert pair.global_face_box[1].tolist() == [64 + 18.0, 12.0, 64 + 58.0, 52.0]
 
     batch = collate([pair, pair], two_person=True)
+    assert batch.clip_fea is None and torch.equal(batch.first_frames, torch.stack([pair.first_frame] * 2))
     assert batch.audio.shape == (2, 2, T, 5, L, C) and batch.face_clip.shape == (2, 2, 257, D)
     assert batch.audio[0].unique().tolist() == [1.0] and batch.audio[1].unique().tolist() == [2.0]
     tm = batch.token_masks  # [N, B, F, h/2, w/2]
@@ -190,6 +196,53 @@ def test_concat_side_by_side_binds_each_half_to_its_identity():
     assert y.shape == (2, 20, F_LAT, LAT_H, LAT_W)
     assert torch.all(y[:, :4, 0] == 1) and y[:, :4, 1:].sum() > 0
     assert torch.allclose(y[:, 4:], torch.stack([pair.first_frame_latent] * 2))
+
+
+def test_concat_first_frame_uses_the_latent_crop_columns():
+    """The side-by-side first frame is [centre half of k | centre half of k+1] in pixels, cropped at the
+    same place as the latents: latent column c of the pair covers pixel columns 8c … 8c+7 of the pair."""
+    left, right = _sample(1.0, [40, 10, 80, 50], "a"), _sample(2.0, [50, 12, 90, 52], "b")
+    pair = concat_side_by_side(left, right, None)
+    h_img, w_img = left.image_hw
+    assert pair.clip_tokens is None  # no mean of the two samples' tokens: the trainer encodes this frame
+    assert pair.first_frame.dtype == torch.uint8 and pair.first_frame.shape == (h_img, w_img, 3)
+    q, h = w_img // 4, w_img // 2
+    expected = torch.cat([left.first_frame[:, q:q + h], right.first_frame[:, q:q + h]], dim=1)
+    assert torch.equal(pair.first_frame, expected)
+    for c in range(LAT_W):
+        source_latent_col = round((pair.latents[0, 0, 0, c].item() % 1) * 100)
+        marker = 1.0 if c < LAT_W // 2 else 2.0
+        assert pair.latents[0, 0, 0, c].item() == pytest.approx(marker + source_latent_col / 100)
+        pixels = pair.first_frame[:, 8 * c: 8 * c + 8]
+        assert torch.all(pixels[..., 0] == int(marker * 50))  # from the same sample ...
+        assert pixels[0, :, 1].tolist() == list(range(8 * source_latent_col, 8 * source_latent_col + 8))  # ... columns
+        assert torch.equal(pixels[:, 0, 2], torch.arange(h_img, dtype=torch.uint8))  # rows untouched
+
+
+def test_two_person_clip_fea_encodes_the_side_by_side_first_frame(tmp_path: Path):
+    from anytalker_core.encoders import load_clip_vision, make_tiny_clip_vision
+
+    clip = load_clip_vision(make_tiny_clip_vision(tmp_path / "clip_vision_h.safetensors", hidden_size=D * 4,
+                                                  num_heads=2))
+    left, right = _sample(1.0, [40, 10, 80, 50], "a"), _sample(3.0, [50, 12, 90, 52], "b")
+    for s in (left, right):  # the cached whole-frame tokens, as prepare writes them
+        s.clip_tokens = clip.encode(s.first_frame[None])[0].clone()
+    batch = collate([concat_side_by_side(left, right, None)], two_person=True)
+    encoded = batch.with_image_tokens(clip.encode)
+    assert encoded.first_frames is None and encoded.clip_fea.shape == (1, 257, D * 4)
+    assert torch.equal(encoded.clip_fea, clip.encode(batch.first_frames))
+    mean = 0.5 * (left.clip_tokens + right.clip_tokens)
+    assert (encoded.clip_fea[0] - mean).abs().max() > 1e-2
+    assert not encoded.clip_fea.is_inference()  # usable as an autograd input
+    single = collate([left])
+    assert single.first_frames is None and single.with_image_tokens(clip.encode) is single
+
+
+def test_concat_without_cached_first_frame_asks_to_rerun_prepare():
+    left, old = _sample(1.0, [40, 10, 80, 50], "a"), _sample(2.0, [50, 12, 90, 52], "old")
+    old.first_frame = None
+    with pytest.raises(InputError, match="'old' has no 'first_frame'.*re-run 'anytalker-train prepare'"):
+        concat_side_by_side(left, old, None)
 
 
 def test_concat_refuses_multi_person_or_mismatched_samples():
@@ -245,7 +298,7 @@ def test_cached_sample_roundtrip_and_index(tmp_path: Path):
     tensors = {"latents": s.latents, "first_frame_latent": s.first_frame_latent,
                "audio_features": s.audio_features, "face_boxes": torch.full((1, T, 4), float("nan")),
                "global_face_box": s.global_face_box, "face_clip_tokens": s.face_clip_tokens,
-               "clip_tokens": s.clip_tokens, "text_embedding": s.text_embedding}
+               "clip_tokens": s.clip_tokens, "text_embedding": s.text_embedding, "first_frame": s.first_frame}
     meta = {"id": "clip_a", "height": 64, "width": 128, "latent_frames": F_LAT, "latent_height": LAT_H,
             "latent_width": LAT_W, "num_identities": 1, "frames": T, "fps": 24}
     write_sample(tmp_path / "cache" / "samples", "clip_a", tensors, meta)
@@ -257,6 +310,8 @@ def test_cached_sample_roundtrip_and_index(tmp_path: Path):
     assert back.image_hw == (64, 128)
     assert torch.allclose(back.latents, s.latents, atol=1e-2)  # stored as bfloat16
     assert torch.equal(back.global_face_box, s.global_face_box)  # boxes stay float32
+    assert back.first_frame.dtype == torch.uint8 and torch.equal(back.first_frame, s.first_frame)  # pixels exact
+    assert index.has_tensor(0, "first_frame") and not index.has_tensor(0, "nothing")
     assert json.loads((tmp_path / "cache" / "samples" / "clip_a.json").read_text())["id"] == "clip_a"
     assert SharedEmbeddings.load(tmp_path / "cache").empty is None
     with pytest.raises(InputError, match="prepare"):

@@ -27,8 +27,9 @@ TEXT_DIM = CLIP_DIM = AUDIO_C = 32
 AUDIO_L = 2
 
 
-def make_cache(folder: Path, count: int, identities: int = 1, seed: int = 0) -> Path:
-    """``count`` cached samples in the real on-disk format (random encoder outputs, fixed per sample)."""
+def make_cache(folder: Path, count: int, identities: int = 1, seed: int = 0, first_frame: bool = True) -> Path:
+    """``count`` cached samples in the real on-disk format (random encoder outputs and first-frame pixels,
+    fixed per sample); ``first_frame=False`` writes the older format without ``first_frame``."""
     g = torch.Generator().manual_seed(seed)
     w_img, h_img = LAT_W * 8, LAT_H * 8
     boxes = torch.tensor([[4.0 + 64 * i / identities, 8.0, 4.0 + 64 * i / identities + 40 / identities, 48.0]
@@ -44,17 +45,29 @@ def make_cache(folder: Path, count: int, identities: int = 1, seed: int = 0) -> 
             "clip_tokens": torch.randn(257, CLIP_DIM, generator=g),
             "text_embedding": torch.randn(6, TEXT_DIM, generator=g),
         }
+        if first_frame:
+            tensors["first_frame"] = torch.randint(0, 256, (h_img, w_img, 3), generator=g, dtype=torch.uint8)
         meta = {"id": f"s{k}", "fps": 24, "frames": T, "height": h_img, "width": w_img, "latent_frames": F_LAT,
                 "latent_height": LAT_H, "latent_width": LAT_W, "num_identities": identities, "caption": "test"}
         write_sample(folder / "samples", f"s{k}", tensors, meta)
     return folder
 
 
+def tiny_clip_vision(folder: Path) -> Path:
+    """The tiny frozen CLIP vision file stage 1 encodes side-by-side first frames with (width CLIP_DIM)."""
+    from anytalker_core.encoders import make_tiny_clip_vision
+
+    path = folder / "clip_vision_h.safetensors"
+    return path if path.is_file() else make_tiny_clip_vision(path, hidden_size=CLIP_DIM)
+
+
 def write_config(path: Path, data: Path, run: Path, **extra) -> Path:
+    """A fit config for the tiny DiT; ``clip_vision`` defaults to a tiny CLIP file beside the config."""
     settings = dict(stage=1, learning_rate=2e-3, warmup_steps=2, max_steps=10, batch_size=1, mixed_precision="no",
                     num_workers=0, save_every=3, log_every=1, two_person_prob=0.5, text_dropout=0.1,
                     audio_dropout=0.1, timestep_sampler="uniform", shift=3.0, seed=11, export_at_end=False)
     settings.update(extra)
+    settings.setdefault("clip_vision", str(tiny_clip_vision(path.parent)))
     lines = [f'data = ["{data}"]', f'run_dir = "{run}"']
     for k, v in settings.items():
         lines.append(f"{k} = {json.dumps(v)}")
@@ -224,3 +237,46 @@ def test_should_stop_saves_and_interrupts(cache: Path, tmp_path: Path):
         trainer.run()
     assert find_latest(tmp_path / "run").name == "step-00000002"
     assert len(Trainer(cfg).run()) == 2  # resumes at step 2, trains 3 and 4
+
+
+def test_two_person_batches_encode_their_first_frame_with_the_frozen_clip(cache: Path, tmp_path: Path,
+                                                                         monkeypatch):
+    """Every two-person step runs the frozen CLIP model once on the side-by-side first frames."""
+    from anytalker_core.encoders.clip_vision import ClipVisionEncoder
+
+    calls = []
+    original = ClipVisionEncoder.encode
+
+    def spy(self, images):
+        out = original(self, images)
+        calls.append((tuple(images.shape), images.dtype, self.dtype,
+                      any(p.requires_grad for p in self.model.parameters()), self.model.training))
+        return out
+
+    monkeypatch.setattr(ClipVisionEncoder, "encode", spy)
+    # (mixed_precision "no": accelerate's process-wide state forbids switching; bf16 runs in the torchrun test)
+    cfg = load_toml(write_config(tmp_path / "c.toml", cache, tmp_path / "run", max_steps=3, two_person_prob=1.0),
+                    "fit")
+    Trainer(cfg).run()
+    assert calls == [((1, LAT_H * 8, LAT_W * 8, 3), torch.uint8, torch.float32, False, False)] * 3
+
+
+def test_two_person_mode_needs_clip_vision_and_stage2_does_not(cache: Path, tmp_path: Path):
+    with pytest.raises(InputError, match="two_person_prob = 0.5.*needs 'clip_vision'"):
+        load_toml(write_config(tmp_path / "a.toml", cache, tmp_path / "a", clip_vision=""), "fit")
+    # no two-person batches: no CLIP at training time
+    for name, extra in (("b", dict(two_person_prob=0.0)), ("c", dict(stage=2))):
+        cfg = load_toml(write_config(tmp_path / f"{name}.toml", cache, tmp_path / name, clip_vision="",
+                                     max_steps=1, **extra), "fit")
+        trainer = Trainer(cfg)
+        assert len(trainer.run()) == 1 and trainer.clip is None
+
+
+def test_cache_without_first_frame_fails_at_start_up(tmp_path: Path):
+    old = make_cache(tmp_path / "old", 2, first_frame=False)
+    cfg = load_toml(write_config(tmp_path / "o.toml", old, tmp_path / "run"), "fit")
+    with pytest.raises(InputError, match="prepared without 'first_frame'.*re-run 'anytalker-train prepare'"):
+        Trainer(cfg).run()
+    # stage 2 (no two-person mode) still trains on it
+    cfg = load_toml(write_config(tmp_path / "s2.toml", old, tmp_path / "run2", stage=2, max_steps=1), "fit")
+    assert len(Trainer(cfg).run()) == 1

@@ -89,8 +89,10 @@ def prepared(clips: Path, models: dict, tmp_path_factory) -> tuple[Path, dict]:
     return out, prepare(_config(clips, out, models))
 
 
-def test_prepare_filters_and_caches(prepared):
+def test_prepare_filters_and_caches(prepared, models: dict):
     from safetensors.torch import load_file
+
+    from anytalker_core.encoders import load_clip_vision
 
     from train.data import CacheIndex, SharedEmbeddings, load_sample
 
@@ -120,6 +122,11 @@ def test_prepare_filters_and_caches(prepared):
     assert pan.audio_features.shape == (1, FRAMES, 2, 32)
     assert pan.face_clip_tokens.shape == (1, 257, 32) and pan.clip_tokens.shape == (257, 32)
     assert pan.text_embedding.shape[1] == 32
+    # frame 0's pixels at the bucket size (two-person mode encodes side-by-side crops of them)
+    assert pan.first_frame.dtype == torch.uint8 and pan.first_frame.shape == (SIZE, SIZE, 3)
+    assert meta["shapes"]["first_frame"] == [SIZE, SIZE, 3] and meta["format_version"] == 2
+    clip = load_clip_vision(models["clip_vision"])
+    assert torch.allclose(clip.encode(pan.first_frame[None])[0], pan.clip_tokens, atol=0.05, rtol=0.02)
     # the face moves left as the crop window pans right: frame-0 box right of the last checked box
     boxes = load_file(str(out / "samples" / "good_pan.safetensors"))["face_boxes"][0]
     checked = boxes[~torch.isnan(boxes[:, 0])]
@@ -138,6 +145,14 @@ def test_prepare_resumes_without_reencoding(prepared, clips: Path, models: dict)
     again = prepare(_config(clips, out, models))
     assert again["summary"]["cached"] == 2
     assert (out / "samples" / "good_pan.safetensors").stat().st_mtime_ns == mtime
+    # a sample of the older format (no first_frame) is not "cached": the re-run re-encodes it
+    meta_path = out / "samples" / "good_still.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "format_version": 1}))
+    again = prepare(_config(clips, out, models))
+    by_id = {r["id"]: r["status"] for r in again["results"]}
+    assert by_id == {"good_pan": "cached", "good_still": "kept", "noface": "dropped", "silent": "dropped",
+                     "shaky": "dropped", "short": "dropped"}
+    assert json.loads(meta_path.read_text())["format_version"] == 2
 
 
 def test_prepare_shards_split_the_clips(clips: Path, models: dict, tmp_path: Path):
@@ -157,7 +172,7 @@ def test_prepare_shards_split_the_clips(clips: Path, models: dict, tmp_path: Pat
     assert not seen[0] & seen[1] and seen[0] | seen[1] == set(names)
 
 
-def test_prepared_cache_trains(prepared, tmp_path: Path):
+def test_prepared_cache_trains(prepared, models: dict, tmp_path: Path):
     """The cached format is what the DiT consumes: two steps of stage 1 on freshly prepared samples."""
     from train.config import ModelSection, TrainConfig
     from train.trainer import Trainer
@@ -165,6 +180,7 @@ def test_prepared_cache_trains(prepared, tmp_path: Path):
     out, _ = prepared
     cfg = TrainConfig(stage=1, data=[str(out)], run_dir=str(tmp_path / "run"), max_steps=2, batch_size=1,
                       mixed_precision="no", num_workers=0, two_person_prob=1.0, warmup_steps=1, save_every=2,
+                      clip_vision=models["clip_vision"],
                       model=ModelSection(tiny=True, gradient_checkpointing=True), export_at_end=False)
     losses = Trainer(cfg).run()
     assert len(losses) == 2 and all(np.isfinite(losses))
