@@ -21,8 +21,7 @@ from .errors import InputError
 log = logging.getLogger(__name__)
 
 BACKENDS = ("sdpa", "flash_attn", "sage")
-_backend = "sdpa"
-_kernel: Callable | None = None
+_kernel: Callable | None = None  # None = PyTorch SDPA
 
 
 def available_backends() -> list[str]:
@@ -37,7 +36,7 @@ def available_backends() -> list[str]:
 
 def set_attention_backend(name: str) -> None:
     """Select the attention kernel for every later call (``sdpa``, ``flash_attn`` or ``sage``)."""
-    global _backend, _kernel
+    global _kernel
     if name not in BACKENDS:
         raise InputError(f"attention backend {name!r} is unknown; choose one of {', '.join(BACKENDS)}")
     if name not in available_backends():
@@ -53,12 +52,7 @@ def set_attention_backend(name: str) -> None:
         from sageattention import sageattn
 
         _kernel = lambda q, k, v: sageattn(q, k, v, tensor_layout="NHD")  # noqa: E731
-    _backend = name
     log.info("attention backend: %s", name)
-
-
-def get_attention_backend() -> str:
-    return _backend
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -25,7 +25,7 @@ def rope_angles(grid: tuple[int, int, int], head_dim: int, device: torch.device 
     """Rotation angles ``[F*h*w, head_dim/2]`` (float64) for a latent token grid, f-major order."""
     f, h, w = grid
     parts = []
-    for size, axis_dim, n in zip(rope_split(head_dim), (0, 1, 2), (f, h, w)):
+    for size, n in zip(rope_split(head_dim), (f, h, w)):
         inv = 1.0 / torch.pow(theta, torch.arange(0, size, 2, dtype=torch.float64, device=device).div(size))
         parts.append(torch.outer(torch.arange(n, dtype=torch.float64, device=device), inv))
     af, ah, aw = parts

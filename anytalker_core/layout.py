@@ -9,15 +9,6 @@ from __future__ import annotations
 import torch
 
 
-def latent_frames_for(video_frames: int, vae_scale: int = 4) -> int:
-    """Latent frames of a ``4n+1``-frame clip: frame 0 alone, then groups of ``vae_scale``."""
-    return (video_frames - 1) // vae_scale + 1
-
-
-def video_frames_for(latent_frames: int, vae_scale: int = 4) -> int:
-    return vae_scale * (latent_frames - 1) + 1
-
-
 def flatten_token_mask(mask: torch.Tensor) -> torch.Tensor:
     """``[B, F, h, w]`` soft identity mask -> ``[B, F*h*w, 1]`` in token order."""
     return mask.flatten(1).unsqueeze(-1)
