@@ -46,9 +46,9 @@ def measure(args: argparse.Namespace, n: int, frames: int, impl: str) -> dict:
     import torch
 
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-    from anytalker_core.conditioning import Speaker
-    from anytalker_core.config import AnyTalkerConfig
-    from anytalker_core.dit import AnyTalkerDiT
+    from anytalker_core.model.speaker import Speaker
+    from anytalker_core.model.config import AnyTalkerConfig
+    from anytalker_core.model.dit import AnyTalkerDiT
 
     torch.manual_seed(0)
     dim, ffn, heads, layers = PRESETS[args.preset]

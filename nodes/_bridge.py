@@ -99,7 +99,7 @@ def uint8_to_image(array: np.ndarray) -> torch.Tensor:
 
 def audio_to_mono(audio: Any, what: str) -> torch.Tensor:
     """ComfyUI AUDIO ``{"waveform": [B, C, S], "sample_rate"}`` → float32 mono ``[S]`` at 16 kHz."""
-    from anytalker_core.media import check_sample_rate, resample
+    from anytalker_core.io.media import check_sample_rate, resample
 
     if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
         raise InputError(f"{what}: expected a ComfyUI AUDIO (a dict with 'waveform' [batch, channels, samples] "

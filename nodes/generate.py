@@ -69,7 +69,7 @@ class AnyTalkerConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, clip_vision, vae, start_image, faces, audio_features,
                 max_pixels: int = MAX_AREA_480P) -> io.NodeOutput:
-        from anytalker_core.pipeline import AnyTalkerPipeline, PromptEmbeds
+        from anytalker_core.generation.pipeline import AnyTalkerPipeline, PromptEmbeds
 
         image = bridge.image_to_uint8(start_image, "start_image")
         audio = audio_features.conditioning
@@ -167,7 +167,7 @@ def dit_on_device(model, conditioning) -> Iterator[tuple[object, torch.device]]:
     """
     import comfy.model_management as mm
 
-    from anytalker_core.attention import set_attention_backend
+    from anytalker_core.model.attention import set_attention_backend
 
     dit = model.dit
     check_widths(conditioning, dit.config)
@@ -210,7 +210,7 @@ class AnyTalkerSampler(io.ComfyNode):
                 cfg: float = 4.5, shift: float = 0.0, audio_cfg: float = 0.0) -> io.NodeOutput:
         import comfy.latent_formats
 
-        from anytalker_core.pipeline import AnyTalkerPipeline
+        from anytalker_core.generation.pipeline import AnyTalkerPipeline
 
         with dit_on_device(model, conditioning) as (condition, device):
             pipe = AnyTalkerPipeline(model.dit, None, None, None, None, device=device, dtype=model.dtype)
@@ -250,8 +250,8 @@ class AnyTalkerLongSampler(io.ComfyNode):
     def execute(cls, model, conditioning, vae, clip_vision, window_frames: int = 81, seed: int = 42,
                 steps: int = 40, sampler_name: str = "unipc", cfg: float = 4.5, shift: float = 0.0,
                 audio_cfg: float = 0.0) -> io.NodeOutput:
-        from anytalker_core.long_video import generate_windows
-        from anytalker_core.pipeline import AnyTalkerPipeline
+        from anytalker_core.generation.windows import generate_windows
+        from anytalker_core.generation.pipeline import AnyTalkerPipeline
 
         with dit_on_device(model, conditioning) as (condition, device):
             pipe = AnyTalkerPipeline(model.dit, None, bridge.ClipVisionAdapter(clip_vision), bridge.VaeAdapter(vae),

@@ -104,7 +104,7 @@ def image_masks(image: np.ndarray, boxes: np.ndarray | None, masks: np.ndarray |
 def choose_faces(image: np.ndarray, people: int, detector: str, boxes: list | None,
                  masks: np.ndarray | None, models_dir: str | None) -> bridge.FaceSelection:
     """Masks, else boxes, else the detector → one face per person, in identity order."""
-    from anytalker_core.pipeline import detect_faces_for_preview
+    from anytalker_core.generation.pipeline import detect_faces_for_preview
 
     hw = (int(image.shape[0]), int(image.shape[1]))
     if masks is not None:

@@ -65,8 +65,8 @@ class AnyTalkerModelLoader(io.ComfyNode):
         import comfy.model_management as mm
         import folder_paths
 
-        from anytalker_core.attention import set_attention_backend
-        from anytalker_core.checkpoint import load_dit
+        from anytalker_core.model.attention import set_attention_backend
+        from anytalker_core.model.checkpoint import load_dit
 
         set_attention_backend(attention)  # fails early, naming the missing package
         path = folder_paths.get_full_path_or_raise("diffusion_models", model_name)

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from anytalker_core.errors import InputError
 from anytalker_core.parity import run_fixture
 from anytalker_core.parity import audio as audio_runner
-from anytalker_core.parity import command
+from anytalker_core.cli import verify_fixture as command
 
 
 def test_audio_features_fixture_passes(fixtures):

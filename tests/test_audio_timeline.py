@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from anytalker_core.audio.speech import espeak_available, synthesize_speech
+from anytalker_core.testing.speech import espeak_available, synthesize_speech
 from anytalker_core.audio.timeline import (
     build_audio_conditioning,
     check_frame_num,
@@ -20,7 +20,7 @@ from anytalker_core.audio.timeline import (
 )
 from anytalker_core.audio.wav2vec import load_wav2vec, make_tiny_wav2vec, video_frames_for_samples
 from anytalker_core.errors import InputError, Interrupted
-from anytalker_core.media import resample
+from anytalker_core.io.media import resample
 
 pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
 

@@ -111,8 +111,8 @@ class Server:
 def server(tmp_path_factory):
     from PIL import Image
 
-    from anytalker_core.audio.speech import synthesize_speech
-    from anytalker_core.demo import build_demo_models, demo_image
+    from anytalker_core.testing.speech import synthesize_speech
+    from anytalker_core.testing.demo import build_demo_models, demo_image
 
     base = tmp_path_factory.mktemp("comfyui")
     (base / "custom_nodes").mkdir()
@@ -185,7 +185,7 @@ def test_object_info_lists_the_nodes(server):
 
 
 def test_two_person_graph_to_mp4(server):
-    from anytalker_core.media import read_video
+    from anytalker_core.io.media import read_video
 
     started = time.monotonic()
     entry = server.run(two_person_prompt(server.paths))
@@ -203,7 +203,7 @@ def test_two_person_graph_to_mp4(server):
 
 def test_long_sampler_graph_to_mp4(server):
     """13 frames in windows of 9 (frames 0-8, then 8-12): Long Sampler → Create Video → Save Video."""
-    from anytalker_core.media import read_video
+    from anytalker_core.io.media import read_video
 
     prompt = two_person_prompt(server.paths, frame_count=13)
     prompt["13"] = {"class_type": "AnyTalkerLongSampler",
@@ -336,8 +336,8 @@ def test_shipped_workflow_runs(server, name, people):
 
 
 def test_shipped_score_workflow_runs(server):
-    from anytalker_core.demo import demo_image
-    from anytalker_core.media import write_video
+    from anytalker_core.testing.demo import demo_image
+    from anytalker_core.io.media import write_video
 
     frames = np.repeat(demo_image(2, size=96)[None], 12, axis=0)  # a still two-person clip, 0.5 s
     wave = np.zeros(8000, dtype=np.float32)

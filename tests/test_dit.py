@@ -8,12 +8,12 @@ import sys
 import pytest
 import torch
 
-from anytalker_core.afca import dense_fused_afca, fused_afca
-from anytalker_core.attention import set_attention_backend
-from anytalker_core.checkpoint import convert_checkpoint, load_dit, read_state_dict, save_dit
-from anytalker_core.conditioning import Speaker
-from anytalker_core.config import AnyTalkerConfig
-from anytalker_core.dit import AnyTalkerDiT
+from anytalker_core.model.afca import dense_fused_afca, fused_afca
+from anytalker_core.model.attention import set_attention_backend
+from anytalker_core.model.checkpoint import convert_checkpoint, load_dit, read_state_dict, save_dit
+from anytalker_core.model.speaker import Speaker
+from anytalker_core.model.config import AnyTalkerConfig
+from anytalker_core.model.dit import AnyTalkerDiT
 from anytalker_core.errors import CheckpointError, InputError
 from anytalker_core.parity import run_fixture
 
@@ -412,7 +412,7 @@ def test_fp8_blocks_halve_memory_and_stay_close(model, tmp_path):
 
 
 def test_fp8_dequantised_weights_match(model):
-    from anytalker_core.quantization import FP8Linear
+    from anytalker_core.model.quantization import FP8Linear
 
     linear = model.blocks[0].self_attn.q
     q = FP8Linear(linear, torch.float32)

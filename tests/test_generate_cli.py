@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anytalker_core.audio.speech import espeak_available, synthesize_speech
+from anytalker_core.testing.speech import espeak_available, synthesize_speech
 from anytalker_core.cli import main
-from anytalker_core.demo import build_demo_models, demo_image
-from anytalker_core.model_paths import MODEL_SPECS
+from anytalker_core.testing.demo import build_demo_models, demo_image
+from anytalker_core.io.model_paths import MODEL_SPECS
 
 pytestmark = [
     pytest.mark.slow,
@@ -87,7 +87,7 @@ def test_generate_mp4_for_1_2_3_people(people, models, inputs, tmp_path, capsys)
     # the mixed speech is muxed in and lasts as long as the video (AAC frames are 1024 samples)
     duration = clip["audio_duration"] or clip["audio_samples"] / clip["audio_rate"]
     assert abs(duration - 13 / 24) < 1100 / clip["audio_rate"] + 1e-3
-    from anytalker_core.media import load_audio
+    from anytalker_core.io.media import load_audio
 
     heard = load_audio(out)
     spoken = sum(load_audio(p)[: heard.numel()] for p in inputs["audio"][:people])
@@ -99,7 +99,7 @@ def test_generate_mp4_for_1_2_3_people(people, models, inputs, tmp_path, capsys)
 
 def test_frame_count_follows_the_audio_in_concat_mode(models, inputs, tmp_path):
     """Without --frame-num the length is the audio's: concat = both sentences back to back, 4n+1 frames."""
-    from anytalker_core.media import load_audio
+    from anytalker_core.io.media import load_audio
 
     out = tmp_path / "concat.mp4"
     argv = ["generate", "--models-dir", str(models), "--image", str(inputs["images"][2]), "--out", str(out),

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from anytalker_core.errors import InputError
-from anytalker_core.generate_command import load_batch_file, parse_boxes
+from anytalker_core.cli.generate import load_batch_file, parse_boxes
 
 
 def write(tmp_path, data, name="tasks.json"):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from anytalker_core.audio.speech import espeak_available, synthesize_speech
-from anytalker_core.demo import build_demo_models, demo_image
+from anytalker_core.testing.speech import espeak_available, synthesize_speech
+from anytalker_core.testing.demo import build_demo_models, demo_image
 from anytalker_core.errors import InputError, Interrupted
-from anytalker_core.long_video import Window, check_window_frames, needs_windows, plan_windows, stitch
+from anytalker_core.generation.windows import Window, check_window_frames, needs_windows, plan_windows, stitch
 
 AREA = 64 * 96
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is needed for real speech")
@@ -82,7 +82,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipe(models):
-    from anytalker_core.pipeline import AnyTalkerPipeline
+    from anytalker_core.generation.pipeline import AnyTalkerPipeline
 
     return AnyTalkerPipeline.from_paths(models[1], face_backend="mediapipe")
 
@@ -93,7 +93,7 @@ def speech():
 
 
 def request(speech, **kw):
-    from anytalker_core.pipeline import GenerationRequest
+    from anytalker_core.generation.pipeline import GenerationRequest
 
     base = dict(image=demo_image(1, size=96), audio=speech, prompt="an astronaut talks", steps=2, seed=5,
                 max_area=AREA, boxes=[[30, 20, 66, 60]], frame_num=25, window_frames=9)
@@ -179,7 +179,7 @@ def test_first_window_equals_a_condition_built_for_its_length(pipe, speech):
 
 @needs_espeak
 def test_interrupt_in_a_later_window_writes_nothing(pipe, speech, tmp_path, monkeypatch):
-    from anytalker_core.generate_command import generate_to_file
+    from anytalker_core.cli.generate import generate_to_file
 
     spy = Spy(pipe, monkeypatch)
 
@@ -215,7 +215,7 @@ def test_cli_long_clip(models, tmp_path, caplog):
     from PIL import Image
 
     from anytalker_core.cli import main
-    from anytalker_core.media import read_video
+    from anytalker_core.io.media import read_video
 
     image, wav, out = tmp_path / "one.png", tmp_path / "speech.wav", tmp_path / "long.mp4"
     Image.fromarray(demo_image(1, size=96)).save(image)

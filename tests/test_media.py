@@ -1,4 +1,4 @@
-"""anytalker_core.media: audio decoding/resampling, mp4 write → read round trips, errors."""
+"""anytalker_core.io.media: audio decoding/resampling, mp4 write → read round trips, errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from anytalker_core.errors import InputError
-from anytalker_core.media import load_audio, read_video, resample, write_video
+from anytalker_core.io.media import load_audio, read_video, resample, write_video
 
 
 def _write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:

@@ -138,7 +138,7 @@ def test_insightface_pack_lookup(tmp_path):
 def _speech(tmp_path, text: str, seconds: float):
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng not installed")
-    from anytalker_core.media import load_audio
+    from anytalker_core.io.media import load_audio
 
     wav = tmp_path / "speech.wav"
     subprocess.run(["espeak-ng", "-w", str(wav), text], check=True, capture_output=True)
@@ -158,7 +158,7 @@ def syncnet_file(tmp_path_factory):
 
 
 def test_syncnet_on_a_real_mp4_with_audio(tmp_path, face_pair, landmarker, syncnet_file):
-    from anytalker_core.media import read_video, write_video
+    from anytalker_core.io.media import read_video, write_video
 
     _, warp = face_pair
     audio = _speech(tmp_path, "hello there, how are you", 1.0)
@@ -182,8 +182,8 @@ def test_syncnet_on_a_real_mp4_with_audio(tmp_path, face_pair, landmarker, syncn
 
 
 def test_folder_runner_writes_tables_and_plots(tmp_path, face_pair, syncnet_file):
-    from anytalker_core.media import write_video
-    from anytalker_core.metrics import command
+    from anytalker_core.io.media import write_video
+    from anytalker_core.cli import evaluate as command
 
     _, warp = face_pair
     audio = _speech(tmp_path, "one two three", 0.5)

@@ -34,8 +34,8 @@ def world(tmp_path_factory):
     """Tiny models in a ComfyUI models/ folder, speech for 3 people, the astronaut image, native stand-ins."""
     from native_models import NativeClipVision, NativeVAE, text_conditioning
 
-    from anytalker_core.audio.speech import synthesize_speech
-    from anytalker_core.demo import DEMO_SENTENCES, build_demo_models, demo_image
+    from anytalker_core.testing.speech import synthesize_speech
+    from anytalker_core.testing.demo import DEMO_SENTENCES, build_demo_models, demo_image
 
     root = tmp_path_factory.mktemp("comfy")
     paths = build_demo_models(root / "models")
@@ -122,7 +122,7 @@ def test_graph_audio_faces_conditioning_sampler_decode(world, people, tmp_path):
     for i in range(people):
         wave = world["speech"][i]
         if rates[i] != SR:  # other rates and stereo arrive from Load Audio; the node resamples and mixes down
-            from anytalker_core.media import resample
+            from anytalker_core.io.media import resample
             wave = resample(wave, SR, rates[i])
         speakers[f"audio{i}"] = audio_dict(wave, rates[i], channels=1 + i % 2)
     feats, n, frames, mixed, intervals = run(AnyTalkerAudioEncode, wav2vec=wav2vec, speakers=speakers,
@@ -161,7 +161,7 @@ def test_graph_audio_faces_conditioning_sampler_decode(world, people, tmp_path):
 
     # The graph ends in native Create Video (24 fps, mixed_audio) -> Save Video (exercised for real in
     # test_comfyui_server.py); here the same frames and audio are muxed with the core writer and read back.
-    from anytalker_core.media import read_video, write_video
+    from anytalker_core.io.media import read_video, write_video
 
     out = write_video(tmp_path / "talk.mp4", video.numpy(), fps=24,
                       audio=mixed["waveform"][0].mean(0), sample_rate=mixed["sample_rate"])

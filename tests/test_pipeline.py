@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from anytalker_core.audio.speech import espeak_available, synthesize_speech
-from anytalker_core.demo import DemoWidths, build_demo_models, demo_image
+from anytalker_core.testing.speech import espeak_available, synthesize_speech
+from anytalker_core.testing.demo import DemoWidths, build_demo_models, demo_image
 from anytalker_core.errors import InputError, Interrupted
-from anytalker_core.generate_command import generate_to_file
-from anytalker_core.pipeline import AnyTalkerPipeline, GenerationRequest, VideoPlan
+from anytalker_core.cli.generate import generate_to_file
+from anytalker_core.generation.pipeline import AnyTalkerPipeline, GenerationRequest, VideoPlan
 from anytalker_core.sampling import DEFAULT_NEGATIVE_PROMPT
 
 pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is needed for real speech")
@@ -238,7 +238,7 @@ def test_condition_checks_its_parts(pipe, staged, image2):
 def test_load_image(tmp_path):
     from PIL import Image
 
-    from anytalker_core.pipeline import load_image
+    from anytalker_core.generation.pipeline import load_image
 
     rgba = np.zeros((40, 50, 4), np.uint8)
     rgba[..., 0] = 200
@@ -254,8 +254,8 @@ def test_load_image(tmp_path):
 
 def test_legacy_afca_dit_runs_in_the_same_pipeline(pipe, staged, tmp_path):
     """A 14B-style (legacy AFCA) DiT takes the same Condition; only the model differs."""
-    from anytalker_core.checkpoint import load_dit
-    from anytalker_core.demo import make_demo_dit
+    from anytalker_core.model.checkpoint import load_dit
+    from anytalker_core.testing.demo import make_demo_dit
 
     legacy = load_dit(make_demo_dit(tmp_path / "legacy.safetensors", DemoWidths(afca="legacy")))
     assert legacy.config.afca == "legacy"

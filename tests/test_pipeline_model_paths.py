@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from anytalker_core.errors import MissingModelError
-from anytalker_core.model_paths import MODEL_SPECS, ROLES, find_model, resolve_model_paths
+from anytalker_core.io.model_paths import MODEL_SPECS, ROLES, find_model, resolve_model_paths
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:

@@ -36,7 +36,7 @@ def _torchrun(config: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def test_two_process_training_and_resume(tmp_path: Path):
-    from anytalker_core.checkpoint import load_dit
+    from anytalker_core.model.checkpoint import load_dit
     from train.checkpointing import find_latest
 
     data = make_cache(tmp_path / "cache", 6)

@@ -88,7 +88,7 @@ def cache(tmp_path_factory) -> Path:
 
 def test_stage1_loss_goes_down(cache: Path, tmp_path: Path):
     from anytalker_core.encoders import make_tiny_vae
-    from anytalker_core.media import read_video
+    from anytalker_core.io.media import read_video
 
     vae = make_tiny_vae(tmp_path / "wan_2.1_vae.safetensors")
     cfg = load_toml(write_config(tmp_path / "s1.toml", cache, tmp_path / "run", max_steps=30, save_every=30,
@@ -143,9 +143,9 @@ def test_crash_during_save_then_resume_reproduces_the_uninterrupted_losses(cache
 
 def test_partial_initialisation_from_a_checkpoint(tmp_path: Path):
     """Stage 1 starts from Wan2.1 I2V weights without AFCA layers: matching tensors load, the rest stay new."""
-    from anytalker_core.checkpoint import save_dit
-    from anytalker_core.config import AnyTalkerConfig
-    from anytalker_core.dit import AnyTalkerDiT
+    from anytalker_core.model.checkpoint import save_dit
+    from anytalker_core.model.config import AnyTalkerConfig
+    from anytalker_core.model.dit import AnyTalkerDiT
     from safetensors.torch import load_file, save_file
 
     from train.config import ModelSection
@@ -194,8 +194,8 @@ def test_sigkill_then_resume(cache: Path, tmp_path: Path):
 
 
 def test_stage2_multi_person_and_export(tmp_path: Path):
-    from anytalker_core.checkpoint import load_dit
-    from anytalker_core.conditioning import Speaker
+    from anytalker_core.model.checkpoint import load_dit
+    from anytalker_core.model.speaker import Speaker
 
     data = make_cache(tmp_path / "multi", 2, identities=2, seed=3)
     cfg = load_toml(write_config(tmp_path / "s2.toml", data, tmp_path / "run2", stage=2, max_steps=2, save_every=2,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from anytalker_core.media import write_video
+from anytalker_core.io.media import write_video
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 
@@ -31,7 +31,7 @@ def _frames(image: np.ndarray, offsets: list[int], y0: int = 20, crop: int = 300
 def clips(tmp_path_factory) -> Path:
     from skimage import data
 
-    from anytalker_core.audio.speech import synthesize_speech
+    from anytalker_core.testing.speech import synthesize_speech
 
     root = tmp_path_factory.mktemp("clips")
     speech = synthesize_speech("Hello there, this clip is used to test the training data preparation.")
@@ -201,7 +201,7 @@ def test_prepare_two_person_clip_with_speaker_tracks(models: dict, tmp_path: Pat
     """Stage-2 data: two faces side by side, one audio track per speaker (left to right) as sidecars."""
     from skimage import data
 
-    from anytalker_core.audio.speech import synthesize_speech
+    from anytalker_core.testing.speech import synthesize_speech
     from train.data import load_sample
     from train.prepare import prepare
 

@@ -193,9 +193,9 @@ def read_model_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
 
 def export_checkpoint(source: str | Path, out: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write a checkpoint's DiT in the inference format (``save_dit``: .safetensors + config)."""
-    from anytalker_core.checkpoint import save_dit
-    from anytalker_core.config import AnyTalkerConfig
-    from anytalker_core.dit import AnyTalkerDiT
+    from anytalker_core.model.checkpoint import save_dit
+    from anytalker_core.model.config import AnyTalkerConfig
+    from anytalker_core.model.dit import AnyTalkerDiT
 
     out = Path(out)
     if out.suffix != ".safetensors":

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write a run's newest (or a given) checkpoint in the inference format")
     e.add_argument("source", help="run folder or checkpoint folder (RUN/checkpoints/step-…)")
-    e.add_argument("out", help="output .safetensors (loads with anytalker_core.checkpoint.load_dit)")
+    e.add_argument("out", help="output .safetensors (loads with anytalker_core.model.checkpoint.load_dit)")
     e.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None, help="cast weights")
     return parser
 

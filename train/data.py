@@ -134,8 +134,8 @@ class TrainBatch:
         return replace(self, clip_fea=encode(self.first_frames).clone(), first_frames=None)
 
     def speakers(self) -> list:
-        """The per-identity ``Speaker`` inputs of :class:`anytalker_core.dit.AnyTalkerDiT`."""
-        from anytalker_core.conditioning import Speaker
+        """The per-identity ``Speaker`` inputs of :class:`anytalker_core.model.dit.AnyTalkerDiT`."""
+        from anytalker_core.model.speaker import Speaker
 
         return [Speaker(audio=self.audio[i], face_clip=self.face_clip[i], token_mask=self.token_masks[i])
                 for i in range(self.audio.shape[0])]

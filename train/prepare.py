@@ -338,7 +338,7 @@ def _probe_fps(path: Path) -> float | None:
 
 
 def _load_clip(src: ClipSource, cfg: PrepareConfig):
-    from anytalker_core.media import load_audio, read_video
+    from anytalker_core.io.media import load_audio, read_video
 
     # decode only what the segments need (long clips would not fit in memory)
     fps = _probe_fps(src.video)

@@ -39,9 +39,9 @@ __all__ = ["Trainer", "build_model", "lr_lambda", "apply_condition_dropout", "st
 
 def build_model(section: ModelSection, seed: int):
     """The DiT to train, in float32 and train mode (all parameters trainable)."""
-    from anytalker_core.checkpoint import load_dit, read_state_dict
-    from anytalker_core.config import AnyTalkerConfig, read_config_json
-    from anytalker_core.dit import AnyTalkerDiT
+    from anytalker_core.model.checkpoint import load_dit, read_state_dict
+    from anytalker_core.model.config import AnyTalkerConfig, read_config_json
+    from anytalker_core.model.dit import AnyTalkerDiT
 
     torch.manual_seed(seed)  # identical random init on every process
     if section.tiny:

@@ -2,7 +2,7 @@
 
 Every ``sample_every`` steps the main process takes the configured cached samples (their first
 frame latent, masks, face tokens, audio features and caption embedding — no encoder is needed), runs
-the inference sampler of :class:`anytalker_core.pipeline.AnyTalkerPipeline` (``denoise``) with the
+the inference sampler of :class:`anytalker_core.generation.pipeline.AnyTalkerPipeline` (``denoise``) with the
 training weights, and writes ``RUN/samples/step-XXXXXXXX_<id>.safetensors`` (the latent). If
 ``sample_vae`` names a VAE file, the latent is also decoded to ``…_<id>.mp4``, with the source clip's
 audio when that file is still at hand.
@@ -42,7 +42,7 @@ class ValidationSampler:
         self._vae = None
 
     def _condition(self, sample: CachedSample, device: torch.device):
-        from anytalker_core.pipeline import Condition, PromptEmbeds, VideoPlan
+        from anytalker_core.generation.pipeline import Condition, PromptEmbeds, VideoPlan
 
         batch = collate([sample], audio_window=self.audio_window).to(device)
         empty = self.shared.empty
@@ -65,7 +65,7 @@ class ValidationSampler:
         source = sample.meta.get("source")
         if not source or not Path(source).is_file():
             return None
-        from anytalker_core.media import load_audio
+        from anytalker_core.io.media import load_audio
 
         try:
             wave = load_audio(source, 16000)
@@ -78,7 +78,7 @@ class ValidationSampler:
     def __call__(self, model: torch.nn.Module, step: int, device: torch.device) -> list[Path]:
         from safetensors.torch import save_file
 
-        from anytalker_core.pipeline import AnyTalkerPipeline
+        from anytalker_core.generation.pipeline import AnyTalkerPipeline
 
         was_training = model.training
         model.eval()
@@ -94,7 +94,7 @@ class ValidationSampler:
                 save_file({"latent": latent.float().cpu().contiguous()}, str(stem.with_suffix(".safetensors")))
                 written.append(stem.with_suffix(".safetensors"))
                 if vae is not None:
-                    from anytalker_core.media import write_video
+                    from anytalker_core.io.media import write_video
 
                     frames = pipe.decode(latent)
                     fps = float(sample.meta.get("fps", 24.0))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, Interrupted
-from ..media import check_sample_rate, load_audio, resample
+from ..io.media import check_sample_rate, load_audio, resample
 from .wav2vec import SAMPLE_RATE, Wav2VecEncoder, video_frames_for_samples, window_features
 
 log = logging.getLogger(__name__)

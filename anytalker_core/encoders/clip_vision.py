@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, InputError
-from ._checkpoint import (
+from ..io.weights import (
     LazyStateDict,
     describe_checkpoint,
     is_quant_key,

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, InputError, MissingModelError
-from ._checkpoint import (
+from ..io.weights import (
     WEIGHT_SUFFIXES,
     LazyStateDict,
     describe_checkpoint,

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, InputError, MissingModelError
-from ._checkpoint import (
+from ..io.weights import (
     LazyStateDict,
     describe_checkpoint,
     is_quant_key,

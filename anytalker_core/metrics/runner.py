@@ -180,7 +180,7 @@ def score_video(
         note = "SyncNet skipped (the clip has no audio)"
     else:
         from .syncnet import evaluate_sync, load_syncnet
-        from ..media import resample
+        from ..io.media import resample
 
         model = syncnet_model if syncnet_model is not None else load_syncnet(syncnet_path, device=device)
         wave = resample(audio, int(sample_rate), 16000) if int(sample_rate) != 16000 else audio
@@ -299,7 +299,7 @@ def evaluate_folder(
     nobody speaking (as the reference does) and a warning. The overall row averages each column over the
     clips that have a value (invalid clips are excluded from the Interactivity mean, as in the reference).
     """
-    from ..media import read_video
+    from ..io.media import read_video
 
     video_dir = Path(video_dir)
     if not video_dir.is_dir():

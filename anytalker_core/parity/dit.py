@@ -32,7 +32,7 @@ def _checkpoint_paths(fixture: Fixture) -> tuple[Path, Path | None]:
 
 
 def _speakers(inp: dict[str, torch.Tensor], n: int, zero_audio: bool):
-    from ..conditioning import Speaker
+    from ..model.speaker import Speaker
 
     speakers = []
     for i in range(n):
@@ -77,8 +77,8 @@ def _capture_debug(model) -> tuple[dict[str, torch.Tensor], list]:
 
 
 def run(fixture: Fixture) -> list[Comparison]:
-    from ..afca import fused_visibility_mask
-    from ..checkpoint import build_dit, find_config, read_state_dict, resolve_config
+    from ..model.afca import fused_visibility_mask
+    from ..model.checkpoint import build_dit, find_config, read_state_dict, resolve_config
 
     inp = _inputs(fixture)
     weights, config_path = _checkpoint_paths(fixture)

@@ -1,5 +1,5 @@
 """Stand-ins for ComfyUI's native model objects, with ComfyUI's call surface, backed by anytalker_core's
-tiny real-format models (built by ``anytalker_core.demo.build_demo_models``).
+tiny real-format models (built by ``anytalker_core.testing.demo.build_demo_models``).
 
 * :class:`NativeVAE` — ``comfy.sd.VAE`` for a Wan2.1 VAE: ``encode(IMAGE frames [T, H, W, 3] 0..1)`` →
   raw latent ``[1, 16, F, h, w]``; ``decode(raw latent)`` → ``[1, T, H, W, 3]`` 0..1; ``latent_channels``.

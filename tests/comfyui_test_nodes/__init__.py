@@ -1,7 +1,7 @@
 """Test-only ComfyUI nodes for tests/test_comfyui_server.py (never shipped with the pack).
 
 ComfyUI's own loaders pick CLIP-vision and UMT5 architectures from fixed full-size configs, so the
-tiny random models of anytalker_core.demo cannot go through Load CLIP Vision / Load CLIP. These two
+tiny random models of anytalker_core.testing.demo cannot go through Load CLIP Vision / Load CLIP. These two
 nodes load the same tiny files into the types those native nodes produce:
 
 * ``AnyTalkerTestClipVision`` → a real ``comfy.clip_vision.ClipVisionModel`` (ComfyUI's class) built

@@ -40,9 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..model_paths import default_models_dir
-    from .runner import evaluate_folder
-    from .syncnet import default_syncnet_path
+    from ..io.model_paths import default_models_dir
+    from ..metrics.runner import evaluate_folder
+    from ..metrics.syncnet import default_syncnet_path
 
     models_dir = Path(args.models_dir).expanduser() if args.models_dir else default_models_dir()
     syncnet = args.syncnet or default_syncnet_path(models_dir)

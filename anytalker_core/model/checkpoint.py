@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import torch
 
 from .config import AnyTalkerConfig, config_from_json, infer_from_state_dict, read_config_json
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from torch.utils.checkpoint import checkpoint
 
 from .afca import IdentityTokens, LegacyAudioCrossAttention, fused_afca, fused_afca_sum
 from .attention import attention
-from .conditioning import Speaker
+from .speaker import Speaker
 from .config import AnyTalkerConfig
 from .embeddings import apply_rope, rope_angles, rope_cos_sin, sinusoidal_embedding
-from .errors import InputError
+from ..errors import InputError
 from .layout import audio_window_for_latent_frames, flatten_token_mask, unpatchify
 from .norms import FP32LayerNorm, RMSNorm
 from .projections import AudioProjection, LegacyAudioProjection, MLPProj

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import InputError, Interrupted
+from ..errors import InputError, Interrupted
 
 if TYPE_CHECKING:
     from .pipeline import AnyTalkerPipeline, Condition

@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--frame-num must be 4n+1 (5, 9, 13, ..., 81), got {args.frame_num}")
     if args.fps < 1:
         raise InputError(f"--fps must be positive, got {args.fps}")
-    from .long_video import check_window_frames
+    from ..generation.windows import check_window_frames
 
     check_window_frames(args.window_frames, "--window-frames")
     if args.out is not None and args.out.suffix.lower() != ".mp4" and not args.batch:
@@ -330,7 +330,7 @@ def _resolve_dtype(name: str, device):
 
 def _build_request(args: argparse.Namespace, image, audio: list, prompt: str, mode: str,
                    negative_prompt: str | None, seed: int, boxes):
-    from .pipeline import GenerationRequest
+    from ..generation.pipeline import GenerationRequest
 
     return GenerationRequest(
         image=image,
@@ -362,7 +362,7 @@ def _seed(value: int) -> int:
 
 def _preview_only(args: argparse.Namespace) -> int:
     """Detect faces and write the numbered-box preview; no generation models are loaded."""
-    from .pipeline import detect_faces_for_preview, load_image
+    from ..generation.pipeline import detect_faces_for_preview, load_image
 
     image = load_image(args.image)
     n = len(args.audio) if args.audio else None
@@ -399,7 +399,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except KeyboardInterrupt:
-        from .errors import Interrupted
+        from ..errors import Interrupted
 
         raise Interrupted("stopped by Ctrl-C; the clip being generated was not written") from None
 
@@ -411,15 +411,15 @@ def _run(args: argparse.Namespace) -> int:
             raise InputError("--preview-faces works on one --image, not with --batch")
         return _preview_only(args)
 
-    from .media import load_audio
-    from .model_paths import resolve_model_paths
-    from .pipeline import AnyTalkerPipeline, load_image
+    from ..io.media import load_audio
+    from ..io.model_paths import resolve_model_paths
+    from ..generation.pipeline import AnyTalkerPipeline, load_image
 
     device = _resolve_device(args.device)
     dtype = _resolve_dtype(args.dtype, device)
 
     if args.demo:
-        from .demo import DEMO_BANNER, build_demo_models, demo_inputs
+        from ..testing.demo import DEMO_BANNER, build_demo_models, demo_inputs
 
         import tempfile
 
@@ -515,7 +515,7 @@ def generate_to_file(pipe, request, out: str | Path, progress=None, should_stop=
     the mp4 itself is written to a temporary file that is renamed into place only when complete.
     Returns the :class:`~.pipeline.GenerationResult`.
     """
-    from .media import write_video
+    from ..io.media import write_video
 
     result = pipe.generate(request, progress=progress, should_stop=should_stop)
     write_video(out, result.frames, result.fps, result.audio, result.sample_rate)

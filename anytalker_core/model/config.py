@@ -18,7 +18,7 @@ from typing import Any, Literal, Mapping
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 AfcaVariant = Literal["fused", "legacy"]
 

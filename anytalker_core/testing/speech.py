@@ -40,7 +40,7 @@ def synthesize_speech(
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise MissingModelError("espeak-ng is not installed (apt-get install espeak-ng / brew install espeak-ng)")
-    from ..media import load_audio
+    from ..io.media import load_audio
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(path) if path is not None else Path(tmp) / "speech.wav"

@@ -30,7 +30,7 @@ def _is_fixture_json(path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import INPUT_ONLY_GROUPS, load_fixture, run_fixture
+    from ..parity import INPUT_ONLY_GROUPS, load_fixture, run_fixture
 
     failed = 0
     total = 0

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoint import convert_checkpoint
+    from ..model.checkpoint import convert_checkpoint
 
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
     config = convert_checkpoint(args.src, args.dst, dtype=dtype, config_path=args.config)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import InputError, MissingModelError
+from ..errors import InputError, MissingModelError
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,9 @@ class DemoInputs:
 def make_demo_dit(path: str | Path, widths: DemoWidths = DemoWidths()) -> Path:
     """A random DiT sized for the demo encoders, every parameter perturbed (no dead branch), saved as
     safetensors with its config in the metadata."""
-    from .checkpoint import save_dit
-    from .config import AnyTalkerConfig
-    from .dit import AnyTalkerDiT
+    from ..model.checkpoint import save_dit
+    from ..model.config import AnyTalkerConfig
+    from ..model.dit import AnyTalkerDiT
 
     config = AnyTalkerConfig.tiny(afca=widths.afca, dim=widths.dit_dim, num_layers=widths.dit_layers,
                                   text_dim=widths.text_dim, clip_dim=widths.clip_dim,
@@ -96,9 +96,9 @@ def make_demo_dit(path: str | Path, widths: DemoWidths = DemoWidths()) -> Path:
 def build_demo_models(directory: str | Path, widths: DemoWidths = DemoWidths()):
     """Write the tiny model set under ``directory`` (ComfyUI ``models/`` layout) and return its
     :class:`~.model_paths.ModelPaths` (found by the same search users' files go through)."""
-    from .audio import make_tiny_wav2vec
-    from .encoders import make_tiny_clip_vision, make_tiny_text_encoder, make_tiny_vae
-    from .model_paths import resolve_model_paths
+    from ..audio import make_tiny_wav2vec
+    from ..encoders import make_tiny_clip_vision, make_tiny_text_encoder, make_tiny_vae
+    from ..io.model_paths import resolve_model_paths
 
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,7 @@ def demo_image(num_people: int = 2, size: int = 256) -> np.ndarray:
 
 def demo_inputs(directory: str | Path, num_people: int = 2) -> DemoInputs:
     """Write one espeak-ng sentence per person under ``directory`` and build the demo image."""
-    from .audio.speech import espeak_available, synthesize_speech
+    from .speech import espeak_available, synthesize_speech
 
     if not espeak_available():
         raise MissingModelError(

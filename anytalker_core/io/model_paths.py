@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import MissingModelError
+from ..errors import MissingModelError
 
 log = logging.getLogger(__name__)
 

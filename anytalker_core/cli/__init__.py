@@ -11,14 +11,14 @@ import importlib
 import logging
 import sys
 
-from .errors import AnyTalkerError
+from ..errors import AnyTalkerError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "verify-fixture": ("anytalker_core.parity.command", "check this implementation against golden fixture files"),
-    "convert": ("anytalker_core.checkpoint_command", "convert a released .pth checkpoint to .safetensors"),
-    "generate": ("anytalker_core.generate_command", "image + one audio file per person + prompt -> mp4"),
-    "evaluate": ("anytalker_core.metrics.command", "score generated videos (Interactivity, Sync-C, Sync-C*)"),
+    "verify-fixture": ("anytalker_core.cli.verify_fixture", "check this implementation against golden fixture files"),
+    "convert": ("anytalker_core.cli.convert", "convert a released .pth checkpoint to .safetensors"),
+    "generate": ("anytalker_core.cli.generate", "image + one audio file per person + prompt -> mp4"),
+    "evaluate": ("anytalker_core.cli.evaluate", "score generated videos (Interactivity, Sync-C, Sync-C*)"),
 }
 
 

@@ -44,13 +44,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .conditioning import Speaker
-from .errors import InputError, Interrupted
-from .long_video import DEFAULT_WINDOW_FRAMES
+from ..model.speaker import Speaker
+from ..errors import InputError, Interrupted
+from .windows import DEFAULT_WINDOW_FRAMES
 
 if TYPE_CHECKING:  # imported lazily at run time
-    from .faces.masks import FaceMasks
-    from .model_paths import ModelPaths
+    from ..faces.masks import FaceMasks
+    from ..io.model_paths import ModelPaths
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ def _check_tracks(audio: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     out = []
     for i, t in enumerate(tracks):
         if isinstance(t, (str, Path)):
-            from .media import load_audio
+            from ..io.media import load_audio
 
             t = load_audio(t, SAMPLE_RATE)
         t = torch.as_tensor(np.asarray(t, dtype=np.float32)) if not isinstance(t, torch.Tensor) else t
@@ -295,7 +295,7 @@ def _to_uint8_frames(video: torch.Tensor) -> np.ndarray:
 
 def _make_detector(backend: str, insightface_root: Path | None, device: torch.device | str = "cpu"):
     """A face detector; ``auto`` = insightface when its package and models are present, else mediapipe."""
-    from .faces import load_detector
+    from ..faces import load_detector
 
     dev = str(device) if str(device).startswith("cuda") else "cpu"
     detector = load_detector(backend, models_dir=insightface_root, device=dev)
@@ -317,7 +317,7 @@ def detect_faces_for_preview(image: np.ndarray, num_speakers: int | None = None,
     Returns:
         ``(preview uint8 [H, W, 3], boxes in identity order)``.
     """
-    from .faces import draw_preview, select_faces, validate_boxes
+    from ..faces import draw_preview, select_faces, validate_boxes
 
     image = _check_image(image)
     if boxes is not None:
@@ -376,9 +376,9 @@ class AnyTalkerPipeline:
 
         ``block_weight_dtype=torch.float8_e4m3fn`` stores the DiT's block weights in fp8 (half the memory).
         """
-        from .audio import load_wav2vec
-        from .checkpoint import load_dit
-        from .encoders import load_clip_vision, load_text_encoder, load_vae
+        from ..audio import load_wav2vec
+        from ..model.checkpoint import load_dit
+        from ..encoders import load_clip_vision, load_text_encoder, load_vae
 
         device = torch.device(device)
         home = torch.device("cpu") if offload else device
@@ -422,7 +422,7 @@ class AnyTalkerPipeline:
         Returns the audio module's ``AudioConditioning``: ``features [N, frame_num, 5, L, C]``,
         ``frame_num`` (4n+1, from the audio unless given), ``mixed [S]`` 16 kHz.
         """
-        from .audio import build_audio_conditioning
+        from ..audio import build_audio_conditioning
 
         if mode not in ("pad", "concat"):
             raise InputError(f"audio mode '{mode}': expected 'pad' (overlapping) or 'concat' (turns)")
@@ -439,7 +439,7 @@ class AnyTalkerPipeline:
     @staticmethod
     def plan(image_hw: Sequence[int], frame_num: int, max_area: int = 832 * 480) -> VideoPlan:
         """Video size for an image (max ``max_area`` pixels, image aspect, multiples of 32)."""
-        from .sampling import target_size
+        from ..sampling import target_size
 
         if frame_num < 1 or (frame_num - 1) % 4:
             raise InputError(f"frame_num must be 4n+1, got {frame_num}")
@@ -454,7 +454,7 @@ class AnyTalkerPipeline:
         Detected faces: the ``num_speakers`` largest, ordered left to right. Boxes/masks: as given.
         Fewer faces than tracks is an error naming both counts.
         """
-        from .faces import prepare_faces
+        from ..faces import prepare_faces
 
         image = _check_image(image)
         detector = None
@@ -470,7 +470,7 @@ class AnyTalkerPipeline:
 
     def encode_prompts(self, prompt: str, negative_prompt: str | None = None) -> PromptEmbeds:
         """Prompt and negative prompt -> ``[1, L, text_dim]`` embeddings (on the device, DiT dtype)."""
-        from .sampling import DEFAULT_NEGATIVE_PROMPT
+        from ..sampling import DEFAULT_NEGATIVE_PROMPT
 
         if not isinstance(prompt, str):
             raise InputError(f"prompt: expected text, got {type(prompt).__name__}")
@@ -491,7 +491,7 @@ class AnyTalkerPipeline:
             plan: sizes; ``plan.frame_num`` must equal the audio's frame count.
             prompts: from :meth:`encode_prompts`.
         """
-        from .faces import crop_faces
+        from ..faces import crop_faces
 
         image = _check_image(image)
         features = audio.features
@@ -527,7 +527,7 @@ class AnyTalkerPipeline:
             ``clip_fea [1, 257, clip_dim]`` (CLIP tokens of the whole frame, DiT dtype) and the latent
             ``[1, 16, F_lat, lat_h, lat_w]`` of ``[frame; zeros]`` (float32), both on the device.
         """
-        from .encoders import encode_first_frame_condition
+        from ..encoders import encode_first_frame_condition
 
         image = _check_image(image)
         with self._on_device(self.clip_vision), torch.no_grad():
@@ -557,7 +557,7 @@ class AnyTalkerPipeline:
         audio); ``text_guidance`` with ``audio_guidance`` gives separate scales. ``should_stop``
         returning True raises :class:`Interrupted` before the next step.
         """
-        from .sampling import Guidance, default_shift, make_noise, make_scheduler, per_branch, sample
+        from ..sampling import Guidance, default_shift, make_noise, make_scheduler, per_branch, sample
 
         if (text_guidance is None) != (audio_guidance is None):
             raise InputError("text_guidance and audio_guidance go together: give both, or neither and use guidance")
@@ -594,8 +594,8 @@ class AnyTalkerPipeline:
         (:func:`.long_video.generate_windows`; progress then counts all windows' steps); otherwise in one
         pass, as the reference does.
         """
-        from .faces import draw_preview
-        from .long_video import check_window_frames, generate_windows, needs_windows
+        from ..faces import draw_preview
+        from .windows import check_window_frames, generate_windows, needs_windows
 
         timings: dict[str, float] = {}
         clock = time.monotonic()

@@ -1,0 +1,1 @@
+"""Files: weight files, media (image/audio/video), the ComfyUI-style models folder."""

@@ -1,0 +1,1 @@
+"""Tiny random-weight models and synthetic speech, for the tests and ``anytalker generate --demo``."""
