@@ -17,12 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from anytalker_core.constants import FPS, SAMPLE_RATE
 from anytalker_core.errors import InputError
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
-FPS = 24
 
 
 # ------------------------------------------------------------------------------------ payload types

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import torch
 from comfy_api.latest import io
 
+from anytalker_core.constants import MAX_AREA
 from anytalker_core.errors import InputError
 
 from . import _bridge as bridge
@@ -18,7 +19,7 @@ from .types import AnyTalkerModelType, AudioFeaturesType, ConditioningType, Face
 
 log = logging.getLogger(__name__)
 
-MAX_AREA_480P = 832 * 480
+MAX_AREA_480P = MAX_AREA
 
 
 def text_embeds(conditioning, what: str) -> torch.Tensor:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
+from anytalker_core.constants import FPS, MAX_AREA, SIZE_MULTIPLE, WINDOW_FRAMES
 from anytalker_core.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -47,12 +48,12 @@ class PrepareConfig:
     dtype: str = "float32"  # encoder dtype: float32 | bfloat16 | float16
     storage_dtype: str = "bfloat16"  # dtype of the cached float tensors
     # clip geometry
-    fps: float = 24.0
-    max_frames: int = 81  # 4n+1
+    fps: float = float(FPS)
+    max_frames: int = WINDOW_FRAMES  # 4n+1
     min_frames: int = 17  # 4n+1; shorter clips are dropped
     segments_per_clip: int = 1  # consecutive non-overlapping windows taken from each clip
-    max_area: int = 832 * 480
-    size_multiple: int = 32
+    max_area: int = MAX_AREA
+    size_multiple: int = SIZE_MULTIPLE
     # filters
     num_faces: int = 1  # expected faces per frame (per clip: manifest "num_faces" overrides)
     face_check_stride: int = 4  # detect faces on every k-th frame

@@ -45,6 +45,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from anytalker_core.constants import VAE_SPATIAL_STRIDE
 from anytalker_core.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ SAMPLE_KEYS = ("latents", "first_frame_latent", "audio_features", "face_boxes", 
                "face_clip_tokens", "clip_tokens", "text_embedding")
 FIRST_FRAME_KEY = "first_frame"  # optional at load time; two-person mode needs it
 SHARED_EMBEDDINGS_FILE = "shared_embeddings.safetensors"
-VAE_STRIDE = 8
+VAE_STRIDE = VAE_SPATIAL_STRIDE
 
 
 @dataclass

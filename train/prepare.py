@@ -38,6 +38,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from anytalker_core.constants import SAMPLE_RATE
 from anytalker_core.errors import InputError, Interrupted
 
 from .buckets import bucket_size
@@ -54,7 +55,6 @@ __all__ = ["ClipSource", "discover_clips", "resolve_shard", "resample_indices", 
 FORMAT_VERSION = 2  # 2: + first_frame (uint8 pixels of frame 0)
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".aac")
-SAMPLE_RATE = 16000
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

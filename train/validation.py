@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from anytalker_core.constants import SAMPLE_RATE
 from anytalker_core.errors import InputError
 
 from .data import CachedSample, SharedEmbeddings, collate
@@ -68,11 +69,11 @@ class ValidationSampler:
         from anytalker_core.io.media import load_audio
 
         try:
-            wave = load_audio(source, 16000)
+            wave = load_audio(source, SAMPLE_RATE)
         except InputError:
             return None
-        start = int(round(float(sample.meta.get("start_seconds", 0.0)) * 16000))
-        return wave[start:start + int(frames / fps * 16000)] if wave.numel() > start else None
+        start = int(round(float(sample.meta.get("start_seconds", 0.0)) * SAMPLE_RATE))
+        return wave[start:start + int(frames / fps * SAMPLE_RATE)] if wave.numel() > start else None
 
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module, step: int, device: torch.device) -> list[Path]:

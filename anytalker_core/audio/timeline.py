@@ -28,6 +28,7 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 import torch
 
+from ..constants import FPS
 from ..errors import InputError, Interrupted
 from ..io.media import check_sample_rate, load_audio, resample
 from .wav2vec import SAMPLE_RATE, Wav2VecEncoder, video_frames_for_samples, window_features
@@ -286,7 +287,7 @@ def _encode_pad(encoder: Wav2VecEncoder, wave: torch.Tensor, frame_num: int, fps
 def build_audio_conditioning(
     tracks: Sequence[torch.Tensor | np.ndarray | str | Path],
     mode: Mode = "pad",
-    fps: float = 24,
+    fps: float = FPS,
     encoder: Wav2VecEncoder | None = None,
     frame_num: int | None = None,
     normalize_loudness: bool | float = False,

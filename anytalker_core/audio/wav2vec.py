@@ -34,11 +34,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..constants import FPS, SAMPLE_RATE
 from ..errors import CheckpointError, InputError, MissingModelError
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 WINDOW_RADIUS = 2  # ±2 neighbours → 5 rows per frame
 NORM_EPS = 1e-7  # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
 STANDARD_CONV_KERNEL = (10, 3, 3, 3, 3, 2, 2)
@@ -361,7 +361,7 @@ class Wav2VecEncoder:
         return x.transpose(1, 2).to(hidden.dtype)
 
     def features(self, wave_16k: torch.Tensor | np.ndarray, num_frames: int | None = None,
-                 fps: float = 24.0) -> torch.Tensor:
+                 fps: float = FPS) -> torch.Tensor:
         """Windowed features of one track, as the reference's ``preprocess_audio``.
 
         Args:

@@ -23,11 +23,12 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..constants import MAX_AREA
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_AREA = 832 * 480
+DEFAULT_MAX_AREA = MAX_AREA
 DEMO_MAX_AREA = 128 * 256  # --demo defaults: small enough for a CPU in about a minute
 DEMO_FRAMES = 33
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from ..constants import WINDOW_FRAMES
 from ..errors import InputError, Interrupted
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 __all__ = ["DEFAULT_WINDOW_FRAMES", "Window", "check_window_frames", "needs_windows", "plan_windows", "stitch",
            "generate_windows"]
 
-DEFAULT_WINDOW_FRAMES = 81  # the training length
+DEFAULT_WINDOW_FRAMES = WINDOW_FRAMES  # the training length
 
 
 @dataclass(frozen=True)

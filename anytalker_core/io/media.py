@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..constants import SAMPLE_RATE
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def _decode_audio_stream(container, path: Path, what: str) -> tuple[np.ndarray, 
     return wave, int(rate)
 
 
-def load_audio(path: str | Path, sample_rate: int = 16000) -> torch.Tensor:
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Decode an audio (or video) file to a mono float32 waveform at ``sample_rate``.
 
     Any format FFmpeg reads (wav, mp3, flac, m4a/aac, ogg, mp4, ...). Multi-channel audio is
@@ -171,7 +172,7 @@ class VideoClip:
         return self.num_frames / self.fps if self.fps else 0.0
 
 
-def read_video(path: str | Path, max_frames: int | None = None, sample_rate: int = 16000) -> VideoClip:
+def read_video(path: str | Path, max_frames: int | None = None, sample_rate: int = SAMPLE_RATE) -> VideoClip:
     """Read a video file: RGB frames, fps, and its audio as mono float32 at ``sample_rate``.
 
     Args:
@@ -265,7 +266,7 @@ def write_video(
     frames: np.ndarray | torch.Tensor,
     fps: float,
     audio: np.ndarray | torch.Tensor | None = None,
-    sample_rate: int = 16000,
+    sample_rate: int = SAMPLE_RATE,
     crf: int = 18,
     preset: str = "medium",
 ) -> Path:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..constants import SAMPLE_RATE
 from ..errors import InputError
 from .interactivity import FaceObservation, InteractivityResult, compute_interactivity, side_names
 from .landmarks import Landmarker, make_landmarker, observe_frames
@@ -125,7 +126,7 @@ def score_video(
     audio: Any = None,
     syncnet_path: str | Path | None = None,
     *,
-    sample_rate: int = 16000,
+    sample_rate: int = SAMPLE_RATE,
     insightface_dir: str | Path | None = None,
     num_faces: int = 2,
     make_plot: bool = True,
@@ -183,7 +184,7 @@ def score_video(
         from ..io.media import resample
 
         model = syncnet_model if syncnet_model is not None else load_syncnet(syncnet_path, device=device)
-        wave = resample(audio, int(sample_rate), 16000) if int(sample_rate) != 16000 else audio
+        wave = resample(audio, int(sample_rate), SAMPLE_RATE) if int(sample_rate) != SAMPLE_RATE else audio
         boxes = _face_boxes(observations, num_faces)
         if not boxes:
             note = "SyncNet skipped (no frame shows all faces)"

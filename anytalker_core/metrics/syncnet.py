@@ -40,12 +40,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..constants import SAMPLE_RATE
 from ..errors import CheckpointError, InputError, Interrupted, MissingModelError
 
 log = logging.getLogger(__name__)
 
 SYNCNET_FPS = 25
-SYNCNET_SAMPLE_RATE = 16000
+SYNCNET_SAMPLE_RATE = SAMPLE_RATE
 SAMPLES_PER_FRAME = SYNCNET_SAMPLE_RATE // SYNCNET_FPS  # 640
 MFCC_PER_FRAME = 4  # 100 MFCC frames per second / 25 video frames per second
 WINDOW = 5  # video frames per SyncNet input (0.2 s)

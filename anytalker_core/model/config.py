@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping
 
 import torch
 
+from ..constants import PATCH_SIZE
 from ..errors import CheckpointError
 
 AfcaVariant = Literal["fused", "legacy"]
@@ -45,7 +46,7 @@ class AnyTalkerConfig:
     eps: float = 1e-6
     qk_norm: bool = True
     cross_attn_norm: bool = True
-    patch_size: tuple[int, int, int] = (1, 2, 2)
+    patch_size: tuple[int, int, int] = PATCH_SIZE
     afca: AfcaVariant = "fused"
     clip_dim: int = 1280  # width of the CLIP ViT-H/14 tokens (image and face)
     audio_window: int = 5  # wav2vec2 frames per video frame (t-2 .. t+2)

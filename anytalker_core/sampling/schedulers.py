@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..constants import MAX_AREA
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ NUM_TRAIN_TIMESTEPS = 1000
 # The reference constructs its UniPC scheduler with this shift; it only sets sigma_max (see module doc).
 _UNIPC_CONSTRUCTOR_SHIFT = 5
 # default_shift(): 3.0 up to this pixel area (832x480), 5.0 above it.
-SHIFT_480P_AREA = 832 * 480
+SHIFT_480P_AREA = MAX_AREA
 _ALIASES = {"dpm++": "dpmpp", "dpm_pp": "dpmpp", "dpmsolver++": "dpmpp", "uni_pc": "unipc"}
 
 

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import math
 
+from ..constants import FPS, MAX_AREA, PATCH_SIZE, SIZE_MULTIPLE, VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE
 from ..errors import InputError
 
-MAX_AREA_480P = 832 * 480
-VAE_STRIDE = 8  # pixels per latent cell (spatial)
-PATCH = 2  # latent cells per DiT token (spatial)
-TEMPORAL_STRIDE = 4  # video frames per latent frame after the first
+MAX_AREA_480P = MAX_AREA
+VAE_STRIDE = VAE_SPATIAL_STRIDE  # pixels per latent cell (spatial)
+PATCH = PATCH_SIZE[1]  # latent cells per DiT token (spatial)
+TEMPORAL_STRIDE = VAE_TEMPORAL_STRIDE  # video frames per latent frame after the first
 
 
 def _positive_int(label: str, value: int) -> int:
@@ -35,7 +36,7 @@ def _positive_int(label: str, value: int) -> int:
     return value
 
 
-def target_size(image_h: int, image_w: int, max_area: int = MAX_AREA_480P, multiple: int = 32) -> tuple[int, int]:
+def target_size(image_h: int, image_w: int, max_area: int = MAX_AREA_480P, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
     """``(height, width)`` of the video for an ``image_h x image_w`` image (see the module docstring).
 
     ``multiple`` must be a multiple of 16 (the latent/patch grid); the reference uses 32.
@@ -97,7 +98,7 @@ def snap_frame_count(frames: int) -> int:
     return ((frames - 1) // TEMPORAL_STRIDE) * TEMPORAL_STRIDE + 1
 
 
-def frames_for_duration(seconds: float, fps: float = 24) -> int:
+def frames_for_duration(seconds: float, fps: float = FPS) -> int:
     """The reference's frame count for audio of ``seconds``: ``ceil(seconds*fps)`` rounded down to 4n+1."""
     if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
         raise InputError(f"audio duration must be > 0 seconds, got {seconds!r}")

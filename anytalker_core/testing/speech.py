@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..constants import SAMPLE_RATE
 from ..errors import InputError, MissingModelError
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def synthesize_speech(
     path: str | Path | None = None,
     voice: str = "en-us",
     speed: int = 175,
-    sample_rate: int = 16000,
+    sample_rate: int = SAMPLE_RATE,
 ) -> torch.Tensor:
     """Speak ``text`` with espeak-ng; returns ``[S]`` float32 mono at ``sample_rate``.
 
