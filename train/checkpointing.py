@@ -26,11 +26,11 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from anytalker_core.errors import CheckpointError
+from anytalker_core.io.atomic import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +55,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a temporary file + fsync + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def checkpoint_name(step: int) -> str:
@@ -102,9 +91,7 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, trainer_state: dict, 
         else:
             os.replace(tmp, final)
         _fsync_dir(root)
-        latest_tmp = root / f".{LATEST}.tmp"
-        latest_tmp.write_text(final.name + "\n")
-        os.replace(latest_tmp, root / LATEST)
+        write_text_atomic(root / LATEST, final.name + "\n")
         _prune(root, keep)
         log.info("saved checkpoint %s", final)
     accelerator.wait_for_everyone()

@@ -40,9 +40,9 @@ import torch
 
 from anytalker_core.constants import SAMPLE_RATE
 from anytalker_core.errors import InputError, Interrupted
+from anytalker_core.io.atomic import save_safetensors_atomic, write_json_atomic
 
 from .buckets import bucket_size
-from .checkpointing import write_json_atomic
 from .config import PrepareConfig
 from .data import FIRST_FRAME_KEY, SHARED_EMBEDDINGS_FILE
 from .filters import audio_rms_db, faces_per_frame, motion_score
@@ -240,18 +240,6 @@ class Encoders:
 # ----------------------------------------------------------------------------------- writing
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_sample(folder: Path, sample_id: str, tensors: dict[str, torch.Tensor], meta: dict,
                  storage_dtype: torch.dtype = torch.bfloat16) -> Path:
     """Write one cached sample: ``<id>.safetensors`` (floats in ``storage_dtype``, boxes float32, integer
@@ -261,7 +249,7 @@ def write_sample(folder: Path, sample_id: str, tensors: dict[str, torch.Tensor],
     stored = {k: (v.float() if k in keep_fp32 else v.to(storage_dtype) if v.is_floating_point() else v)
               for k, v in tensors.items()}
     path = folder / f"{sample_id}.safetensors"
-    _atomic_save(stored, path, {"format": "anytalker-train-sample", "version": str(FORMAT_VERSION)})
+    save_safetensors_atomic(path, stored, {"format": "anytalker-train-sample", "version": str(FORMAT_VERSION)})
     write_json_atomic(folder / f"{sample_id}.json", meta)
     return path
 
@@ -300,7 +288,7 @@ def write_shared_embeddings(out: Path, encoders: Encoders, cfg: PrepareConfig) -
     tensors = {"empty_text_embedding": encoders.text_embedding(cfg.empty_prompt)}
     for i, prompt in enumerate(cfg.two_person_prompts):
         tensors[f"two_person_text_embedding.{i}"] = encoders.text_embedding(prompt)
-    _atomic_save({k: v.float() for k, v in tensors.items()}, path, {"format": "anytalker-train-shared"})
+    save_safetensors_atomic(path, {k: v.float() for k, v in tensors.items()}, {"format": "anytalker-train-shared"})
     write_json_atomic(meta_path, meta)
 
 

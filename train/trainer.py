@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from anytalker_core.errors import CheckpointError, InputError, Interrupted
+from anytalker_core.io.atomic import write_text_atomic
 
 from . import flow
 from .buckets import BucketBatchSampler
@@ -66,12 +67,6 @@ def build_model(section: ModelSection, seed: int):
 def _pairable(key: tuple[int, int, int, int]) -> bool:
     """Buckets whose samples stage 1 may pair: single-person, latent width divisible by 4."""
     return key[0] == 1 and key[3] % 4 == 0
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _has_accelerator_device() -> bool:

@@ -14,8 +14,6 @@ PyAV (``av``) is imported inside the functions so that ``import anytalker_core.m
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -26,6 +24,7 @@ import torch
 
 from ..constants import SAMPLE_RATE
 from ..errors import InputError
+from .atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -304,12 +303,8 @@ def write_video(
             raise InputError("write_video: audio contains NaN or infinite values")
         wave = np.clip(wave, -1.0, 1.0)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.mp4", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
+        with atomic_path(path, suffix=".tmp.mp4") as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
             vstream = container.add_stream("libx264", rate=rate)
             vstream.width = rgb.shape[2]
             vstream.height = rgb.shape[1]
@@ -325,13 +320,8 @@ def write_video(
             container.mux(vstream.encode(None))
             if astream is not None:
                 _encode_audio(container, astream, wave, sample_rate)
-        os.replace(tmp, path)
     except av.error.FFmpegError as exc:
-        tmp.unlink(missing_ok=True)
         raise InputError(f"write_video '{path}': FFmpeg could not encode the video ({exc})") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     log.info("wrote %s (%d frames @ %.3f fps%s)", path, rgb.shape[0], float(rate),
              ", with audio" if wave is not None else "")
     return path

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,6 +24,7 @@ import torch
 
 from .config import AnyTalkerConfig, config_from_json, infer_from_state_dict, read_config_json
 from ..errors import CheckpointError
+from ..io.atomic import save_safetensors_atomic
 
 log = logging.getLogger(__name__)
 
@@ -195,27 +194,12 @@ def load_dit(path: str | Path, config_path: str | Path | None = None, device: to
     return build_dit(sd, config, path, device, dtype, weight_dtype)
 
 
-def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_dit(model, path: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write the inference format: ``.safetensors`` with the config in its metadata (atomic)."""
     path = Path(path)
     sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
           for k, v in model.state_dict().items()}
-    _atomic_save_safetensors(sd, path, {CONFIG_METADATA_KEY: json.dumps(model.config.to_dict()),
+    save_safetensors_atomic(path, sd, {CONFIG_METADATA_KEY: json.dumps(model.config.to_dict()),
                                         "format": "pt"})
     return path
 
@@ -234,6 +218,6 @@ def convert_checkpoint(src: str | Path, dst: str | Path, dtype: torch.dtype | No
         check_keys(AnyTalkerDiT(config), sd, src)
     tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
                for k, v in sd.items()}
-    _atomic_save_safetensors(tensors, dst, {CONFIG_METADATA_KEY: json.dumps(config.to_dict()), "format": "pt"})
+    save_safetensors_atomic(dst, tensors, {CONFIG_METADATA_KEY: json.dumps(config.to_dict()), "format": "pt"})
     log.info("wrote %s (%d tensors, %s)", dst, len(tensors), dtype or "original dtypes")
     return config
