@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from anytalker_core.constants import FPS, SAMPLE_RATE
+from anytalker_core.constants import FPS as FPS  # noqa: F401 - re-exported: bridge.FPS
+from anytalker_core.constants import SAMPLE_RATE
 from anytalker_core.errors import InputError
 
 log = logging.getLogger(__name__)

@@ -178,7 +178,7 @@ def test_load_errors(tmp_path):
         load_wav2vec(other)
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 64)
-    with pytest.raises(CheckpointError, match="not a readable"):
+    with pytest.raises(CheckpointError, match="junk.safetensors': not a PyTorch checkpoint or safetensors file"):
         load_wav2vec(junk)
     # a config that does not fit the weights
     hf = make_tiny_wav2vec(tmp_path / "hf2")

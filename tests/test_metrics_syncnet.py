@@ -63,7 +63,7 @@ def test_clear_errors_for_missing_or_wrong_files(tmp_path):
         load_syncnet(tmp_path / "syncnet_v2.model")
     junk = tmp_path / "junk.model"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="could not be read"):
+    with pytest.raises(CheckpointError, match="junk.model.: not a PyTorch checkpoint or safetensors file"):
         load_syncnet(junk)
     other = tmp_path / "other.model"
     torch.save({"weight": torch.zeros(3)}, other)

@@ -31,6 +31,7 @@ import torch
 
 from anytalker_core.errors import CheckpointError
 from anytalker_core.io.atomic import write_json_atomic, write_text_atomic
+from anytalker_core.io.weights import read_weights
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +153,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def read_model_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     """The DiT weights of a checkpoint saved by accelerate under DDP, FSDP(2) or DeepSpeed."""
     ckpt = Path(checkpoint)
-    if (ckpt / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(ckpt / "model.safetensors"))
-    if (ckpt / "pytorch_model.bin").is_file():
-        return torch.load(ckpt / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (ckpt / name).is_file():
+            return read_weights(ckpt / name, "model weights")[0]
     fsdp = sorted(ckpt.glob("pytorch_model_fsdp_0*"))
     if fsdp:  # sharded FSDP state: consolidate with accelerate's merger
         import tempfile

@@ -211,27 +211,9 @@ def infer_wav2vec_config(sd: dict[str, torch.Tensor], num_heads: int | None = No
 
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors + safetensors metadata from ``.safetensors`` or a ``torch.save`` file (weights only)."""
-    if not path.is_file():
-        raise MissingModelError(f"wav2vec2 weights '{path}': no such file")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
+    from ..io.weights import read_weights
 
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = dict(f.metadata() or {})
-                return {k: f.get_tensor(k) for k in f.keys()}, meta
-        except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"wav2vec2 weights '{path}': not a readable .safetensors file ({exc})") from None
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors come in many types
-        raise CheckpointError(
-            f"wav2vec2 weights '{path}': cannot be read as a weights-only torch file ({exc})") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"wav2vec2 weights '{path}': expected a dict of tensors")
-    return obj, {}
+    return read_weights(path, "wav2vec2 weights")
 
 
 def _folder_weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -133,20 +133,9 @@ def load_syncnet(path: str | Path, device: str | torch.device = "cpu") -> SyncNe
         raise MissingModelError(
             f"SyncNet weights not found at '{path}'. Download syncnet_v2.model (from the syncnet_python "
             "project) and put it in ComfyUI's models/syncnet/ folder, or pass its path with --syncnet.")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
-        raise CheckpointError(f"SyncNet weights '{path}' could not be read ({type(exc).__name__}: {exc}); "
-                              "expected a torch state dict (syncnet_v2.model) or a .safetensors file") from None
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"SyncNet weights '{path}': expected a mapping of parameter names to tensors")
-    state = _strip_prefix(state)
+    from ..io.weights import read_weights
+
+    state = _strip_prefix(read_weights(path, "SyncNet weights")[0])
     embed = state.get("netfcaud.3.weight")
     if embed is None:
         raise CheckpointError(f"SyncNet weights '{path}': key 'netfcaud.3.weight' missing, so this is not a "

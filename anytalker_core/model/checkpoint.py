@@ -7,16 +7,16 @@ Formats read:
   reference key names, optionally under a ``model.diffusion_model.`` prefix (ComfyUI style).
 
 Configuration comes from, in order: an explicit config JSON, the safetensors metadata,
-``<stem>.config.json`` / ``<stem>.json`` beside the weights, otherwise it is inferred from shapes.
-Every failure raises :class:`CheckpointError` naming the file and the problem.
+``<stem>.config.json`` / ``<stem>.json`` beside the weights, the released folder's ``config_af2v_*.json``
+that fits the weights, otherwise it is inferred from shapes (:func:`resolve_config`). The bytes are
+read by :func:`anytalker_core.io.weights.read_weights` (the format comes from the file's content, not its
+name). Every failure raises :class:`CheckpointError` naming the file and the problem.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,13 +25,12 @@ import torch
 from .config import AnyTalkerConfig, config_from_json, infer_from_state_dict, read_config_json
 from ..errors import CheckpointError
 from ..io.atomic import save_safetensors_atomic
+from ..io.weights import read_weights
 
 log = logging.getLogger(__name__)
 
 CONFIG_METADATA_KEY = "anytalker_config"
-_WRAPPER_KEYS = ("model", "state_dict", "module")
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "module.", "model.")
-_PICKLE_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt"}
 
 
 def _list(keys: list[str], limit: int = 12) -> str:
@@ -39,56 +38,8 @@ def _list(keys: list[str], limit: int = 12) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def _read_pickle(path: Path) -> Any:
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as fh:
-            head = fh.read(2)
-        if head[:1] == b"\x80":  # legacy (non-zip) torch pickle: no mmap possible
-            mmap = False
-        elif head == b"PK":
-            raise CheckpointError(f"checkpoint '{path}': the file is truncated or corrupt (a damaged zip "
-                                  "archive); download it again")
-        else:
-            raise CheckpointError(f"checkpoint '{path}': not a PyTorch checkpoint or safetensors file")
-    else:
-        mmap = True
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"checkpoint '{path}': holds Python objects other than tensors, which are not loaded for safety "
-            f"(weights_only). Re-save it as a plain state dict or .safetensors. Detail: {str(exc).splitlines()[0]}"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"checkpoint '{path}': cannot be read — the file is truncated or corrupt "
-                              f"({str(exc).splitlines()[0]})") from None
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            metadata = fh.metadata() or {}
-            return {k: fh.get_tensor(k) for k in fh.keys()}, metadata
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint '{path}': not a valid safetensors file — truncated or corrupt "
-                              f"({exc})") from None
-
-
-def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping):
-        for key in _WRAPPER_KEYS:
-            if key in obj and isinstance(obj[key], Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"checkpoint '{path}': expected a state dict (or {{'model': state_dict}}), "
-                              f"found {type(obj).__name__}")
-    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"checkpoint '{path}': entries that are not tensors: {_list(bad)}")
-    sd = dict(obj)
+def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop a ComfyUI/DDP prefix shared by every key (``model.diffusion_model.``, ``module.``, ...)."""
     for prefix in _PREFIXES:
         if all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
@@ -98,41 +49,65 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint's tensors (memory-mapped where possible) and any embedded config hints."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists():  # a CheckpointError (not MissingModelError): the user named this exact file
         raise CheckpointError(f"checkpoint '{path}': no such file")
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint '{path}': is a folder; pass the .pth or .safetensors file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint '{path}': the file is empty")
-    with open(path, "rb") as fh:
-        head = fh.read(8)
+    sd, metadata = read_weights(path, "checkpoint")
     hints: dict[str, Any] = {}
-    if path.suffix == ".safetensors" or (path.suffix not in _PICKLE_SUFFIXES and head[:1] not in (b"\x80", b"P")):
-        sd, metadata = _read_safetensors(path)
-        if CONFIG_METADATA_KEY in metadata:
-            hints = config_from_json(json.loads(metadata[CONFIG_METADATA_KEY]))
-    else:
-        sd = _read_pickle(path)
-    return _unwrap(sd, path), hints
+    if CONFIG_METADATA_KEY in metadata:
+        hints = config_from_json(json.loads(metadata[CONFIG_METADATA_KEY]))
+    return _strip_prefixes(sd), hints
+
+
+#: the released Hugging Face folder keeps one ``config_af2v_<size>.json`` per model beside the ``.pth`` files
+RELEASED_CONFIG_GLOB = "config_af2v_*.json"
 
 
 def find_config(path: Path) -> Path | None:
+    """A config named after the weights: ``<stem>.config.json``, else ``<stem>.json``."""
     for candidate in (path.with_suffix(".config.json"), path.with_suffix(".json")):
         if candidate.is_file():
             return candidate
     return None
 
 
+def released_configs(path: Path) -> list[Path]:
+    """The released layout's ``config_af2v_*.json`` files beside ``path`` (sorted)."""
+    return sorted(p for p in Path(path).parent.glob(RELEASED_CONFIG_GLOB) if p.is_file())
+
+
 def resolve_config(path: str | Path, sd: Mapping[str, torch.Tensor], hints: Mapping[str, Any],
                    config_path: str | Path | None = None) -> AnyTalkerConfig:
-    """Config from explicit JSON > embedded metadata > sibling JSON > shapes (checked against the weights)."""
+    """The model config, from the first source present (each checked against the weights):
+
+    1. ``config_path`` (an explicit JSON);
+    2. ``hints`` (the config stored in our safetensors metadata);
+    3. ``<stem>.config.json`` / ``<stem>.json`` beside the weights;
+    4. the released folder's ``config_af2v_*.json`` beside the weights: the one that fits the weights
+       (the folder holds one per model size, e.g. ``config_af2v_1_3B.json`` and ``config_af2v_14B.json``);
+    5. the shapes alone.
+    """
     path = Path(path)
-    merged = dict(hints)
+    source = f"checkpoint '{path}'"
     json_path = Path(config_path) if config_path else (None if hints else find_config(path))
-    if json_path is not None:
-        merged.update(read_config_json(json_path))
-        log.info("config for %s from %s", path.name, json_path)
-    return infer_from_state_dict(sd, merged, source=f"checkpoint '{path}'")
+    if json_path is not None or hints:
+        merged = dict(hints)
+        if json_path is not None:
+            merged.update(read_config_json(json_path))
+            log.info("config for %s from %s", path.name, json_path)
+        return infer_from_state_dict(sd, merged, source=source)
+    rejected = []
+    for candidate in released_configs(path):
+        try:
+            config = infer_from_state_dict(sd, read_config_json(candidate), source=source)
+        except CheckpointError as exc:
+            rejected.append(f"{candidate.name}: {exc}")
+            continue
+        log.info("config for %s from %s", path.name, candidate)
+        return config
+    if rejected:
+        raise CheckpointError(f"{source}: none of the released configs beside it fits the weights ("
+                              + "; ".join(rejected) + "); pass the right one with --config")
+    return infer_from_state_dict(sd, {}, source=source)
 
 
 def check_keys(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], path: Path) -> None:
