@@ -70,7 +70,8 @@ class AnyTalkerConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, clip_vision, vae, start_image, faces, audio_features,
                 max_pixels: int = MAX_AREA_480P) -> io.NodeOutput:
-        from anytalker_core.generation.pipeline import AnyTalkerPipeline, PromptEmbeds
+        from anytalker_core.generation import stages
+        from anytalker_core.generation.types import PromptEmbeds
 
         image = bridge.image_to_uint8(start_image, "start_image")
         audio = audio_features.conditioning
@@ -81,18 +82,17 @@ class AnyTalkerConditioning(io.ComfyNode):
         if tuple(faces.image_hw) != tuple(image.shape[:2]):
             raise InputError(f"faces were found on a {faces.image_hw[1]}x{faces.image_hw[0]} image but start_image "
                              f"is {image.shape[1]}x{image.shape[0]}; feed the same image to both nodes")
-        pipe = AnyTalkerPipeline(dit=None, text_encoder=None, clip_vision=bridge.ClipVisionAdapter(clip_vision),
-                                 vae=bridge.VaeAdapter(vae), wav2vec=None, device="cpu", dtype=torch.float32)
-        plan = pipe.plan(image.shape[:2], audio.frame_num, max_pixels)
-        masks = pipe.prepare_faces(image, people, plan, boxes=None if faces.masks is not None else faces.boxes,
-                                   masks=faces.masks)
+        plan = stages.plan(image.shape[:2], audio.frame_num, max_pixels)
+        masks = stages.prepare_faces(None, image, people, plan, boxes=None if faces.masks is not None else faces.boxes,
+                                     masks=faces.masks)
         prompts = PromptEmbeds(context=text_embeds(positive, "positive"), context_null=text_embeds(negative, "negative"))
-        condition = pipe.build_condition(image, masks, audio, plan, prompts)
+        condition = stages.condition(bridge.ClipVisionAdapter(clip_vision), bridge.VaeAdapter(vae), image, masks,
+                                     audio, plan, prompts)
         return io.NodeOutput(condition, plan.width, plan.height)
 
 
 def condition_to(condition, device: torch.device, dtype: torch.dtype):
-    """A copy of the core ``Condition`` with every tensor on ``device``/``dtype``."""
+    """A copy of the core ``Conditioning`` with every tensor on ``device``/``dtype``."""
     def move(x: torch.Tensor) -> torch.Tensor:
         return x.to(device=device, dtype=dtype)
 
@@ -152,7 +152,8 @@ def sampling_inputs() -> list:
 
 
 def sampling_kwargs(seed: int, steps: int, sampler_name: str, cfg: float, shift: float, audio_cfg: float) -> dict:
-    """The node settings as ``AnyTalkerPipeline.denoise`` keyword arguments (with ComfyUI's progress/cancel)."""
+    """The node settings as :func:`anytalker_core.generation.stages.denoise` keyword arguments (with ComfyUI's
+    progress/cancel)."""
     separate = audio_cfg > 0
     return dict(steps=steps, shift=shift or None, sampler=sampler_name, guidance=cfg,
                 text_guidance=cfg if separate else None, audio_guidance=audio_cfg if separate else None,
@@ -211,11 +212,11 @@ class AnyTalkerSampler(io.ComfyNode):
                 cfg: float = 4.5, shift: float = 0.0, audio_cfg: float = 0.0) -> io.NodeOutput:
         import comfy.latent_formats
 
-        from anytalker_core.generation.pipeline import AnyTalkerPipeline
+        from anytalker_core.generation.stages import Placement, denoise
 
         with dit_on_device(model, conditioning) as (condition, device):
-            pipe = AnyTalkerPipeline(model.dit, None, None, None, None, device=device, dtype=model.dtype)
-            latent = pipe.denoise(condition, **sampling_kwargs(seed, steps, sampler_name, cfg, shift, audio_cfg))
+            latent = denoise(model.dit, condition, placement=Placement(device, model.dtype),
+                             **sampling_kwargs(seed, steps, sampler_name, cfg, shift, audio_cfg))
         raw = comfy.latent_formats.Wan21().process_out(latent.detach().float().cpu())
         return io.NodeOutput({"samples": raw})
 
@@ -251,12 +252,12 @@ class AnyTalkerLongSampler(io.ComfyNode):
     def execute(cls, model, conditioning, vae, clip_vision, window_frames: int = 81, seed: int = 42,
                 steps: int = 40, sampler_name: str = "unipc", cfg: float = 4.5, shift: float = 0.0,
                 audio_cfg: float = 0.0) -> io.NodeOutput:
+        from anytalker_core.generation.stages import Placement, SamplingModels
         from anytalker_core.generation.windows import generate_windows
-        from anytalker_core.generation.pipeline import AnyTalkerPipeline
 
         with dit_on_device(model, conditioning) as (condition, device):
-            pipe = AnyTalkerPipeline(model.dit, None, bridge.ClipVisionAdapter(clip_vision), bridge.VaeAdapter(vae),
-                                     None, device=device, dtype=model.dtype)
+            pipe = SamplingModels(model.dit, bridge.ClipVisionAdapter(clip_vision), bridge.VaeAdapter(vae),
+                                  Placement(device, model.dtype))
             # generate_windows reports progress as (done, windows x steps): the bar takes that total
             frames = generate_windows(pipe, condition, window_frames,
                                       **sampling_kwargs(seed, steps, sampler_name, cfg, shift, audio_cfg))

@@ -105,7 +105,9 @@ class Spy:
 
     def __init__(self, pipe, monkeypatch):
         self.denoised, self.decoded, self.first_frames = [], [], []
-        denoise, decode, encode_first = pipe.denoise, pipe.decode, pipe.encode_first_frame
+        from anytalker_core.generation import stages
+
+        denoise, decode, encode_first = pipe.denoise, pipe.decode, stages.encode_first_frame
 
         def spy_denoise(condition, **kw):
             self.denoised.append((condition, kw["seed"]))
@@ -115,13 +117,13 @@ class Spy:
             self.decoded.append(decode(latent))
             return self.decoded[-1]
 
-        def spy_encode_first(image, plan):
+        def spy_encode_first(clip_vision, vae, image, plan, placement):
             self.first_frames.append(np.array(image))
-            return encode_first(image, plan)
+            return encode_first(clip_vision, vae, image, plan, placement)
 
         monkeypatch.setattr(pipe, "denoise", spy_denoise)
         monkeypatch.setattr(pipe, "decode", spy_decode)
-        monkeypatch.setattr(pipe, "encode_first_frame", spy_encode_first)
+        monkeypatch.setattr(stages, "encode_first_frame", spy_encode_first)
 
 
 @needs_espeak

@@ -2,7 +2,7 @@
 
 Every ``sample_every`` steps the main process takes the configured cached samples (their first
 frame latent, masks, face tokens, audio features and caption embedding — no encoder is needed), runs
-the inference sampler of :class:`anytalker_core.generation.pipeline.AnyTalkerPipeline` (``denoise``) with the
+the inference sampler (:func:`anytalker_core.generation.stages.denoise`) with the
 training weights, and writes ``RUN/samples/step-XXXXXXXX_<id>.safetensors`` (the latent). If
 ``sample_vae`` names a VAE file, the latent is also decoded to ``…_<id>.mp4``, with the source clip's
 audio when that file is still at hand.
@@ -43,16 +43,16 @@ class ValidationSampler:
         self._vae = None
 
     def _condition(self, sample: CachedSample, device: torch.device):
-        from anytalker_core.generation.pipeline import Condition, PromptEmbeds, VideoPlan
+        from anytalker_core.generation.types import Conditioning, PromptEmbeds, VideoPlan
 
         batch = collate([sample], audio_window=self.audio_window).to(device)
         empty = self.shared.empty
         null = (empty[None].to(device) if empty is not None else torch.zeros_like(batch.context))
         h, w = sample.image_hw
         frames = int(sample.audio_features.shape[1])
-        return Condition(y=batch.y, clip_fea=batch.clip_fea, speakers=batch.speakers(),
-                         prompts=PromptEmbeds(context=batch.context, context_null=null),
-                         plan=VideoPlan(height=h, width=w, frame_num=frames))
+        return Conditioning(y=batch.y, clip_fea=batch.clip_fea, speakers=batch.speakers(),
+                            prompts=PromptEmbeds(context=batch.context, context_null=null),
+                            plan=VideoPlan(height=h, width=w, frame_num=frames))
 
     def _load_vae(self, device: torch.device):
         if self.vae_path and self._vae is None:
@@ -79,25 +79,25 @@ class ValidationSampler:
     def __call__(self, model: torch.nn.Module, step: int, device: torch.device) -> list[Path]:
         from safetensors.torch import save_file
 
-        from anytalker_core.generation.pipeline import AnyTalkerPipeline
+        from anytalker_core.generation.stages import Placement, decode, denoise
 
         was_training = model.training
         model.eval()
         vae = self._load_vae(device)
-        pipe = AnyTalkerPipeline(model, None, None, vae, None, device=device, dtype=torch.float32)
+        placement = Placement(device, torch.float32)
         written = []
         self.out_dir.mkdir(parents=True, exist_ok=True)
         try:
             for sample in self.samples:
-                latent = pipe.denoise(self._condition(sample, device), steps=self.steps, guidance=self.guidance,
-                                      seed=self.seed)
+                latent = denoise(model, self._condition(sample, device), steps=self.steps, guidance=self.guidance,
+                                 seed=self.seed, placement=placement)
                 stem = self.out_dir / f"step-{step:08d}_{sample.sample_id}"
                 save_file({"latent": latent.float().cpu().contiguous()}, str(stem.with_suffix(".safetensors")))
                 written.append(stem.with_suffix(".safetensors"))
                 if vae is not None:
                     from anytalker_core.io.media import write_video
 
-                    frames = pipe.decode(latent)
+                    frames = decode(vae, latent, placement)
                     fps = float(sample.meta.get("fps", 24.0))
                     audio = self._source_audio(sample, frames.shape[0], fps)
                     written.append(write_video(stem.with_suffix(".mp4"), frames, fps, audio=audio))

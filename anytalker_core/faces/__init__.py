@@ -16,12 +16,13 @@ from .detect import (BACKENDS, FaceBox, FaceDetector, InsightFaceDetector, Media
 from .masks import (HEIGHT_SCALE, WIDTH_SCALE, FaceMasks, box_mask, build_face_masks, build_face_masks_from_masks,
                     crop_box, crop_faces, expand_mask, select_faces, split_mask, square_box, token_mask_grid,
                     validate_boxes, y_mask_channels)
-from .prepare import locate_faces, prepare_faces
+from .prepare import detect_and_select, locate_faces, prepare_faces
 from .preview import draw_preview
 
 __all__ = [
     "BACKENDS", "FaceBox", "FaceDetector", "InsightFaceDetector", "MediaPipeDetector", "find_insightface_pack",
     "load_detector", "HEIGHT_SCALE", "WIDTH_SCALE", "FaceMasks", "box_mask", "build_face_masks",
     "build_face_masks_from_masks", "crop_box", "crop_faces", "expand_mask", "select_faces", "split_mask", "square_box",
-    "token_mask_grid", "validate_boxes", "y_mask_channels", "locate_faces", "prepare_faces", "draw_preview",
+    "token_mask_grid", "validate_boxes", "y_mask_channels", "detect_and_select", "locate_faces", "prepare_faces",
+    "draw_preview",
 ]

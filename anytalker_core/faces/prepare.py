@@ -51,6 +51,25 @@ def _usable(box: FaceBox | Sequence[float], image_hw: tuple[int, int]) -> np.nda
         return None
 
 
+def detect_and_select(image: np.ndarray, detector: FaceDetector, num_speakers: int | None = None
+                      ) -> list[np.ndarray]:
+    """The one face-selection rule, used by every caller (generation, the CLI preview, the Face Masks node).
+
+    Detections that are degenerate or off the image are dropped (detectors produce them near the border);
+    of the rest the ``num_speakers`` largest are kept (``None``: all), ordered left to right.
+
+    Raises:
+        InputError: no usable face, or fewer than ``num_speakers``.
+    """
+    image = check_image(image)
+    hw = image.shape[:2]
+    name = getattr(detector, "name", "?")
+    found = [b for b in (_usable(d, hw) for d in detector.detect(image)) if b is not None]
+    log.info("%s detector found %d face(s)", name, len(found))
+    n = num_speakers if num_speakers is not None else max(len(found), 1)
+    return select_faces(found, n, source=f"the reference image (detector '{name}')")
+
+
 def locate_faces(image: np.ndarray, num_speakers: int, *, detector: FaceDetector | None = None,
                  boxes: Sequence[FaceBox | Sequence[float]] | np.ndarray | None = None,
                  order: Sequence[int] | None = None) -> list[np.ndarray]:
@@ -62,10 +81,7 @@ def locate_faces(image: np.ndarray, num_speakers: int, *, detector: FaceDetector
         _count_check("box", len(checked), num_speakers)
         chosen = checked
     elif detector is not None:
-        name = getattr(detector, "name", "?")
-        found = [b for b in (_usable(d, hw) for d in detector.detect(image)) if b is not None]
-        log.info("%s detector found %d face(s)", name, len(found))
-        chosen = select_faces(found, num_speakers, source=f"the reference image (detector '{name}')")
+        chosen = detect_and_select(image, detector, num_speakers)
     else:
         raise InputError("faces: no detector, boxes or masks given; pass one of them to place the speakers")
     return [chosen[k] for k in _check_order(order, len(chosen))]

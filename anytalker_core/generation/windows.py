@@ -11,7 +11,7 @@ out of distribution and its memory grows with the length. So a clip of ``T = 4n+
   ``(T−1)`` is a multiple of ``W−1`` the last window is a full one ending exactly at ``T−1``).
 * **Audio**: computed once for the whole timeline; window ``k`` reads ``features[:, start:start+len]``, so
   the audio windows at its edges hold the real neighbouring audio, as inside a single pass.
-* **Conditioning** (:meth:`.pipeline.Condition.window`, :meth:`.pipeline.AnyTalkerPipeline.condition_from_frame`):
+* **Conditioning** (:meth:`.types.Conditioning.window`, :func:`.stages.condition_from_frame`):
   window 0 is conditioned on the user's image; window ``k ≥ 1`` on the **last decoded frame of window
   k−1** (its first-frame latent and its ``clip_fea`` are re-encoded from that frame). Face masks, token
   masks and the faces' CLIP tokens stay those of the original image: this assumes the people stay
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -37,12 +37,12 @@ from ..constants import WINDOW_FRAMES
 from ..errors import InputError, Interrupted
 
 if TYPE_CHECKING:
-    from .pipeline import AnyTalkerPipeline, Condition
+    from .types import Conditioning
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_WINDOW_FRAMES", "Window", "check_window_frames", "needs_windows", "plan_windows", "stitch",
-           "generate_windows"]
+__all__ = ["DEFAULT_WINDOW_FRAMES", "Window", "WindowStages", "check_window_frames", "needs_windows", "plan_windows",
+           "stitch", "generate_windows"]
 
 DEFAULT_WINDOW_FRAMES = WINDOW_FRAMES  # the training length
 
@@ -59,6 +59,21 @@ class Window:
     def end(self) -> int:
         """One past the window's last frame."""
         return self.start + self.length
+
+
+class WindowStages(Protocol):
+    """The stages a chained-window run needs (``AnyTalkerPipeline`` has them; so can any holder of a DiT, a
+    CLIP vision model and a VAE, e.g. a ComfyUI node)."""
+
+    def denoise(self, condition: Any, *, steps: int, seed: int, progress: Any = None, should_stop: Any = None,
+                **sampling: Any) -> Any:
+        """Sample the window's latent ``[1, 16, F, h, w]``."""
+
+    def decode(self, latent: Any) -> np.ndarray:
+        """Latent -> uint8 frames ``[4(F-1)+1, H, W, 3]``."""
+
+    def condition_from_frame(self, condition: Any, frame: np.ndarray) -> Any:
+        """``condition`` re-conditioned on ``frame`` (uint8 ``[H, W, 3]``) as its first frame."""
 
 
 def check_window_frames(window_frames: int, what: str = "window_frames") -> int:
@@ -106,14 +121,14 @@ def stitch(window_frames: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate([window_frames[0], *(f[1:] for f in window_frames[1:])], axis=0)
 
 
-def generate_windows(pipe: "AnyTalkerPipeline", condition: "Condition", window_frames: int, *, steps: int,
+def generate_windows(pipe: WindowStages, condition: "Conditioning", window_frames: int, *, steps: int,
                      seed: int, progress: Callable[[int, int], None] | None = None,
                      should_stop: Callable[[], bool] | None = None, **sampling: Any) -> np.ndarray:
     """Denoise and decode a whole-timeline ``condition`` window by window → uint8 frames ``[T, H, W, 3]``.
 
     Args:
-        pipe: the pipeline (its ``denoise``, ``decode``, ``condition_from_frame`` stages are used).
-        condition: the conditioning of the whole clip (:meth:`.pipeline.AnyTalkerPipeline.build_condition`
+        pipe: the three stages (:class:`WindowStages`; ``AnyTalkerPipeline`` is one).
+        condition: the conditioning of the whole clip (:func:`.stages.condition`
             with the user's image and the audio of the whole timeline).
         window_frames: ``4m+1`` frames per window (``0``: one pass).
         steps: denoising steps per window.
