@@ -19,6 +19,8 @@ Weights are random: the numbers measure speed and memory, not quality.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import threading
@@ -26,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from unittest import mock
 
 PRESETS = {
     # name: (dim, ffn_dim, heads, layers)
@@ -56,7 +59,16 @@ def measure(args: argparse.Namespace, n: int, frames: int, impl: str) -> dict:
                           afca="fused", text_dim=args.text_dim, audio_intermediate_dim=args.audio_hidden)
     device, dtype = torch.device(args.device), getattr(torch, DTYPES[args.dtype])
     model = AnyTalkerDiT(cfg, device=device, dtype=dtype).eval()
-    model.use_dense_afca_reference(impl == "dense")
+
+    def afca_mode():
+        """The reference's dense-mask AFCA in place of the frame-local one, for the "dense" runs."""
+        if impl != "dense":
+            return contextlib.nullcontext()
+        import anytalker_core.model.dit as dit_module
+        from anytalker_core.model import afca
+
+        return mock.patch.object(dit_module, "fused_afca_sum",
+                                 functools.partial(afca.fused_afca_sum, impl=afca.dense_fused_afca))
     h, w = (int(v) // 8 for v in args.size.split("x"))
     lat_f = (frames - 1) // 4 + 1
     g = torch.Generator(device="cpu").manual_seed(1)
@@ -74,7 +86,7 @@ def measure(args: argparse.Namespace, n: int, frames: int, impl: str) -> dict:
     t = torch.tensor([500], device=device)
 
     def run():
-        with torch.no_grad():
+        with torch.no_grad(), afca_mode():
             model(x, t, ctx, clip, y, speakers)
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -169,15 +169,12 @@ def dit_on_device(model, conditioning) -> Iterator[tuple[object, torch.device]]:
     """
     import comfy.model_management as mm
 
-    from anytalker_core.model.attention import set_attention_backend
-
     dit = model.dit
     check_widths(conditioning, dit.config)
     device = mm.get_torch_device()
     condition = condition_to(conditioning, device, model.dtype)
     condition.prompts.context = fit_text(condition.prompts.context, dit.config.text_len, "positive")
     condition.prompts.context_null = fit_text(condition.prompts.context_null, dit.config.text_len, "negative")
-    set_attention_backend(model.attention)
 
     weights = sum(p.numel() * p.element_size() for p in dit.parameters())
     mm.free_memory(weights * 1.3, device)  # room for the DiT plus activations: other models are offloaded

@@ -65,13 +65,12 @@ class AnyTalkerModelLoader(io.ComfyNode):
         import comfy.model_management as mm
         import folder_paths
 
-        from anytalker_core.model.attention import set_attention_backend
         from anytalker_core.model.checkpoint import load_dit
 
-        set_attention_backend(attention)  # fails early, naming the missing package
         path = folder_paths.get_full_path_or_raise("diffusion_models", model_name)
         dtype = resolve_dtype(weight_dtype, mm.get_torch_device())
-        dit = load_dit(path, device=mm.unet_offload_device(), dtype=dtype, weight_dtype=STORAGE[block_storage])
+        dit = load_dit(path, device=mm.unet_offload_device(), dtype=dtype, weight_dtype=STORAGE[block_storage],
+                       attention=attention)  # the model's own attention backend (a missing package fails here)
         return io.NodeOutput(AnyTalkerModel(dit=dit, dtype=dtype, attention=attention, name=model_name))
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
 
 from anytalker_core.model.afca import dense_fused_afca, fused_afca
-from anytalker_core.model.attention import set_attention_backend
+from anytalker_core.model.attention import check_attention_backend
 from anytalker_core.model.checkpoint import convert_checkpoint, load_dit, read_state_dict, save_dit
 from anytalker_core.model.speaker import Speaker
 from anytalker_core.model.config import AnyTalkerConfig
@@ -146,14 +149,25 @@ def test_frame_local_equals_dense_mask(frames):
                                atol=1e-5, rtol=1e-5)
 
 
+@contextlib.contextmanager
+def dense_afca():
+    """The whole model with the reference's dense-mask AFCA in place of the frame-local one (test only)."""
+    import anytalker_core.model.dit as dit_module
+    from anytalker_core.model import afca
+
+    with mock.patch.object(dit_module, "fused_afca_sum", functools.partial(afca.fused_afca_sum,
+                                                                           impl=dense_fused_afca)):
+        yield
+
+
 def test_dense_reference_mode_gives_same_model_output():
     torch.manual_seed(0)
     model = AnyTalkerDiT(AnyTalkerConfig.tiny("fused")).eval()
     inputs = make_inputs(model.config, 2, frames=4)
     with torch.no_grad():
         local = model(*inputs)
-        model.use_dense_afca_reference(True)
-        dense = model(*inputs)
+        with dense_afca():
+            dense = model(*inputs)
     torch.testing.assert_close(local, dense, atol=1e-5, rtol=1e-5)
 
 
@@ -191,12 +205,36 @@ def test_fixture_model_in_bf16(fixtures):
     assert (out - expected).abs().max() < 0.05 * expected.abs().max()
 
 
-def test_attention_backend_errors():
+def test_attention_backend_errors(model):
     with pytest.raises(InputError, match="unknown"):
-        set_attention_backend("xformers")
+        check_attention_backend("xformers")
     with pytest.raises(InputError, match="not installed"):
-        set_attention_backend("flash_attn")
-    set_attention_backend("sdpa")
+        model.attention_backend = "flash_attn"
+    assert model.attention_backend == "sdpa"  # unchanged by the refused setting
+    with pytest.raises(InputError, match="not installed"):
+        load_dit("never-read.pth", attention="sage")  # refused before any file is read
+
+
+def test_attention_backend_belongs_to_the_model(monkeypatch):
+    """Each loaded model runs with its own backend; nothing process-wide is set (no setter exists)."""
+    from anytalker_core.model import attention as attn
+
+    assert not hasattr(attn, "set_attention_backend")
+    fake = object()
+    monkeypatch.setattr(attn, "BACKENDS", (*attn.BACKENDS, "fake"))
+    monkeypatch.setattr(attn, "available_backends", lambda: ["sdpa", "fake"])
+    monkeypatch.setattr(attn, "_make_kernel", lambda name: fake if name == "fake" else None)
+    torch.manual_seed(0)
+    a, b = AnyTalkerDiT(AnyTalkerConfig.tiny("fused")).eval(), AnyTalkerDiT(AnyTalkerConfig.tiny("fused")).eval()
+    a.attention_backend = "fake"
+    seen = []
+    for m in (a, b):
+        m.blocks[0].register_forward_pre_hook(lambda mod, args, m=m: seen.append((m, attn._kernel.get())))
+    inputs = make_inputs(a.config, 1)
+    with torch.no_grad():
+        a(*inputs)
+        b(*inputs)
+    assert seen == [(a, fake), (b, None)] and attn._kernel.get() is None
 
 
 # ---------------------------------------------------------------- checkpoints

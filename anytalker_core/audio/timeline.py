@@ -89,10 +89,6 @@ class AudioConditioning:
         """Video duration in seconds."""
         return self.frame_num / self.fps
 
-    def track(self, i: int) -> torch.Tensor:
-        """``[F, 5, L, C]`` features of identity ``i``."""
-        return self.features[i]
-
 
 # ----------------------------------------------------------------------------- frame counts
 

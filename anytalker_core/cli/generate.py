@@ -20,7 +20,7 @@ import argparse
 import json
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..constants import MAX_AREA
@@ -45,7 +45,6 @@ class BatchTask:
     negative_prompt: str | None = None
     seed: int | None = None
     boxes: list[list[float]] | None = None
-    extra: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------- args
@@ -224,10 +223,12 @@ def _parse_task(name: str, data: dict, base: Path, where: str) -> BatchTask:
             raise InputError(f"{where}.boxes: expected [[x1, y1, x2, y2], ...] (one per person)")
     known = {"image_path", "cond_image", "image", "audio_list", "cond_audio", "audio_left", "audio_right", "audio",
              "enhance_caption", "caption", "prompt", "audio_type", "mode", "seed", "boxes", "negative_prompt"}
+    ignored = sorted(k for k in data if k not in known)
+    if ignored:
+        log.warning("%s: ignoring unknown key(s) %s", where, ", ".join(ignored))
     return BatchTask(
         name=name, image=image, audio=audio, prompt=prompt, audio_mode=mode,
         negative_prompt=data.get("negative_prompt"), seed=seed, boxes=boxes,
-        extra={k: v for k, v in data.items() if k not in known},
     )
 
 

@@ -263,11 +263,6 @@ class WanVAE:
         else:
             self.model.disable_tiling()
 
-    @staticmethod
-    def latent_frames(num_frames: int) -> int:
-        """Latent frames for ``num_frames`` (= 4n+1) video frames: ``1 + (num_frames - 1) // 4``."""
-        return 1 + (num_frames - 1) // 4
-
     @torch.inference_mode()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """``video [B, 3, T, H, W]`` in -1..1 (T = 4n+1, H and W multiples of 8) -> ``[B, 16, 1+(T-1)//4, H/8, W/8]``.

@@ -1,17 +1,20 @@
 """The one attention dispatch point.
 
 Every attention in the DiT (self, text, image, AFCA) calls :func:`attention` with tensors laid out
-``[B, S, heads, head_dim]``. The backend is PyTorch SDPA unless another is selected with
-:func:`set_attention_backend`: ``flash_attn`` (FlashAttention 2/3) or ``sage`` (SageAttention), used
-only for unmasked half-precision calls on CUDA, the only case they support; other calls fall back
-to SDPA, which computes the same function.
+``[B, S, heads, head_dim]``. The backend is PyTorch SDPA unless a model selects another
+(``AnyTalkerDiT.attention_backend``, applied with :func:`use_attention_backend` for the duration of its
+forward): ``flash_attn`` (FlashAttention 2/3) or ``sage`` (SageAttention), used only for unmasked
+half-precision calls on CUDA, the only case they support; other calls fall back to SDPA, which computes
+the same function. There is no process-wide setting: two loaded models may use different backends.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib.util
 import logging
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +24,8 @@ from ..errors import InputError
 log = logging.getLogger(__name__)
 
 BACKENDS = ("sdpa", "flash_attn", "sage")
-_kernel: Callable | None = None  # None = PyTorch SDPA
+#: the kernel of the model whose forward is running (None = PyTorch SDPA)
+_kernel: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("anytalker_attention_kernel", default=None)
 
 
 def available_backends() -> list[str]:
@@ -34,25 +38,38 @@ def available_backends() -> list[str]:
     return found
 
 
-def set_attention_backend(name: str) -> None:
-    """Select the attention kernel for every later call (``sdpa``, ``flash_attn`` or ``sage``)."""
-    global _kernel
+def check_attention_backend(name: str) -> str:
+    """``name`` if it is a backend whose package is installed here; an :class:`InputError` naming the
+    missing package otherwise."""
     if name not in BACKENDS:
         raise InputError(f"attention backend {name!r} is unknown; choose one of {', '.join(BACKENDS)}")
     if name not in available_backends():
         package = {"flash_attn": "flash-attn", "sage": "sageattention"}[name]
         raise InputError(f"attention backend {name!r} needs the '{package}' package, which is not installed "
                          f"(pip install {package}); available here: {', '.join(available_backends())}")
-    _kernel = None
+    return name
+
+
+def _make_kernel(name: str) -> Callable | None:
     if name == "flash_attn":
         from flash_attn import flash_attn_func
 
-        _kernel = lambda q, k, v: flash_attn_func(q, k, v)  # noqa: E731  [B,S,H,D] layout natively
-    elif name == "sage":
+        return lambda q, k, v: flash_attn_func(q, k, v)  # [B,S,H,D] layout natively
+    if name == "sage":
         from sageattention import sageattn
 
-        _kernel = lambda q, k, v: sageattn(q, k, v, tensor_layout="NHD")  # noqa: E731
-    log.info("attention backend: %s", name)
+        return lambda q, k, v: sageattn(q, k, v, tensor_layout="NHD")
+    return None
+
+
+@contextlib.contextmanager
+def use_attention_backend(name: str) -> Iterator[None]:
+    """Run :func:`attention` calls inside the block with backend ``name`` (then restore the previous one)."""
+    token = _kernel.set(_make_kernel(check_attention_backend(name)))
+    try:
+        yield
+    finally:
+        _kernel.reset(token)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -62,9 +79,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q ``[B, Sq, H, D]``, k/v ``[B, Sk, H, D]``, optional boolean ``mask`` broadcastable to
     ``[B, H, Sq, Sk]`` (True = may attend). Returns ``[B, Sq, H, D]`` in q's dtype.
     """
-    if (_kernel is not None and mask is None and q.is_cuda
+    kernel = _kernel.get()
+    if (kernel is not None and mask is None and q.is_cuda
             and q.dtype in (torch.float16, torch.bfloat16)):
-        return _kernel(q, k.to(q.dtype), v.to(q.dtype))
+        return kernel(q, k.to(q.dtype), v.to(q.dtype))
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.to(q.dtype).transpose(1, 2), v.to(q.dtype).transpose(1, 2), attn_mask=mask)
     return out.transpose(1, 2)

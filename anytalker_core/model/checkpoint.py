@@ -155,18 +155,24 @@ def build_dit(sd: Mapping[str, torch.Tensor], config: AnyTalkerConfig, path: Pat
 
 
 def load_dit(path: str | Path, config_path: str | Path | None = None, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32, weight_dtype: torch.dtype | None = None):
+             dtype: torch.dtype = torch.float32, weight_dtype: torch.dtype | None = None, attention: str = "sdpa"):
     """Load an AnyTalker DiT (released ``.pth`` or ``.safetensors``) in eval mode on ``device``.
 
     ``dtype`` is the compute dtype; ``weight_dtype=torch.float8_e4m3fn`` halves the memory of the
-    transformer blocks (see :mod:`anytalker_core.quantization`).
+    transformer blocks (see :mod:`anytalker_core.model.quantization`); ``attention`` is the model's
+    attention backend (``AnyTalkerDiT.attention_backend``: ``sdpa``, ``flash_attn`` or ``sage``).
     """
+    from .attention import check_attention_backend
+
+    check_attention_backend(attention)  # before the weights are read: a missing package fails fast
     path = Path(path)
     sd, hints = read_state_dict(path)
     config = resolve_config(path, sd, hints, config_path)
     log.info("loading %s: %s AFCA, dim %d, %d layers, %d heads", path.name, config.afca, config.dim,
              config.num_layers, config.num_heads)
-    return build_dit(sd, config, path, device, dtype, weight_dtype)
+    model = build_dit(sd, config, path, device, dtype, weight_dtype)
+    model.attention_backend = attention
+    return model
 
 
 def save_dit(model, path: str | Path, dtype: torch.dtype | None = None) -> Path:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -56,7 +56,6 @@ class AnyTalkerConfig:
     audio_context_tokens: int = 32  # audio tokens per video frame (fused) / latent frame (legacy)
     audio_output_dim: int = 768  # legacy only: width of the audio tokens (fused uses ``dim``)
     vae_scale: int = 4  # video frames per latent frame (after the first)
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.dim % self.num_heads:
@@ -73,24 +72,18 @@ class AnyTalkerConfig:
         return self.dim // self.num_heads
 
     @property
-    def audio_token_dim(self) -> int:
-        """Width of the audio tokens the AFCA keys/values are computed from."""
-        return self.dim if self.afca == "fused" else self.audio_output_dim
-
-    @property
     def audio_frame_features(self) -> int:
         """Flattened size of one video frame's windowed wav2vec2 features."""
         return self.audio_window * self.audio_layers * self.audio_channels
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data.pop("extra")
         data["patch_size"] = list(self.patch_size)
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "AnyTalkerConfig":
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         if "patch_size" in kwargs:
             kwargs["patch_size"] = tuple(kwargs["patch_size"])

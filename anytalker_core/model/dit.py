@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .afca import IdentityTokens, LegacyAudioCrossAttention, fused_afca, fused_afca_sum
-from .attention import attention
+from .afca import IdentityTokens, LegacyAudioCrossAttention, fused_afca_sum
+from .attention import attention, check_attention_backend, use_attention_backend
 from .speaker import Speaker
 from .config import AnyTalkerConfig
 from .embeddings import apply_rope, rope_angles, rope_cos_sin, sinusoidal_embedding
@@ -75,7 +75,6 @@ class CrossAttention(nn.Module):
         self.norm_k = _norm_or_identity(cfg.qk_norm, dim, eps, **kw)
         self.norm_k_img = _norm_or_identity(cfg.qk_norm, dim, eps, **kw)
         self.has_afca = afca
-        self.afca_impl = fused_afca  # the benchmark swaps in afca.dense_fused_afca
         if afca:
             self.k_audio, self.v_audio = nn.Linear(dim, dim, **kw), nn.Linear(dim, dim, **kw)
             self.k_face, self.v_face = nn.Linear(dim, dim, **kw), nn.Linear(dim, dim, **kw)
@@ -97,7 +96,7 @@ class CrossAttention(nn.Module):
         if self.has_afca and identities:
             out = out + fused_afca_sum(q, identities, self.k_audio, self.v_audio, self.k_face, self.v_face,
                                        self.norm_k_audio, self.norm_k_face, self.heads, frames,
-                                       self.vae_scale, impl=self.afca_impl)
+                                       self.vae_scale)
         return self.o(out)
 
 
@@ -182,18 +181,25 @@ class AnyTalkerDiT(nn.Module):
                 cfg.audio_frame_features, latter_rows * cfg.audio_layers * cfg.audio_channels,
                 cfg.audio_intermediate_dim, cfg.audio_context_tokens, cfg.audio_output_dim, **kw)
         self.gradient_checkpointing = False
+        self._attention_backend = "sdpa"
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def attention_backend(self) -> str:
+        """The attention kernel of this model's forward passes: ``sdpa`` (default), ``flash_attn`` or ``sage``."""
+        return self._attention_backend
+
+    @attention_backend.setter
+    def attention_backend(self, name: str) -> None:
+        self._attention_backend = check_attention_backend(name)  # fails now, naming a missing package
+
+    def __call__(self, *args, **kwargs):
+        with use_attention_backend(self._attention_backend):
+            return super().__call__(*args, **kwargs)
+
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each block in the backward pass (training memory ~ one block's activations)."""
         self.gradient_checkpointing = enabled
-
-    def use_dense_afca_reference(self, enabled: bool) -> None:
-        """Compute AFCA through the reference's dense boolean mask (benchmarks/equivalence tests only)."""
-        from .afca import dense_fused_afca
-
-        for block in self.blocks:
-            block.cross_attn.afca_impl = dense_fused_afca if enabled else fused_afca
 
     @property
     def dtype(self) -> torch.dtype:
@@ -203,7 +209,7 @@ class AnyTalkerDiT(nn.Module):
     def device(self) -> torch.device:
         return self.patch_embedding.weight.device
 
-    def embed_identity(self, speaker: Speaker, frames: int) -> IdentityTokens:
+    def embed_identity(self, speaker: Speaker) -> IdentityTokens:
         """Project one speaker's audio and face tokens into DiT width (done once per forward)."""
         cfg = self.config
         face = self.audio_ref_emb(speaker.face_clip)
@@ -251,7 +257,7 @@ class AnyTalkerDiT(nn.Module):
         image = self.img_emb(clip_fea)
         if cfg.afca == "legacy":  # reference quirk: the text attention also sees the CLIP tokens
             text = torch.cat([image, text], dim=1)
-        identities = [self.embed_identity(s, frames) for s in speakers]
+        identities = [self.embed_identity(s) for s in speakers]
 
         for block in self.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
