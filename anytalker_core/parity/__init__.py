@@ -5,10 +5,16 @@ A fixture is ``NAME.json`` (metadata, with a ``group`` and a ``tolerance``) besi
 ``RUNNERS``; a runner takes a :class:`Fixture`, runs *this project's* code on its inputs and
 returns one :class:`Comparison` per output. Runners read every size from the fixture itself, so
 fixtures with other dims, identity counts and frame counts work unchanged.
+
+Every golden tensor must be accounted for: compared (a :class:`Comparison` of that name) or declared an
+input in the runner's ``INPUTS`` (name patterns). :func:`run_fixture` turns any other tensor of the fixture
+into a failing comparison, so an output the code no longer produces (a renamed intermediate, a hook that
+captured nothing) fails the run instead of silently dropping out of it.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import json
 import math
@@ -133,9 +139,27 @@ def runner_for(group: str) -> Callable[[Fixture], list[Comparison]]:
     return module.run
 
 
+def runner_inputs(group: str) -> tuple[str, ...]:
+    """Name patterns (``fnmatch``) of the golden tensors that the group's runner reads as inputs."""
+    module = importlib.import_module(f"{__name__}.{RUNNERS[group]}")
+    return tuple(getattr(module, "INPUTS", ()))
+
+
+def not_compared(fixture: Fixture, results: list[Comparison], inputs: tuple[str, ...]) -> list[Comparison]:
+    """A failing comparison for every golden tensor of ``fixture`` that is neither compared nor an input."""
+    compared = {c.name for c in results}
+    return [Comparison(name, math.inf, math.inf, False,
+                       "not compared: the run produced nothing for this golden tensor (a missing capture, "
+                       "or an output this code no longer makes)")
+            for name in sorted(fixture.tensors)
+            if name not in compared and not any(fnmatch.fnmatchcase(name, p) for p in inputs)]
+
+
 def run_fixture(path: str | Path) -> list[Comparison]:
-    """Run this project's code on one fixture; returns every comparison (inputs-only files: none)."""
+    """Run this project's code on one fixture; returns every comparison (inputs-only files: none), a failing
+    one for each golden tensor that was not compared (see the module docstring)."""
     fixture = load_fixture(path)
     if fixture.group in INPUT_ONLY_GROUPS:
         return []
-    return runner_for(fixture.group)(fixture)
+    results = runner_for(fixture.group)(fixture)
+    return results + not_compared(fixture, results, runner_inputs(fixture.group))

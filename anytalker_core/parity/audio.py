@@ -12,6 +12,9 @@ from ..audio.wav2vec import load_wav2vec
 from ..errors import InputError
 from . import Comparison, Fixture, compare, compare_exact
 
+#: golden tensors read as inputs (the waveforms the official code read)
+INPUTS = ("wav_*",)
+
 log = logging.getLogger(__name__)
 
 

@@ -96,6 +96,7 @@ def run(fixture: Fixture) -> list[Comparison]:
     results: list[Comparison] = []
 
     outputs = sorted(k for k in expected if re.fullmatch(r"out_n\d+(_zero_audio)?", k))
+    outputs_n_all = None
     debug_call = f"out_n{n_all}"
     for name in outputs:
         n = int(re.match(r"out_n(\d+)", name).group(1))
@@ -111,6 +112,15 @@ def run(fixture: Fixture) -> list[Comparison]:
             if key == "dbg_time_projection":
                 actual = actual.reshape(expected[key].shape)
             results.append(compare(key, actual, expected[key], atol, rtol))
+        if name == f"out_n{n_all}":
+            outputs_n_all = out
+
+    # reference only: the official code's bf16-cast AFCA output, checked to lie within that cast's distance
+    # of the float32 output (``checks.max_abs_diff_official_bf16_afca_vs_fp32`` in the json)
+    gap = float(fixture.meta.get("checks", {}).get("max_abs_diff_official_bf16_afca_vs_fp32") or 1e-3)
+    for key in sorted(k for k in expected if re.fullmatch(r"ref_out_n\d+_official_bf16_afca", k)):
+        if key == f"ref_out_n{n_all}_official_bf16_afca" and outputs_n_all is not None:
+            results.append(compare(key, outputs_n_all, expected[key], 2 * gap + atol, 0.0))
 
     mask_key = next((k for k in expected if k.startswith("dbg_afca_attn_mask")), None)
     if mask_key is not None:

@@ -8,6 +8,9 @@ import torch
 from . import Comparison, Fixture, compare, compare_exact
 from ..faces.masks import build_face_masks, select_faces
 
+#: golden tensors read as inputs (the detector's boxes)
+INPUTS = ("detections_xyxy",)
+
 MASK_ATOL = 1e-6  # the fixture allows 1e-6 for resize summation order; we aim for exact
 
 

@@ -17,6 +17,9 @@ import torch
 from . import Comparison, Fixture, compare, compare_exact
 from ..metrics.interactivity import FaceObservation, compute_interactivity, side_names
 
+#: golden tensors read as inputs (the tracked faces)
+INPUTS = ("landmarks", "bboxes_xyxy", "present_b")
+
 REFERENCE_NUM_FACES = 2
 
 

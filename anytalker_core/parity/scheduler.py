@@ -16,6 +16,9 @@ import torch
 from . import Comparison, Fixture, compare, compare_exact
 from ..sampling import COND, UNCOND, Guidance, make_scheduler, per_branch, sample
 
+#: golden tensors read as inputs (the initial latent)
+INPUTS = ("noise",)
+
 SOLVERS = ("unipc", "dpmpp")
 _DEFAULTS = {"sigmas": (1e-7, 0.0), "final/trajectory": (1e-5, 1e-5)}
 _INPUT_SIGMAS_TOL = (1e-12, 0.0)  # float64 values computed the same way
