@@ -10,34 +10,17 @@ import pytest
 import torch
 
 from train import flow
-from train.buckets import BucketBatchSampler, bucket_size
+from train.buckets import BucketBatchSampler
 from train.data import (CacheIndex, CachedSample, SharedEmbeddings, collate, concat_side_by_side, identity_masks,
                         load_sample, window_audio)
 from train.prepare import frames_for_training, resample_indices, write_sample
 from train.trainer import apply_condition_dropout, lr_lambda
 
 from anytalker_core.errors import InputError
+from anytalker_core.sampling import target_size
 
 
 # ----------------------------------------------------------------------------------- buckets / sampler
-
-
-@pytest.mark.parametrize("hw, area, expect", [
-    ((480, 832), 832 * 480, (480, 832)),
-    ((1080, 1920), 832 * 480, (448, 832)),  # 16:9 → snapped to multiples of 32 under the area
-    ((1920, 1080), 832 * 480, (832, 448)),
-    ((512, 512), 832 * 480, (608, 608)),
-    ((256, 256), 128 * 128, (128, 128)),
-])
-def test_bucket_size(hw, area, expect):
-    h, w = bucket_size(*hw, max_area=area)
-    assert (h, w) == expect
-    assert h % 32 == 0 and w % 32 == 0 and h * w <= area
-
-
-def test_bucket_size_rejects_nonsense():
-    with pytest.raises(InputError, match="positive"):
-        bucket_size(0, 10)
 
 
 def _keys():
@@ -128,7 +111,7 @@ def test_resize_cover_fills_the_bucket_without_distortion():
 
     frames = np.zeros((2, 100, 180, 3), dtype=np.uint8)
     frames[:, :, 90:] = 255  # right half white
-    h, w = bucket_size(100, 180, max_area=96 * 160)
+    h, w = target_size(100, 180, max_area=96 * 160)
     out = resize_cover(frames, (h, w))
     assert out.shape == (2, h, w, 3) and out.dtype == np.uint8
     assert out[:, :, : w // 2 - 2].max() == 0 and out[:, :, w // 2 + 2:].min() == 255  # centre kept

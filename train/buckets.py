@@ -1,8 +1,7 @@
 """Resolution buckets and a distributed-aware batch sampler that never mixes shapes in a batch.
 
-* :func:`bucket_size` picks a clip's training size: the largest ``H×W`` with area ≤ ``max_area``
-  (480p: 832×480) that keeps the clip's aspect, both sides multiples of 32 — the same rule the
-  inference pipeline uses, so training and inference see the same sizes.
+* A clip's training size is :func:`anytalker_core.sampling.target_size`, the very function inference
+  uses, so training and inference see the same sizes (``train.prepare`` calls it).
 * :class:`BucketBatchSampler` groups cached samples by a shape key (identities, latent frames,
   latent height, latent width) and yields lists of sample indices. Each epoch's batch list is a pure
   function of ``(seed, epoch)``: indices are shuffled inside buckets, every batch flips the
@@ -14,7 +13,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Hashable, Iterator, Sequence
 
@@ -22,31 +20,7 @@ import numpy as np
 
 from anytalker_core.errors import InputError
 
-__all__ = ["bucket_size", "Batch", "BucketBatchSampler"]
-
-MAX_AREA_480P = 832 * 480
-
-
-def bucket_size(height: int, width: int, max_area: int = MAX_AREA_480P, multiple: int = 32) -> tuple[int, int]:
-    """Training size ``(H, W)`` for a ``height×width`` clip: area ≤ ``max_area``, aspect kept, sides % ``multiple``.
-
-    Sources smaller than ``max_area`` are scaled up to it (like inference); the caller centre-crops
-    the small aspect error that snapping introduces.
-    """
-    if height <= 0 or width <= 0:
-        raise InputError(f"bucket_size: image size must be positive, got {height}x{width}")
-    if max_area < multiple * multiple:
-        raise InputError(f"bucket_size: max_area {max_area} is smaller than one {multiple}x{multiple} block")
-    scale = math.sqrt(max_area / (height * width))
-    h = max(multiple, int(height * scale) // multiple * multiple)
-    w = max(multiple, int(width * scale) // multiple * multiple)
-    while h * w > max_area:  # snapping can only shrink, but guard the max(multiple, ...) floor
-        if h >= w:
-            h -= multiple
-        else:
-            w -= multiple
-    return h, w
-
+__all__ = ["Batch", "BucketBatchSampler"]
 
 @dataclass(frozen=True)
 class Batch:

@@ -41,8 +41,8 @@ import torch
 from anytalker_core.constants import SAMPLE_RATE
 from anytalker_core.errors import InputError, Interrupted
 from anytalker_core.io.atomic import save_safetensors_atomic, write_json_atomic
+from anytalker_core.sampling.sizes import target_size
 
-from .buckets import bucket_size
 from .config import PrepareConfig
 from .data import FIRST_FRAME_KEY, SHARED_EMBEDDINGS_FILE
 from .filters import audio_rms_db, faces_per_frame, motion_score
@@ -152,6 +152,13 @@ def resolve_shard(cfg: PrepareConfig) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------------- geometry
+
+
+def clip_size(frame_hw, cfg: PrepareConfig) -> tuple[int, int]:
+    """The training size ``(H, W)`` of a clip whose frames are ``frame_hw``: the size inference gives the same
+    image (:func:`anytalker_core.sampling.target_size`: area <= ``max_area``, aspect kept, sides multiples of
+    ``size_multiple``)."""
+    return target_size(int(frame_hw[0]), int(frame_hw[1]), max_area=cfg.max_area, multiple=cfg.size_multiple)
 
 
 def resample_indices(num_frames: int, src_fps: float, dst_fps: float) -> np.ndarray:
@@ -363,7 +370,7 @@ def process_clip(src: ClipSource, cfg: PrepareConfig, encoders: Encoders | None,
         on_result({**base, "id": src.sample_id, "status": "dropped", "reason": "too_short",
                    "detail": f"{len(index)} frames at {cfg.fps:g} fps, need at least {cfg.min_frames}"})
         return
-    size = bucket_size(*clip.frames.shape[1:3], max_area=cfg.max_area, multiple=cfg.size_multiple)
+    size = clip_size(clip.frames.shape[1:3], cfg)
     segments = min(cfg.segments_per_clip, max(1, len(index) // length))
     for seg in range(segments):
         sample_id = src.sample_id if cfg.segments_per_clip == 1 else f"{src.sample_id}__s{seg:03d}"
