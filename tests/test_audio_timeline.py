@@ -18,7 +18,8 @@ from anytalker_core.audio.timeline import (
     gated_rms,
     largest_4n1,
 )
-from anytalker_core.audio.wav2vec import load_wav2vec, make_tiny_wav2vec, video_frames_for_samples
+from anytalker_core.audio.wav2vec import load_wav2vec, video_frames_for_samples
+from anytalker_core.testing.tiny_wav2vec import make_tiny_wav2vec
 from anytalker_core.errors import InputError, Interrupted
 from anytalker_core.io.media import resample
 

@@ -11,13 +11,13 @@ from safetensors.torch import load_file, save_file
 from anytalker_core.audio.wav2vec import (
     infer_wav2vec_config,
     load_wav2vec,
-    make_tiny_wav2vec,
     normalize_state_dict,
     normalize_waveform,
     video_frames_for_samples,
     window_features,
 )
 from anytalker_core.errors import CheckpointError, InputError, MissingModelError
+from anytalker_core.testing.tiny_wav2vec import make_tiny_wav2vec
 
 
 def _save(sd, path):

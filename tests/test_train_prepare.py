@@ -60,7 +60,7 @@ def clips(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, str]:
-    from anytalker_core.audio.wav2vec import make_tiny_wav2vec
+    from anytalker_core.testing.tiny_wav2vec import make_tiny_wav2vec
     from anytalker_core.encoders import make_tiny_clip_vision, make_tiny_text_encoder, make_tiny_vae
 
     root = tmp_path_factory.mktemp("models")

@@ -96,7 +96,7 @@ def make_demo_dit(path: str | Path, widths: DemoWidths = DemoWidths()) -> Path:
 def build_demo_models(directory: str | Path, widths: DemoWidths = DemoWidths()):
     """Write the tiny model set under ``directory`` (ComfyUI ``models/`` layout) and return its
     :class:`~.model_paths.ModelPaths` (found by the same search users' files go through)."""
-    from ..audio import make_tiny_wav2vec
+    from .tiny_wav2vec import make_tiny_wav2vec
     from ..encoders import make_tiny_clip_vision, make_tiny_text_encoder, make_tiny_vae
     from ..io.model_paths import resolve_model_paths
 
