@@ -200,14 +200,10 @@ def score_video(
 # ------------------------------------------------------------------------------------------ folder runs
 def load_intervals(path: str | Path) -> dict[str, dict[str, list[list[float]]]]:
     """Read an InteractiveEyes-style intervals file ``{"clip.mp4": {"left": [[s, e]], "right": [...]}}``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"speaking-intervals file '{path}' does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"speaking-intervals file '{path}' is not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+    from ..io.json_files import read_json
+
+    data = read_json(path, "speaking-intervals file")
+    if not all(isinstance(v, dict) for v in data.values()):
         raise InputError(f"speaking-intervals file '{path}': expected {{\"clip.mp4\": {{\"left\": [[start, end], ...], "
                          "\"right\": [...]}}, ...}}")
     return data

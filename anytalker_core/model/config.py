@@ -10,7 +10,6 @@ cannot tell (number of heads, ``eps``, ``text_len``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,16 +129,9 @@ def config_from_json(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def read_config_json(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"config '{path}': no such file") from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"config '{path}': not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"config '{path}': expected a JSON object of model settings")
-    return config_from_json(data)
+    from ..io.json_files import read_json
+
+    return config_from_json(read_json(path, "config", CheckpointError, hint="of model settings"))
 
 
 def _shape(sd: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:

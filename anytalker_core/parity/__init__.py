@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import InputError
+from ..io.json_files import read_json
 
 # fixture "group" -> module in this package that defines run(fixture) -> list[Comparison]
 RUNNERS: dict[str, str] = {
@@ -122,11 +122,8 @@ def load_fixture(path: str | Path) -> Fixture:
         path = path.with_suffix(".json")
     if not path.is_file():
         raise InputError(f"fixture '{path}': no such file (expected NAME.json beside NAME.safetensors)")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"fixture '{path}': not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or "group" not in meta:
+    meta = read_json(path, "fixture", hint="a fixture's metadata")
+    if "group" not in meta:
         raise InputError(f"fixture '{path}': the json has no 'group' key, so it is not a fixture file")
     group = meta["group"]
     if group not in RUNNERS and group not in INPUT_ONLY_GROUPS:
