@@ -173,24 +173,25 @@ _WAN_TOP_KEYS = {"token_embedding.weight": "shared.weight", "norm.weight": "enco
 _HF_TOP_KEYS = {v: k for k, v in _WAN_TOP_KEYS.items()}
 
 
+def _rename_key(key: str, top: dict[str, str], block_pattern: str, block_keys: dict[str, str],
+                block_prefix: str) -> str | None:
+    """``key`` through one direction of the Wan <-> transformers key map (``None``: not in the map)."""
+    if key in top:
+        return top[key]
+    m = re.fullmatch(block_pattern, key)
+    if m and m.group(2) in block_keys:
+        return f"{block_prefix}.{m.group(1)}.{block_keys[m.group(2)]}"
+    return None
+
+
 def _wan_to_hf_key(key: str) -> str | None:
     """Wan ``T5Encoder`` key -> transformers ``UMT5EncoderModel`` key (``None``: not part of the encoder)."""
-    if key in _WAN_TOP_KEYS:
-        return _WAN_TOP_KEYS[key]
-    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", key)
-    if m and m.group(2) in _WAN_BLOCK_KEYS:
-        return f"encoder.block.{m.group(1)}.{_WAN_BLOCK_KEYS[m.group(2)]}"
-    return None
+    return _rename_key(key, _WAN_TOP_KEYS, r"blocks\.(\d+)\.(.+)", _WAN_BLOCK_KEYS, "encoder.block")
 
 
 def hf_to_wan_key(key: str) -> str | None:
     """Inverse of :func:`_wan_to_hf_key` (writes Wan-layout files; ``None`` for the tied ``embed_tokens``)."""
-    if key in _HF_TOP_KEYS:
-        return _HF_TOP_KEYS[key]
-    m = re.fullmatch(r"encoder\.block\.(\d+)\.(.+)", key)
-    if m and m.group(2) in _HF_BLOCK_KEYS:
-        return f"blocks.{m.group(1)}.{_HF_BLOCK_KEYS[m.group(2)]}"
-    return None
+    return _rename_key(key, _HF_TOP_KEYS, r"encoder\.block\.(\d+)\.(.+)", _HF_BLOCK_KEYS, "blocks")
 
 
 def _hf_state_dict(sd: LazyStateDict, weights: Path, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
