@@ -45,6 +45,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from anytalker_core.audio.wav2vec import window_features
 from anytalker_core.constants import VAE_SPATIAL_STRIDE
 from anytalker_core.errors import InputError
 
@@ -288,11 +289,9 @@ def identity_masks(
 
 
 def window_audio(features: torch.Tensor, window: int = 5) -> torch.Tensor:
-    """``[..., T, L, C]`` → ``[..., T, window, L, C]``: frame t takes frames t−2 … t+2, clamped at the ends."""
-    t = features.shape[-3]
-    half = window // 2
-    idx = (torch.arange(t)[:, None] + torch.arange(-half, half + 1)[None, :]).clamp(0, t - 1)  # [T, window]
-    return features[..., idx, :, :]
+    """``[..., T, L, C]`` → ``[..., T, window, L, C]``: frame t takes frames t−2 … t+2, clamped at the ends
+    (:func:`anytalker_core.audio.wav2vec.window_features`, the one windowing rule of inference)."""
+    return window_features(features, radius=window // 2)
 
 
 # ----------------------------------------------------------------------------------- two-person

@@ -86,13 +86,16 @@ def video_frames_for_samples(num_samples: int, fps: float, sample_rate: int = SA
 
 
 def window_features(hidden: torch.Tensor, radius: int = WINDOW_RADIUS) -> torch.Tensor:
-    """``[T, L, C]`` → ``[T, 2r+1, L, C]``: frame t takes frames ``clamp(t-r … t+r, 0, T-1)``."""
-    if hidden.ndim != 3:
-        raise InputError(f"window_features expects [T, L, C], got shape {tuple(hidden.shape)}")
-    t = hidden.shape[0]
+    """``[..., T, L, C]`` → ``[..., T, 2r+1, L, C]``: frame t takes frames ``clamp(t-r … t+r, 0, T-1)``.
+
+    The one audio-windowing function (inference, training's cached features, the parity runner).
+    """
+    if hidden.ndim < 3:
+        raise InputError(f"window_features expects [..., T, L, C], got shape {tuple(hidden.shape)}")
+    t = hidden.shape[-3]
     offsets = torch.arange(-radius, radius + 1, device=hidden.device)
     index = (torch.arange(t, device=hidden.device)[:, None] + offsets[None, :]).clamp(0, t - 1)  # [T, 2r+1]
-    return hidden[index]  # [T, 2r+1, L, C]
+    return hidden[..., index, :, :]  # [..., T, 2r+1, L, C]
 
 
 # ----------------------------------------------------------------------------- checkpoints
