@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
+from anytalker_core.constants import MAX_SPEAKERS
 from anytalker_core.errors import InputError
 
 from . import _bridge as bridge
@@ -16,7 +17,7 @@ from .types import AudioFeaturesType, FacesType, Wav2VecType
 
 log = logging.getLogger(__name__)
 
-MAX_PEOPLE = 8
+MAX_PEOPLE = MAX_SPEAKERS
 DETECTORS = ["auto", "insightface", "mediapipe"]
 
 

@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..constants import MAX_AREA
+from ..constants import MAX_AREA, WINDOW_FRAMES
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="number of frames, 4n+1, at most the audio's length (default: the audio's "
                                "length; 33 with --demo)")
     sampling.add_argument("--fps", type=int, default=24, help="output frame rate (the model was trained at 24)")
-    sampling.add_argument("--window-frames", type=int, default=81, metavar="W",
+    sampling.add_argument("--window-frames", type=int, default=WINDOW_FRAMES, metavar="W",
                           help="longest single pass, 4m+1 frames (default 81, the training length); longer clips "
                                "are generated in chained windows of W frames, each starting from the last frame "
                                "of the one before; 0 = the whole clip in one pass (the reference's behaviour)")
