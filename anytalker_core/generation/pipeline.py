@@ -69,6 +69,12 @@ class AnyTalkerPipeline:
     def __init__(self, dit: torch.nn.Module, text_encoder: Any, clip_vision: Any, vae: Any, wav2vec: Any,
                  face_detector: Any = None, *, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, offload: bool = False) -> None:
+        missing = [name for name, model in (("dit", dit), ("text_encoder", text_encoder), ("clip_vision", clip_vision),
+                                            ("vae", vae), ("wav2vec", wav2vec)) if model is None]
+        if missing:
+            raise TypeError(f"AnyTalkerPipeline composes all five loaded models; {', '.join(missing)} missing. To run "
+                            "single stages with some of the models, call anytalker_core.generation.stages (e.g. "
+                            "stages.denoise(dit, ...), stages.SamplingModels(dit, clip_vision, vae, placement))")
         self.dit = dit
         self.text_encoder = text_encoder
         self.clip_vision = clip_vision
