@@ -1,0 +1,7 @@
+"""The native ComfyUI route: AnyTalker as ComfyUI's own Wan MODEL.
+
+:mod:`.weights` loads a checkpoint through ComfyUI's loader (trunk) and registers the AnyTalker layers on
+the same ``WanModel``; :mod:`.patches` runs AFCA inside ComfyUI's Wan blocks through its patch hooks;
+:mod:`.conditioning` turns the core's ``Condition`` into CONDITIONING / LATENT; :mod:`.guider` is the
+separate text/audio guidance GUIDER; :mod:`.nodes` are the V3 nodes.
+"""
