@@ -13,6 +13,7 @@ from comfy_api.latest import ComfyExtension, io
 from .generate import AnyTalkerConditioning, AnyTalkerLongSampler, AnyTalkerSampler
 from .inputs import AnyTalkerAudioEncode, AnyTalkerFaceMasks
 from .loaders import AnyTalkerModelLoader, AnyTalkerWav2VecLoader
+from .native.nodes import NODES as NATIVE_NODES
 from .score import AnyTalkerScoreVideo
 
 NODES: list[type[io.ComfyNode]] = [
@@ -24,6 +25,7 @@ NODES: list[type[io.ComfyNode]] = [
     AnyTalkerSampler,
     AnyTalkerLongSampler,
     AnyTalkerScoreVideo,
+    *NATIVE_NODES,
 ]
 
 

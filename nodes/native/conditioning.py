@@ -18,7 +18,7 @@ import torch
 
 from anytalker_core.errors import InputError
 
-from .patches import patch_model
+from .patches import is_anytalker_model, patch_model
 from .weights import CONFIG_ATTR
 
 
@@ -57,8 +57,10 @@ def to_native(model, condition, positive: list, negative: list):
     """``(MODEL, positive, negative, LATENT)`` for ComfyUI's samplers from a core ``Condition``."""
     import comfy.latent_formats
 
-    dm = model.model.diffusion_model
-    cfg = getattr(dm, CONFIG_ATTR)
+    if not is_anytalker_model(model):
+        raise InputError("model: not an AnyTalker model; load the checkpoint with Load AnyTalker Diffusion "
+                         "Model (native) (the core Load Diffusion Model drops the AFCA weights)")
+    cfg = getattr(model.model.diffusion_model, CONFIG_ATTR)
     y = condition.y.detach().float().cpu()
     latent_format = comfy.latent_formats.Wan21()
     values = {

@@ -5,9 +5,8 @@ Three hooks, all put on a clone of the MODEL by :func:`patch_model`:
 * a ``DIFFUSION_MODEL`` wrapper (:class:`AnyTalkerForward`) projects every person's audio and face tokens
   once per model call, with the layers registered on the ``WanModel`` (:mod:`.weights`), and hands them
   to the blocks in ``transformer_options``. Batch entries of the unconditional branch
-  (``transformer_options["cond_or_uncond"]``) get zeroed audio, as the reference's null branch;
-  ``transformer_options[ZERO_AUDIO]`` zeroes it for every entry (the text-only branch of
-  :mod:`.guider`).
+  (``transformer_options["cond_or_uncond"]``) get zeroed audio, as the reference's null branch, and so
+  do the entries listed in ``transformer_options[ZERO_AUDIO]`` (the text-only branch of :mod:`.guider`).
 * fused AFCA (1.3B): it sits inside cross-attention and shares its query, so each block is replaced
   (``patches_replace["dit"][("double_block", i)]``) by :func:`fused_block`, the stock block computed
   from the block's own layers with ``o(text + image + Σ_i mask_i ⊙ AFCA_i)`` as cross-attention.
@@ -27,6 +26,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from anytalker_core.errors import InputError
 from anytalker_core.model.afca import IdentityTokens, fused_afca_sum
 from anytalker_core.model.layout import audio_window_for_latent_frames, flatten_token_mask
 from anytalker_core.model.speaker import Speaker
@@ -35,7 +35,7 @@ from .weights import CONFIG_ATTR
 
 #: transformer_options key of the per-call :class:`ForwardState`
 STATE = "anytalker"
-#: transformer_options flag: every batch entry gets zeroed audio (text-only guidance branch)
+#: transformer_options entry: uuids of conditioning entries that get zeroed audio (text-only guidance branch)
 ZERO_AUDIO = "anytalker_zero_audio"
 WRAPPER_KEY = "anytalker_afca"
 UNCOND = 1  # ComfyUI's cond_or_uncond marker of the negative branch
@@ -52,16 +52,23 @@ class ForwardState:
 
 
 def audio_enabled(transformer_options: dict, batch: int) -> torch.Tensor:
-    """``[B]`` bool: which batch entries get the real audio (cond entries, unless ZERO_AUDIO is set)."""
-    if transformer_options.get(ZERO_AUDIO, False):
-        return torch.zeros(batch, dtype=torch.bool)
+    """``[B]`` bool: which batch entries get the real audio.
+
+    ComfyUI batches the conditionings of one model call in chunks; ``cond_or_uncond[i]`` is the index of
+    chunk ``i``'s conditioning in the sampler's list (1 = the negative one) and ``uuids[i]`` its entry's
+    id. A chunk gets zeroed audio when it is the negative branch or its uuid is listed in
+    ``transformer_options[ZERO_AUDIO]`` (the text-only branch of :class:`.guider.AnyTalkerGuider`).
+    """
     marks = transformer_options.get("cond_or_uncond")
     if not marks:
         return torch.ones(batch, dtype=torch.bool)
     if batch % len(marks):
         raise RuntimeError(f"AnyTalker: batch of {batch} does not split into {len(marks)} conditioning chunks")
+    silent = transformer_options.get(ZERO_AUDIO, ())
+    uuids = transformer_options.get("uuids") or [None] * len(marks)
     per = batch // len(marks)
-    return torch.tensor([m != UNCOND for m in marks for _ in range(per)], dtype=torch.bool)
+    return torch.tensor([m != UNCOND and u not in silent for m, u in zip(marks, uuids) for _ in range(per)],
+                        dtype=torch.bool)
 
 
 def embed_identities(dm: nn.Module, speakers: Sequence[Speaker], enabled: torch.Tensor,
@@ -99,8 +106,8 @@ class AnyTalkerForward:
                  transformer_options={}, **kwargs):  # noqa: B006 - ComfyUI's own signature
         dm = executor.class_obj
         if clip_fea is None:
-            raise ValueError("AnyTalker: the conditioning has no CLIP vision output; build it with "
-                             "AnyTalker Native Conditioning")
+            raise InputError("AnyTalker: the conditioning has no CLIP vision output; build it with "
+                             "AnyTalker To Video (native)")
         enabled = audio_enabled(transformer_options, x.shape[0])
         identities = embed_identities(dm, self.speakers, enabled, x.device, x.dtype)
         options = dict(transformer_options)
@@ -208,7 +215,7 @@ def patch_model(model_patcher, speakers: Sequence[Speaker]):
     import comfy.patcher_extension
 
     if not is_anytalker_model(model_patcher):
-        raise ValueError("model: not an AnyTalker model; load it with Load AnyTalker Diffusion Model (native)")
+        raise InputError("model: not an AnyTalker model; load it with Load AnyTalker Diffusion Model (native)")
     cfg = getattr(model_patcher.model.diffusion_model, CONFIG_ATTR)
     model = model_patcher.clone()
     model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY)

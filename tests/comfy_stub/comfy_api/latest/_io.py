@@ -59,6 +59,8 @@ Latent = _comfytype("LATENT")
 Conditioning = _comfytype("CONDITIONING")
 ClipVision = _comfytype("CLIP_VISION")
 Vae = _comfytype("VAE")
+Model = _comfytype("MODEL")
+Guider = _comfytype("GUIDER")
 
 
 def Custom(io_type: str):
