@@ -3,7 +3,8 @@
 Graph: Load AnyTalker Diffusion Model (native) → [LoraLoaderModelOnly, TorchCompileModel, EasyCache,
 ModelSamplingSD3 ...] → AnyTalker To Video (native) (+ CLIP Text Encode, Load CLIP Vision, Load VAE, the
 pack's Audio Encode and Face Masks) → KSampler / SamplerCustomAdvanced (with AnyTalker Text/Audio Guider)
-→ VAE Decode → Create Video. Long clips: AnyTalker Extend Video (native) per further window.
+→ VAE Decode → Create Video. Long clips: per further window AnyTalker Extend Video (native) → KSampler → VAE
+Decode → AnyTalker Join Windows (native).
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ class AnyTalkerNativeExtend(io.ComfyNode):
             category="AnyTalker/native",
             description="The next window of a long clip: starts from the last of previous_frames (the clip so "
                         "far), with the audio of the frames that follow. Sample it, decode it, drop its first "
-                        "frame (Image From Batch, batch_index 1) and append it (Image Batch).",
+                        "frame and append it with AnyTalker Join Windows (native).",
             inputs=[
                 *_common_inputs(),
                 io.Image.Input("previous_frames", tooltip="Every frame generated so far (24 fps)."),
@@ -193,6 +194,30 @@ class AnyTalkerNativeExtend(io.ComfyNode):
         return io.NodeOutput(*to_native(model, window, positive, negative), left)
 
 
+class AnyTalkerNativeJoinWindows(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AnyTalkerNativeJoinWindows",
+            display_name="AnyTalker Join Windows (native)",
+            category="AnyTalker/native",
+            description="Appends a decoded window to the clip so far. Consecutive windows share one frame (the "
+                        "window starts from the clip's last frame), so the window's first frame is dropped.",
+            inputs=[
+                io.Image.Input("previous_frames", tooltip="The clip so far (what AnyTalker Extend Video got)."),
+                io.Image.Input("window", tooltip="VAE Decode of the window sampled from AnyTalker Extend Video."),
+            ],
+            outputs=[io.Image.Output(display_name="images", tooltip="The clip so far, this window included.")],
+        )
+
+    @classmethod
+    def execute(cls, previous_frames, window) -> io.NodeOutput:
+        if tuple(previous_frames.shape[1:]) != tuple(window.shape[1:]):
+            raise InputError(f"window: frames are {tuple(window.shape[1:3])} but previous_frames are "
+                             f"{tuple(previous_frames.shape[1:3])}; join windows of the same clip")
+        return io.NodeOutput(torch.cat([previous_frames, window[1:].to(previous_frames)], dim=0))
+
+
 class AnyTalkerNativeGuider(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -228,4 +253,4 @@ class AnyTalkerNativeGuider(io.ComfyNode):
 
 
 NODES: list[type[io.ComfyNode]] = [AnyTalkerNativeModelLoader, AnyTalkerNativeToVideo, AnyTalkerNativeExtend,
-                                   AnyTalkerNativeGuider]
+                                   AnyTalkerNativeJoinWindows, AnyTalkerNativeGuider]
