@@ -1,0 +1,161 @@
+"""The shipped native workflows (workflows/native_*.json) end to end in a real ComfyUI server.
+
+    COMFYUI_PATH=/path/to/ComfyUI [COMFYUI_PYTHON=/path/to/its/python] pytest tests/test_native_server.py
+
+Same server harness as tests/test_comfyui_server.py, with tiny models sized for ComfyUI's Wan model (CLIP
+width 1280, 128-wide heads) in models/: the UI-format workflows are converted with the server's own
+/object_info and run with the core KSampler to an mp4. TorchCompileModel is taken out of the LoRA + compile
+workflow (inductor needs minutes on a small CPU; tests/test_native_route.py covers it with
+ANYTALKER_TEST_COMPILE=1); its LoRA runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from test_comfyui_server import Server, ui_to_api
+
+COMFYUI = os.environ.get("COMFYUI_PATH")
+pytestmark = [pytest.mark.comfyui, pytest.mark.slow,
+              pytest.mark.skipif(not COMFYUI, reason="set COMFYUI_PATH to a ComfyUI checkout to run")]
+
+
+def native_models(root: Path) -> dict[str, Path]:
+    """Tiny random models in ComfyUI's models/ layout, widths chosen for ComfyUI's Wan model."""
+    import torch
+    from safetensors.torch import save_file
+
+    from anytalker_core.audio import make_tiny_wav2vec
+    from anytalker_core.encoders import make_tiny_clip_vision, make_tiny_text_encoder, make_tiny_vae
+    from anytalker_core.testing.demo import DemoWidths, make_demo_dit
+
+    dit = make_demo_dit(root / "diffusion_models" / "anytalker_native_tiny.safetensors",
+                        DemoWidths(clip_dim=1280, dit_dim=256))
+    text = make_tiny_text_encoder(root / "text_encoders", d_model=32)
+    clip = make_tiny_clip_vision(root / "clip_vision" / "clip_vision_h_1280_tiny.safetensors", hidden_size=1280,
+                                 num_layers=2, intermediate_size=64)  # 2: ComfyUI reads layer -2
+    vae = make_tiny_vae(root / "vae" / "wan_2.1_vae_tiny.safetensors")
+    wav2vec = make_tiny_wav2vec(root / "audio_encoders" / "wav2vec2-base-960h-tiny", hidden_size=64, num_layers=2)
+    (root / "loras").mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.randn(256, 4, generator=g) * 0.1,
+               "diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.randn(4, 256, generator=g) * 0.1,
+               "diffusion_model.blocks.1.cross_attn.k_audio.lora_up.weight": torch.randn(256, 4, generator=g) * 0.1,
+               "diffusion_model.blocks.1.cross_attn.k_audio.lora_down.weight": torch.randn(4, 256, generator=g) * 0.1},
+              str(root / "loras" / "tiny_lora.safetensors"))
+    return {"dit": dit, "text": Path(text), "clip": clip, "vae": vae, "wav2vec": Path(wav2vec)}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from PIL import Image
+
+    from anytalker_core.testing.demo import demo_image
+    from anytalker_core.testing.speech import synthesize_speech
+
+    base = tmp_path_factory.mktemp("comfyui_native")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "ComfyUI-AnyTalker").symlink_to(REPO, target_is_directory=True)
+    (base / "custom_nodes" / "anytalker_test_nodes").symlink_to(REPO / "tests" / "comfyui_test_nodes",
+                                                                 target_is_directory=True)
+    models = native_models(base / "models")
+    (base / "input").mkdir()
+    for n in (1, 2, 3):
+        Image.fromarray(demo_image(n, size=96)).save(base / "input" / f"astronauts_{n}.png")
+    for i, (text, voice) in enumerate([("Hello there", "en-us"), ("Yes indeed", "en-gb"), ("Wait for me", "en-us")]):
+        synthesize_speech(text, base / "input" / f"person{i + 1}.wav", voice=voice)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # tiny tensors: more threads only spin on a shared CI machine
+    try:
+        srv = Server(base)
+    finally:
+        if threads is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = threads
+    try:
+        srv.wait_ready()
+        srv.models = models
+        yield srv
+    finally:
+        srv.stop()
+
+
+def text_encoder_file(models: dict) -> str:
+    text = models["text"]
+    return str(text if text.is_file() else next(text.glob("*.safetensors")))
+
+
+def tiny_prompt(prompt: dict, models: dict, people: int, frames: int) -> dict:
+    """Point a native workflow at the tiny models and inputs (encoders ComfyUI cannot load tiny become the
+    test-only nodes that give the same types)."""
+    for node_id, node in list(prompt.items()):
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "AnyTalkerNativeModelLoader":
+            inputs["unet_name"] = models["dit"].name
+        elif kind == "AnyTalkerWav2VecLoader":
+            inputs["model_name"] = f"{models['wav2vec'].name}/model.safetensors"
+        elif kind == "VAELoader":
+            inputs["vae_name"] = Path(models["vae"]).name
+        elif kind == "LoadImage":
+            inputs["image"] = f"astronauts_{people}.png"
+        elif kind == "LoadAudio":
+            inputs["audio"] = inputs["audio"].replace("speaker", "person")
+        elif kind == "CLIPLoader":
+            del prompt[node_id]
+        elif kind == "CLIPTextEncode":
+            prompt[node_id] = {"class_type": "AnyTalkerTestTextEncode",
+                               "inputs": {"path": text_encoder_file(models), "text": inputs["text"]}}
+        elif kind == "CLIPVisionLoader":
+            prompt[node_id] = {"class_type": "AnyTalkerTestClipVision", "inputs": {"path": str(models["clip"])}}
+        elif kind == "LoraLoaderModelOnly":
+            inputs["lora_name"] = "tiny_lora.safetensors"
+        elif kind == "AnyTalkerAudioEncode":
+            inputs["frame_count"] = frames
+        elif kind == "AnyTalkerFaceMasks":
+            inputs["boxes"] = "; ".join(f"{96 * i + 30},20,{96 * i + 66},60" for i in range(people))
+        elif kind in ("AnyTalkerNativeToVideo", "AnyTalkerNativeExtend"):
+            inputs["max_pixels"] = 64 * 64 * people
+            if inputs.get("window_frames"):
+                inputs["window_frames"] = 9
+        elif kind == "KSampler":
+            inputs["steps"] = 2
+    for node_id, node in list(prompt.items()):  # TorchCompileModel out: its consumers take its input
+        if node["class_type"] == "TorchCompileModel":
+            source = node["inputs"]["model"]
+            del prompt[node_id]
+            for other in prompt.values():
+                for name, value in other["inputs"].items():
+                    if value == [node_id, 0]:
+                        other["inputs"][name] = source
+    return prompt
+
+
+def failure(entry: dict) -> str:
+    errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    if not errors:
+        return json.dumps(entry["status"], indent=1)[:3000]
+    e = errors[0]
+    return f"{e['node_type']}: {e['exception_type']}: {e['exception_message']}\n" + "".join(e["traceback"][-4:])
+
+
+@pytest.mark.parametrize("name,people,frames", [("native_one_person.json", 1, 9), ("native_two_people.json", 2, 9),
+                                                ("native_three_people.json", 3, 9), ("native_long_clip.json", 2, 13),
+                                                ("native_lora_compile.json", 2, 9)])
+def test_native_workflow_runs(server, name, people, frames):
+    from anytalker_core.io.media import read_video
+
+    workflow = json.loads((REPO / "workflows" / name).read_text())
+    prompt = tiny_prompt(ui_to_api(workflow, server.get("/object_info")), server.models, people, frames)
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", failure(entry)
+    saved = [v for out in entry["outputs"].values() for v in out.get("images", []) + out.get("video", [])
+             if str(v.get("filename", "")).endswith(".mp4")]
+    assert len(saved) == 1, entry["outputs"]
+    clip = read_video(server.base / "output" / saved[0]["subfolder"] / saved[0]["filename"])
+    assert clip.frames.shape[0] == frames
+    assert clip.frames.shape[1:3] == (64, 64 * people)
