@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.comfyui, pytest.mark.slow,
               pytest.mark.skipif(not COMFYUI, reason="set COMFYUI_PATH to a ComfyUI checkout to run")]
 
 PARITY_ATOL = 5e-5
-SCENARIOS = ["parity", "lora", "memory", "lowvram", "easycache", "preview_interrupt", "guider", "errors"]
+SCENARIOS = ["parity", "fp8", "lora", "memory", "lowvram", "easycache", "preview_interrupt", "guider", "errors"]
 if os.environ.get("ANYTALKER_TEST_COMPILE"):
     SCENARIOS.append("compile")
 
@@ -64,6 +64,15 @@ def test_ksampler_matches_standalone_pipeline(measured, variant):
     assert r["max_abs_diff"] < PARITY_ATOL, r
     assert r["scale"] > 1.0
     assert r["audio_effect"] > 1e-2, "the audio must change the native result (AFCA runs)"
+
+
+@pytest.mark.parametrize("variant", ["fused", "legacy"])
+def test_fp8_weight_dtype(measured, variant):
+    """Load Diffusion Model's fp8 option: trunk and AFCA weights in fp8, computed in ComfyUI's cast dtype."""
+    r = result(measured, "fp8")[variant]
+    assert r["trunk_dtype"] == r["afca_dtype"] == "torch.float8_e4m3fn"
+    assert r["finite"]
+    assert r["max_abs_diff"] < 0.1 * r["scale"], r  # 8-bit weights: measured 2.4 % of the latent's range
 
 
 @pytest.mark.parametrize("variant", ["fused", "legacy"])

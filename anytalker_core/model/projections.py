@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .quantization import linear_compute_dtype
+
 
 class MLPProj(nn.Sequential):
     """CLIP tokens ``[B, 257, in_dim] -> [B, 257, out_dim]``: LN -> Linear -> GELU(erf) -> Linear -> LN.
@@ -20,7 +22,7 @@ class MLPProj(nn.Sequential):
                                   nn.Linear(in_dim, out_dim, **kw), nn.LayerNorm(out_dim, **kw))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x.to(self.proj[1].weight.dtype))
+        return self.proj(x.to(linear_compute_dtype(self.proj[1])))
 
 
 class AudioProjection(nn.Module):
@@ -41,7 +43,7 @@ class AudioProjection(nn.Module):
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         b, t = audio.shape[:2]
-        h = audio.reshape(b * t, -1).to(self.proj1.weight.dtype)
+        h = audio.reshape(b * t, -1).to(linear_compute_dtype(self.proj1))
         h = torch.relu(self.proj2(torch.relu(self.proj1(h))))
         return self.norm(self.proj3(h).reshape(b, t, self.tokens, self.dim))
 
@@ -67,7 +69,7 @@ class LegacyAudioProjection(nn.Module):
 
     def forward(self, first: torch.Tensor, latter: torch.Tensor) -> torch.Tensor:
         b = first.shape[0]
-        dtype = self.proj1.weight.dtype
+        dtype = linear_compute_dtype(self.proj1)
         h_first = torch.relu(self.proj1(first.reshape(b, first.shape[1], -1).to(dtype)))
         h_latter = torch.relu(self.proj1_vf(latter.reshape(b, latter.shape[1], -1).to(dtype)))
         h = torch.relu(self.proj2(torch.cat([h_first, h_latter], dim=1)))

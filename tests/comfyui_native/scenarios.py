@@ -397,7 +397,25 @@ def s_errors(ctx) -> dict:
     return messages
 
 
-SCENARIOS = {"parity": s_parity, "lora": s_lora, "memory": s_memory, "lowvram": s_lowvram,
+def s_fp8(ctx) -> dict:
+    """Load Diffusion Model's fp8 weight option: every weight (trunk and AFCA) stored in fp8, computed in
+    ComfyUI's manual-cast dtype; the result stays close to the full-precision one."""
+    out = {}
+    for variant, path in ctx["ckpt"].items():
+        full_model = weights.load_native_model(path)
+        cond = random_condition(full_model.model.diffusion_model.anytalker_config, seed=23)
+        full = ksampler(full_model, cond)
+        fp8 = weights.load_native_model(path, model_options={"dtype": torch.float8_e4m3fn})
+        dm = fp8.model.diffusion_model
+        afca = dm.blocks[0].cross_attn.k_audio if variant == "fused" else dm.blocks[0].audio_cross_attn.q_linear
+        result = ksampler(fp8, cond)
+        out[variant] = {**diff(result, full), "trunk_dtype": str(dm.blocks[0].self_attn.q.weight.dtype),
+                        "afca_dtype": str(afca.weight.dtype), "compute_dtype": str(fp8.model.get_dtype_inference()),
+                        "finite": bool(torch.isfinite(result).all())}
+    return out
+
+
+SCENARIOS = {"parity": s_parity, "fp8": s_fp8, "lora": s_lora, "memory": s_memory, "lowvram": s_lowvram,
              "easycache": s_easycache, "preview_interrupt": s_preview_interrupt, "guider": s_guider,
              "compile": s_compile, "errors": s_errors}
 
