@@ -30,7 +30,11 @@ def native_models(root: Path) -> dict[str, Path]:
     from safetensors.torch import save_file
 
     from anytalker_core.audio import make_tiny_wav2vec
-    from anytalker_core.encoders import make_tiny_clip_vision, make_tiny_text_encoder, make_tiny_vae
+    from anytalker_core.encoders import (
+        make_tiny_clip_vision,
+        make_tiny_text_encoder,
+        make_tiny_vae,
+    )
     from anytalker_core.testing.demo import DemoWidths, make_demo_dit
 
     dit = make_demo_dit(root / "diffusion_models" / "anytalker_native_tiny.safetensors",

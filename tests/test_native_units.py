@@ -14,11 +14,11 @@ sys.path.insert(0, str(REPO / "tests" / "comfy_stub"))  # nodes/__init__ imports
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from anytalker_core.errors import CheckpointError, InputError  # noqa: E402
-from nodes.native.conditioning import pad_text  # noqa: E402
-from nodes.native.nodes import window_length  # noqa: E402
-from nodes.native.patches import ZERO_AUDIO, audio_enabled  # noqa: E402
-from nodes.native.weights import find_released_config  # noqa: E402
+from anytalker_core.errors import CheckpointError, InputError
+from nodes.native.conditioning import pad_text
+from nodes.native.nodes import window_length
+from nodes.native.patches import ZERO_AUDIO, audio_enabled
+from nodes.native.weights import find_released_config
 
 
 def test_audio_follows_cond_or_uncond():

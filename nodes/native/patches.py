@@ -20,15 +20,18 @@ The AFCA math is ``anytalker_core.model.afca`` (``fused_afca_sum``, ``LegacyAudi
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
 
 from anytalker_core.errors import InputError
 from anytalker_core.model.afca import IdentityTokens, fused_afca_sum
-from anytalker_core.model.layout import audio_window_for_latent_frames, flatten_token_mask
+from anytalker_core.model.layout import (
+    audio_window_for_latent_frames,
+    flatten_token_mask,
+)
 from anytalker_core.model.speaker import Speaker
 
 from .weights import CONFIG_ATTR

@@ -24,21 +24,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, os.getcwd())  # the ComfyUI checkout (cwd), before anything named `nodes`
 
-import comfy.options  # noqa: E402
+import comfy.options
 
 comfy.options.enable_args_parsing(False)
-from comfy.cli_args import LatentPreviewMethod, args  # noqa: E402
+from comfy.cli_args import LatentPreviewMethod, args
 
 args.cpu = True
 
-import torch  # noqa: E402
+import comfy.latent_formats
+import comfy.model_management as mm
+import comfy.sd
+import comfy.utils
+import folder_paths
+import torch
 
-import comfy.latent_formats  # noqa: E402
-import comfy.model_management as mm  # noqa: E402
-import comfy.sd  # noqa: E402
-import comfy.utils  # noqa: E402
-import folder_paths  # noqa: E402
-import nodes as comfy_nodes  # noqa: E402  (ComfyUI's nodes.py)
+import nodes as comfy_nodes
 
 
 def load_pack():
@@ -51,14 +51,19 @@ def load_pack():
 
 
 load_pack()
-from anytalker_pack.nodes.native import weights  # noqa: E402
-from anytalker_pack.nodes.native.conditioning import to_native  # noqa: E402
-from anytalker_pack.nodes.native.nodes import AnyTalkerNativeGuider  # noqa: E402
+from anytalker_pack.nodes.native import weights
+from anytalker_pack.nodes.native.conditioning import to_native
+from anytalker_pack.nodes.native.nodes import AnyTalkerNativeGuider
 
-from anytalker_core.generation.pipeline import AnyTalkerPipeline, Condition, PromptEmbeds, VideoPlan  # noqa: E402
-from anytalker_core.model.checkpoint import load_dit, read_state_dict  # noqa: E402
-from anytalker_core.model.speaker import Speaker  # noqa: E402
-from anytalker_core.testing.demo import DemoWidths, make_demo_dit  # noqa: E402
+from anytalker_core.generation.pipeline import (
+    AnyTalkerPipeline,
+    Condition,
+    PromptEmbeds,
+    VideoPlan,
+)
+from anytalker_core.model.checkpoint import load_dit, read_state_dict
+from anytalker_core.model.speaker import Speaker
+from anytalker_core.testing.demo import DemoWidths, make_demo_dit
 
 log = logging.getLogger("native_scenarios")
 WAN21 = comfy.latent_formats.Wan21()
@@ -332,10 +337,26 @@ def s_preview_interrupt(ctx) -> dict:
             "steps_before_interrupt": max(steps_seen) if steps_seen else 0}
 
 
+def custom_advanced(model, pos, neg, latent, text_cfg: float, audio_cfg: float) -> torch.Tensor:
+    """SamplerCustomAdvanced with AnyTalker Text/Audio Guider, euler, simple schedule, RandomNoise(SEED)."""
+    from comfy_extras.nodes_custom_sampler import (
+        BasicScheduler,
+        KSamplerSelect,
+        RandomNoise,
+        SamplerCustomAdvanced,
+    )
+
+    guider = AnyTalkerNativeGuider.execute(model, pos, neg, text_cfg, audio_cfg).args[0]
+    sampler = KSamplerSelect.execute("euler").args[0]
+    sigmas = BasicScheduler.execute(model, "simple", STEPS, 1.0).args[0]
+    noise = RandomNoise.execute(SEED).args[0]
+    result = SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, latent).args[0]
+    return WAN21.process_in(result["samples"])
+
+
 def s_guider(ctx) -> dict:
     """AnyTalker Text/Audio Guider with SamplerCustomAdvanced: equal scales == KSampler's cfg; separate
     scales == the standalone pipeline's separate text/audio guidance."""
-    from comfy_extras.nodes_custom_sampler import BasicScheduler, KSamplerSelect, RandomNoise, SamplerCustomAdvanced
 
     out = {}
     for variant, path in ctx["ckpt"].items():
@@ -343,17 +364,9 @@ def s_guider(ctx) -> dict:
         cond = random_condition(model.model.diffusion_model.anytalker_config, seed=17)
         patched, pos, neg, latent = native_inputs(model, cond)
 
-        def custom(text_cfg, audio_cfg):
-            guider = AnyTalkerNativeGuider.execute(patched, pos, neg, text_cfg, audio_cfg).args[0]
-            sampler = KSamplerSelect.execute("euler").args[0]
-            sigmas = BasicScheduler.execute(patched, "simple", STEPS, 1.0).args[0]
-            noise = RandomNoise.execute(SEED).args[0]
-            result = SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, latent).args[0]
-            return WAN21.process_in(result["samples"])
-
-        same = custom(CFG, CFG)
+        same = custom_advanced(patched, pos, neg, latent, CFG, CFG)
         ks = ksampler(model, cond)
-        separate = custom(4.0, 6.0)
+        separate = custom_advanced(patched, pos, neg, latent, 4.0, 6.0)
         ref = standalone(path, cond, text_guidance=4.0, audio_guidance=6.0)
         out[variant] = {"equal_vs_ksampler": diff(same, ks), "separate_vs_standalone": diff(separate, ref),
                         "separate_effect": float((separate - same).abs().max())}
@@ -434,7 +447,7 @@ def main(argv: list[str]) -> int:
             try:
                 with torch.no_grad():
                     results[name] = SCENARIOS[name](ctx)
-            except Exception:  # reported to the test, which fails with it
+            except Exception:  # noqa: BLE001 - reported to the test, which fails with the traceback
                 results[name] = {"error": traceback.format_exc()}
             results[name]["_seconds"] = round(time.monotonic() - started, 1)
             log.warning("scenario %s: %.1f s", name, time.monotonic() - started)
