@@ -23,13 +23,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import REPO
 
-COMFYUI = os.environ.get("COMFYUI_PATH")
-pytestmark = [pytest.mark.comfyui, pytest.mark.slow,
-              pytest.mark.skipif(not COMFYUI, reason="set COMFYUI_PATH to a ComfyUI checkout to run")]
+pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 
 PARITY_ATOL = 5e-5
 SCENARIOS = ["parity", "fp8", "lora", "memory", "lowvram", "easycache", "preview_interrupt", "guider", "errors"]
@@ -38,11 +38,23 @@ if os.environ.get("ANYTALKER_TEST_COMPILE"):
 
 
 @pytest.fixture(scope="module")
-def measured(tmp_path_factory) -> dict:
+def comfyui(request):
+    """The ComfyUI to test against: the shared ``comfyui_env`` fixture (tests/conftest.py) where it exists,
+    else ``COMFYUI_PATH`` [+ ``COMFYUI_PYTHON``]; skipped without either."""
+    try:
+        return request.getfixturevalue("comfyui_env")
+    except pytest.FixtureLookupError:
+        path = os.environ.get("COMFYUI_PATH")
+        if not path:
+            pytest.skip("set COMFYUI_PATH to a ComfyUI checkout to run")
+        return SimpleNamespace(path=Path(path), python=os.environ.get("COMFYUI_PYTHON", sys.executable))
+
+
+@pytest.fixture(scope="module")
+def measured(comfyui, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("native") / "results.json"
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    proc = subprocess.run([python, str(REPO / "tests" / "comfyui_native" / "scenarios.py"), str(out), *SCENARIOS],
-                          cwd=COMFYUI, capture_output=True, text=True, timeout=900, check=False)
+    proc = subprocess.run([comfyui.python, str(REPO / "tests" / "comfyui_native" / "scenarios.py"), str(out),
+                           *SCENARIOS], cwd=comfyui.path, capture_output=True, text=True, timeout=900, check=False)
     if proc.returncode or not out.exists():
         pytest.fail(f"scenarios.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(out.read_text())

@@ -17,11 +17,16 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from test_comfyui_server import Server, ui_to_api
+from test_native_route import comfyui  # noqa: F401 - the (path, python) fixture
 
-COMFYUI = os.environ.get("COMFYUI_PATH")
-pytestmark = [pytest.mark.comfyui, pytest.mark.slow,
-              pytest.mark.skipif(not COMFYUI, reason="set COMFYUI_PATH to a ComfyUI checkout to run")]
+try:  # the shared harness (tests/comfyui_harness.py) where it exists, else the server test's own
+    from comfyui_harness import Server, ui_to_api
+    SHARED_HARNESS = True
+except ImportError:
+    from test_comfyui_server import Server, ui_to_api
+    SHARED_HARNESS = False
+
+pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 
 
 def native_models(root: Path) -> dict[str, Path]:
@@ -55,7 +60,7 @@ def native_models(root: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(comfyui, tmp_path_factory):  # noqa: F811
     from PIL import Image
 
     from anytalker_core.testing.demo import demo_image
@@ -75,7 +80,7 @@ def server(tmp_path_factory):
     threads = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"  # tiny tensors: more threads only spin on a shared CI machine
     try:
-        srv = Server(base)
+        srv = Server(comfyui, base) if SHARED_HARNESS else Server(base)
     finally:
         if threads is None:
             del os.environ["OMP_NUM_THREADS"]
@@ -94,9 +99,10 @@ def text_encoder_file(models: dict) -> str:
     return str(text if text.is_file() else next(text.glob("*.safetensors")))
 
 
-def tiny_prompt(prompt: dict, models: dict, people: int, frames: int) -> dict:
+def tiny_prompt(prompt: dict, models: dict, people: int, frames: int, test_nodes: set[str]) -> dict:
     """Point a native workflow at the tiny models and inputs (encoders ComfyUI cannot load tiny become the
-    test-only nodes that give the same types)."""
+    test-only nodes of tests/comfyui_test_nodes that give the same types)."""
+    text_loader = "AnyTalkerTestCLIPLoader" in test_nodes  # a tiny CLIP for the native CLIP Text Encode
     for node_id, node in list(prompt.items()):
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "AnyTalkerNativeModelLoader":
@@ -109,13 +115,16 @@ def tiny_prompt(prompt: dict, models: dict, people: int, frames: int) -> dict:
             inputs["image"] = f"astronauts_{people}.png"
         elif kind == "LoadAudio":
             inputs["audio"] = inputs["audio"].replace("speaker", "person")
+        elif kind == "CLIPLoader" and text_loader:
+            prompt[node_id] = {"class_type": "AnyTalkerTestCLIPLoader", "inputs": {"path": text_encoder_file(models)}}
         elif kind == "CLIPLoader":
             del prompt[node_id]
-        elif kind == "CLIPTextEncode":
+        elif kind == "CLIPTextEncode" and not text_loader:
             prompt[node_id] = {"class_type": "AnyTalkerTestTextEncode",
                                "inputs": {"path": text_encoder_file(models), "text": inputs["text"]}}
         elif kind == "CLIPVisionLoader":
-            prompt[node_id] = {"class_type": "AnyTalkerTestClipVision", "inputs": {"path": str(models["clip"])}}
+            loader = "AnyTalkerTestClipVisionLoader" if text_loader else "AnyTalkerTestClipVision"
+            prompt[node_id] = {"class_type": loader, "inputs": {"path": str(models["clip"])}}
         elif kind == "LoraLoaderModelOnly":
             inputs["lora_name"] = "tiny_lora.safetensors"
         elif kind == "AnyTalkerAudioEncode":
@@ -154,7 +163,9 @@ def test_native_workflow_runs(server, name, people, frames):
     from anytalker_core.io.media import read_video
 
     workflow = json.loads((REPO / "workflows" / name).read_text())
-    prompt = tiny_prompt(ui_to_api(workflow, server.get("/object_info")), server.models, people, frames)
+    info = server.get("/object_info")
+    prompt = tiny_prompt(ui_to_api(workflow, info), server.models, people, frames,
+                         {k for k in info if k.startswith("AnyTalkerTest")})
     entry = server.run(prompt)
     assert entry["status"]["status_str"] == "success", failure(entry)
     saved = [v for out in entry["outputs"].values() for v in out.get("images", []) + out.get("video", [])
