@@ -2,6 +2,6 @@
 
 :mod:`.weights` loads a checkpoint through ComfyUI's loader (trunk) and registers the AnyTalker layers on
 the same ``WanModel``; :mod:`.patches` runs AFCA inside ComfyUI's Wan blocks through its patch hooks;
-:mod:`.conditioning` turns the core's ``Condition`` into CONDITIONING / LATENT; :mod:`.guider` is the
+:mod:`.conditioning` turns the core's ``Conditioning`` into CONDITIONING / LATENT; :mod:`.guider` is the
 separate text/audio guidance GUIDER; :mod:`.nodes` are the V3 nodes.
 """

@@ -1,4 +1,4 @@
-"""The core's ``Condition`` as ComfyUI-native MODEL / CONDITIONING / LATENT.
+"""The core's ``Conditioning`` as ComfyUI-native MODEL / CONDITIONING / LATENT.
 
 The same DiT inputs the standalone pipeline feeds its own DiT, expressed the way ComfyUI's Wan I2V model
 reads them (``comfy.model_base.WAN21.concat_cond`` / ``extra_conds``):
@@ -54,7 +54,7 @@ def native_conditioning(conditioning: list, values: dict, text_len: int, what: s
 
 
 def to_native(model, condition, positive: list, negative: list):
-    """``(MODEL, positive, negative, LATENT)`` for ComfyUI's samplers from a core ``Condition``."""
+    """``(MODEL, positive, negative, LATENT)`` for ComfyUI's samplers from a core ``Conditioning``."""
     import comfy.latent_formats
 
     if not is_anytalker_model(model):

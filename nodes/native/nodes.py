@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
+from anytalker_core.constants import MAX_AREA
 from anytalker_core.errors import InputError
 
 from .. import _bridge as bridge
-from ..generate import MAX_AREA_480P, AnyTalkerConditioning
+from ..generate import AnyTalkerConditioning
 from ..types import AudioFeaturesType, FacesType
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ _OUTPUTS = [
 
 
 def core_condition(positive, negative, clip_vision, vae, start_image, faces, audio_features, max_pixels: int):
-    """The core ``Condition`` (the standalone route's exact DiT inputs), built by AnyTalker Conditioning."""
+    """The core ``Conditioning`` (the standalone route's exact DiT inputs), built by AnyTalker Conditioning."""
     return AnyTalkerConditioning.execute(positive, negative, clip_vision, vae, start_image, faces, audio_features,
                                          max_pixels).args[0]
 
@@ -112,7 +113,7 @@ class AnyTalkerNativeToVideo(io.ComfyNode):
                         "LATENT for KSampler. Put ModelSamplingSD3 (shift 3 at 480p, as the reference) before it.",
             inputs=[
                 *_common_inputs(),
-                io.Int.Input("max_pixels", default=MAX_AREA_480P, min=32 * 32, max=1920 * 1088, step=1024,
+                io.Int.Input("max_pixels", default=MAX_AREA, min=32 * 32, max=1920 * 1088, step=1024,
                              advanced=True, tooltip="Largest video area; the image's aspect is kept and sides "
                                                     "snap to multiples of 32. 399360 = 832x480."),
                 io.Int.Input("window_frames", default=0, min=0, max=4097, step=4, advanced=True,
@@ -124,7 +125,7 @@ class AnyTalkerNativeToVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, clip_vision, vae, start_image, faces, audio_features,
-                max_pixels: int = MAX_AREA_480P, window_frames: int = 0) -> io.NodeOutput:
+                max_pixels: int = MAX_AREA, window_frames: int = 0) -> io.NodeOutput:
         from .conditioning import to_native
 
         condition = core_condition(positive, negative, clip_vision, vae, start_image, faces, audio_features,
@@ -160,7 +161,7 @@ class AnyTalkerNativeExtend(io.ComfyNode):
                 io.Image.Input("previous_frames", tooltip="Every frame generated so far (24 fps)."),
                 io.Int.Input("window_frames", default=81, min=5, max=4097, step=4,
                              tooltip="Frames in this window, 4m+1 (81 = 3.4 s); shortened at the clip's end."),
-                io.Int.Input("max_pixels", default=MAX_AREA_480P, min=32 * 32, max=1920 * 1088, step=1024,
+                io.Int.Input("max_pixels", default=MAX_AREA, min=32 * 32, max=1920 * 1088, step=1024,
                              advanced=True, tooltip="The same value as on AnyTalker To Video (native)."),
             ],
             outputs=[*_OUTPUTS, io.Int.Output(display_name="frames_left",
@@ -169,8 +170,8 @@ class AnyTalkerNativeExtend(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, clip_vision, vae, start_image, faces, audio_features,
-                previous_frames, window_frames: int = 81, max_pixels: int = MAX_AREA_480P) -> io.NodeOutput:
-        from anytalker_core.generation.pipeline import AnyTalkerPipeline
+                previous_frames, window_frames: int = 81, max_pixels: int = MAX_AREA) -> io.NodeOutput:
+        from anytalker_core.generation import stages
 
         from .conditioning import to_native
 
@@ -187,9 +188,8 @@ class AnyTalkerNativeExtend(io.ComfyNode):
         if tuple(last.shape[:2]) != plan_hw:
             raise InputError(f"previous_frames are {last.shape[1]}x{last.shape[0]} but this clip is "
                              f"{plan_hw[1]}x{plan_hw[0]}; pass the decoded frames of the earlier windows")
-        pipe = AnyTalkerPipeline(dit=None, text_encoder=None, clip_vision=bridge.ClipVisionAdapter(clip_vision),
-                                 vae=bridge.VaeAdapter(vae), wav2vec=None, device="cpu", dtype=torch.float32)
-        window = pipe.condition_from_frame(window, np.ascontiguousarray(last))
+        window = stages.condition_from_frame(bridge.ClipVisionAdapter(clip_vision), bridge.VaeAdapter(vae), window,
+                                             np.ascontiguousarray(last))
         left = condition.plan.frame_num - (start + length)
         return io.NodeOutput(*to_native(model, window, positive, negative), left)
 

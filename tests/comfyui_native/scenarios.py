@@ -55,12 +55,8 @@ from anytalker_pack.nodes.native import weights
 from anytalker_pack.nodes.native.conditioning import to_native
 from anytalker_pack.nodes.native.nodes import AnyTalkerNativeGuider
 
-from anytalker_core.generation.pipeline import (
-    AnyTalkerPipeline,
-    Condition,
-    PromptEmbeds,
-    VideoPlan,
-)
+from anytalker_core.generation import stages
+from anytalker_core.generation.types import Conditioning, PromptEmbeds, VideoPlan
 from anytalker_core.model.checkpoint import load_dit, read_state_dict
 from anytalker_core.model.speaker import Speaker
 from anytalker_core.testing.demo import DemoWidths, make_demo_dit
@@ -93,7 +89,7 @@ def tiny_checkpoints(tmp: Path) -> dict[str, Path]:
     return {"fused": fused, "legacy": legacy}
 
 
-def random_condition(cfg, people: int = 2, frames: int = 9, seed: int = 0) -> Condition:
+def random_condition(cfg, people: int = 2, frames: int = 9, seed: int = 0) -> Conditioning:
     """Random DiT inputs of the core's shapes (64x64 video, ``frames`` frames)."""
     g = torch.Generator().manual_seed(seed)
     plan = VideoPlan(height=64, width=64, frame_num=frames)
@@ -106,15 +102,13 @@ def random_condition(cfg, people: int = 2, frames: int = 9, seed: int = 0) -> Co
                         token_mask=torch.rand(1, f, 4, 4, generator=g)) for _ in range(people)]
     prompts = PromptEmbeds(context=torch.randn(1, 20, cfg.text_dim, generator=g),
                            context_null=torch.randn(1, 20, cfg.text_dim, generator=g))
-    return Condition(y=y, clip_fea=torch.randn(1, 257, cfg.clip_dim, generator=g), speakers=speakers,
+    return Conditioning(y=y, clip_fea=torch.randn(1, 257, cfg.clip_dim, generator=g), speakers=speakers,
                      prompts=prompts, plan=plan)
 
 
-def standalone(path: Path, condition: Condition, **kw) -> torch.Tensor:
+def standalone(path: Path, condition: Conditioning, **kw) -> torch.Tensor:
     """The standalone pipeline's latent (the core DiT, euler, the reference's guidance)."""
-    pipe = AnyTalkerPipeline(dit=load_dit(path), text_encoder=None, clip_vision=None, vae=None, wav2vec=None,
-                             device="cpu", dtype=torch.float32)
-    return pipe.denoise(condition, steps=STEPS, shift=SHIFT, sampler="euler", seed=SEED, **kw)
+    return stages.denoise(load_dit(path), condition, steps=STEPS, shift=SHIFT, sampler="euler", seed=SEED, **kw)
 
 
 def shifted(model):
@@ -123,12 +117,12 @@ def shifted(model):
     return ModelSamplingSD3().patch(model, SHIFT)[0]
 
 
-def native_inputs(model, condition: Condition):
+def native_inputs(model, condition: Conditioning):
     prompts = condition.prompts
     return to_native(shifted(model), condition, [[prompts.context, {}]], [[prompts.context_null, {}]])
 
 
-def ksampler(model, condition: Condition, steps: int = STEPS, cfg: float = CFG) -> torch.Tensor:
+def ksampler(model, condition: Conditioning, steps: int = STEPS, cfg: float = CFG) -> torch.Tensor:
     """KSampler (euler, simple) → the latent in the DiT's normalised space (as the core returns it)."""
     patched, pos, neg, latent = native_inputs(model, condition)
     out = comfy_nodes.KSampler().sample(patched, SEED, steps, cfg, "euler", "simple", pos, neg, latent)[0]
@@ -157,7 +151,7 @@ def s_parity(ctx) -> dict:
     return out
 
 
-def cond_without_audio(cond: Condition) -> Condition:
+def cond_without_audio(cond: Conditioning) -> Conditioning:
     import dataclasses
 
     return dataclasses.replace(cond, speakers=[s.without_audio() for s in cond.speakers])
