@@ -171,11 +171,14 @@ def comfy_transformer_config(cfg: AnyTalkerConfig) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ the loader
 def load_native_model(path: str | Path, config_path: str | Path | None = None,
-                      model_options: dict | None = None, disable_dynamic: bool = False):
+                      model_options: dict | None = None, disable_dynamic: bool = True):
     """Load an AnyTalker checkpoint (released ``.pth`` or ``.safetensors``) as a ComfyUI Wan ``ModelPatcher``.
 
     ``model_options`` are ComfyUI's (``dtype`` e.g. ``torch.float8_e4m3fn``, ``fp8_optimizations``,
     ``custom_operations``...), as the core ``Load Diffusion Model`` node passes them.
+    ``disable_dynamic`` (default): ComfyUI's classic ``ModelPatcher`` (partial loading, offloading, LoRA
+    patches — what the tests verify) rather than the DynamicVRAM patcher of CUDA machines with comfy-aimdo,
+    which has not been tried with the added AnyTalker layers.
     """
     import comfy.model_management as mm
     import comfy.sd
