@@ -168,7 +168,7 @@ def test_errors(speech, encoder, tmp_path):
     a = speech["a"]
     with pytest.raises(InputError, match="audio track 1 is empty"):
         build_audio_conditioning([a, torch.zeros(0)], fps=FPS, encoder=encoder)
-    with pytest.raises(InputError, match="audio track 0 is silent"):
+    with pytest.raises(InputError, match="every audio track is silent"):
         build_audio_conditioning([torch.full((32000,), 1e-6)], fps=FPS, encoder=encoder)
     with pytest.raises(InputError, match="too short"):
         build_audio_conditioning([a[:2000]], fps=FPS, encoder=encoder)  # 0.125 s = 3 frames
@@ -191,3 +191,48 @@ def test_errors(speech, encoder, tmp_path):
         build_audio_conditioning([a], fps=FPS)
     with pytest.raises(InputError, match="mono waveform"):
         build_audio_conditioning([torch.zeros(2, 16000)], fps=FPS, encoder=encoder)
+
+
+def test_silent_track_is_a_listener(speech, encoder):
+    """A fully silent track means "this person listens": the run goes on, that person's features are
+    wav2vec2's own output for silence (as the reference's pad mode) and they have no speaking interval."""
+    a = speech["a"]
+    silent = torch.zeros(a.numel())
+    audio = build_audio_conditioning([a, silent], mode="pad", fps=FPS, encoder=encoder)
+    assert audio.num_tracks == 2 and audio.speaking[1] == [] and audio.speaking[0]
+    alone = build_audio_conditioning([silent + 0.0, a], mode="pad", fps=FPS, encoder=encoder)
+    assert torch.allclose(alone.features[0], audio.features[1]) and torch.allclose(alone.features[1], audio.features[0])
+    assert audio.features[1].abs().sum() > 0  # real wav2vec2 output of silence, not the zeroed uncond audio
+    assert torch.allclose(audio.mixed, alone.mixed)
+
+
+def test_original_rate_mix(speech, encoder):
+    """The video's sound keeps the users' rate and channels (48 kHz stereo in -> 48 kHz stereo out), each track
+    where the conditioning put it and with the gain it applied."""
+    from anytalker_core.audio.mix import mix_on_timeline
+
+    a, b = speech["a"], speech["b"]
+    a48 = resample(a, 16000, 48000)
+    stereo = torch.stack([a48, 0.5 * a48])  # [2, S] at 48 kHz
+    b22 = resample(b, 16000, 22050)
+    for mode in ("pad", "concat"):
+        audio = build_audio_conditioning([a, b], mode=mode, fps=FPS, encoder=encoder, normalize_loudness=True)
+        mix, rate = mix_on_timeline([stereo, b22], [48000, 22050], [t[0] for t in audio.turns], audio.duration,
+                                    gains=audio.gains)
+        assert rate == 48000 and mix.shape == (2, round(audio.duration * 48000))
+        # the conditioning's 16 kHz mono mix and this one (left channel = track a at full level), brought to
+        # 16 kHz, have the same 20 ms loudness envelope (samples differ by the sub-sample placement of a turn
+        # that starts between two 16 kHz samples, which the 48 kHz mix places exactly)
+        left16 = resample(mix[0], 48000, 16000)
+        n = min(left16.numel(), audio.mixed.numel()) // 320 * 320
+        env = left16[:n].reshape(-1, 320).pow(2).mean(1).sqrt()
+        ref = audio.mixed[:n].reshape(-1, 320).pow(2).mean(1).sqrt()
+        err = (env - ref).abs().max() / ref.max()
+        assert err < 0.02, (mode, float(err))
+        if mode == "concat":  # during track a's turn the right channel is a at half level
+            turn = int(audio.turns[0][1] * 16000) - 400
+            right16 = resample(mix[1], 48000, 16000)[:turn]
+            assert torch.allclose(right16, 0.5 * left16[:turn], atol=2e-3)
+        assert float(mix.abs().max()) <= 0.99 + 1e-6
+    with pytest.raises(InputError, match="audio input 1: 2 channels cannot be mixed with 3-channel"):
+        mix_on_timeline([stereo, torch.zeros(3, 100)], [48000, 48000], [0, 0], 1.0)

@@ -67,7 +67,9 @@ class AudioConditioning:
         track_frames: ``T_i`` — frames each track covers alone (``ceil(S_i / 16000 · fps)``).
         turns: per track ``(start, end)`` seconds of the video timeline its audio occupies.
         speaking: per track, voiced ``(start, end)`` intervals in seconds (energy-based, within
-            its turn and the video).
+            its turn and the video); empty for a silent track (that person only listens).
+        gains: per track, the linear gain applied before encoding (loudness normalisation; 1 when
+            off) — the same gain :func:`.mix.mix_on_timeline` gives the original-rate mix.
     """
 
     features: torch.Tensor
@@ -79,6 +81,7 @@ class AudioConditioning:
     track_frames: list[int] = field(default_factory=list)
     turns: list[tuple[float, float]] = field(default_factory=list)
     speaking: list[list[tuple[float, float]]] = field(default_factory=list)
+    gains: list[float] = field(default_factory=list)
 
     @property
     def num_tracks(self) -> int:
@@ -255,10 +258,7 @@ def _prepare_tracks(tracks: Sequence[torch.Tensor | np.ndarray | str | Path], sa
             raise InputError(f"{name} contains NaN or infinite samples")
         peak = float(wave.abs().max())
         if peak < SILENCE_PEAK:
-            raise InputError(
-                f"{name} is silent (peak amplitude {peak:.1e}, expected speech above {SILENCE_PEAK:g}); every "
-                "person needs a track with speech — in mode 'concat' each person is silent outside their own turn"
-            )
+            log.info("%s is silent (peak %.1e): person %d only listens", name, peak, i + 1)
         frames = video_frames_for_samples(wave.numel(), fps)
         if frames < MIN_FRAMES:
             raise InputError(
@@ -266,6 +266,10 @@ def _prepare_tracks(tracks: Sequence[torch.Tensor | np.ndarray | str | Path], sa
                 f"need at least {MIN_FRAMES} ({MIN_FRAMES / fps:.3f} s)"
             )
         out.append(wave)
+    if all(float(w.abs().max()) < SILENCE_PEAK for w in out):
+        raise InputError(
+            f"every audio track is silent (peak below {SILENCE_PEAK:g}): at least one person must speak; a silent "
+            "track means that person only listens")
     return out
 
 
@@ -320,7 +324,12 @@ def build_audio_conditioning(
         target = DEFAULT_LOUDNESS_DBFS if normalize_loudness is True else float(normalize_loudness)
         if not -60.0 <= target <= 0.0:
             raise InputError(f"normalize_loudness target must be between -60 and 0 dBFS, got {target}")
-        waves = [normalize_loudness_rms(w, target) for w in waves]
+        normalized = [normalize_loudness_rms(w, target) for w in waves]
+        gains = [float(nw.abs().max() / w.abs().max()) if float(w.abs().max()) > 0 else 1.0
+                 for w, nw in zip(waves, normalized)]
+        waves = normalized
+    else:
+        gains = [1.0] * len(waves)
 
     available = frame_num_from_audio([w.numel() for w in waves], fps, mode)
     frame_num = available if frame_num is None else check_frame_num(frame_num, available, mode, fps)
@@ -370,5 +379,5 @@ def build_audio_conditioning(
     log.info("audio conditioning: %d track(s), mode %s, %d frames @ %s fps", n, mode, frame_num, fps)
     return AudioConditioning(
         features=torch.stack(features).float(), frame_num=frame_num, mixed=mixed, fps=float(fps), mode=mode,
-        track_frames=track_frames, turns=turns, speaking=speaking,
+        track_frames=track_frames, turns=turns, speaking=speaking, gains=gains,
     )
