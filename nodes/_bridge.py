@@ -116,6 +116,37 @@ def audio_to_mono(audio: Any, what: str) -> torch.Tensor:
     return resample(mono, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else mono.contiguous()
 
 
+_WAV2VEC_CACHE: dict[int, tuple[Any, Any]] = {}
+
+
+def wav2vec_from_audio_encoder(audio_encoder: Any, what: str = "audio_encoder") -> Any:
+    """ComfyUI's AUDIO_ENCODER (Load Audio Encoder) holding a wav2vec2 → the core's ``Wav2VecEncoder`` with the
+    same weights and the reference's feature path (input normalisation on: ComfyUI's own 768-wide wav2vec2 path
+    turns it off, which suits MultiTalk's chinese-wav2vec2-base but not AnyTalker's wav2vec2-base-960h).
+
+    Whisper and other encoders are refused by name. The conversion is cached per encoder object.
+    """
+    from anytalker_core.audio.wav2vec import wav2vec_from_state_dict
+
+    model = getattr(audio_encoder, "model", None)
+    if model is None or not hasattr(audio_encoder, "encode_audio"):
+        raise InputError(f"{what}: expected an AUDIO_ENCODER from Load Audio Encoder, got {type(audio_encoder).__name__}")
+    kind = type(model).__name__
+    if kind != "Wav2Vec2Model":
+        raise InputError(f"{what}: the audio encoder is a {kind}; AnyTalker needs wav2vec2-base-960h (load "
+                         "wav2vec2-base-960h.safetensors from models/audio_encoders), not Whisper or another encoder")
+    cached = _WAV2VEC_CACHE.get(id(audio_encoder))
+    if cached is not None and cached[0] is audio_encoder:
+        return cached[1]
+    layers = getattr(getattr(model, "encoder", None), "layers", None)
+    heads = int(layers[0].attention.num_heads) if layers else None
+    sd = {k: v.detach().to(device="cpu", dtype=torch.float32) for k, v in model.state_dict().items()}
+    encoder = wav2vec_from_state_dict(sd, num_heads=heads, source=f"{what} (Load Audio Encoder)")
+    _WAV2VEC_CACHE.clear()  # one converted encoder at a time
+    _WAV2VEC_CACHE[id(audio_encoder)] = (audio_encoder, encoder)
+    return encoder
+
+
 def mono_to_audio(wave: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> dict[str, Any]:
     """Mono ``[S]`` → ComfyUI AUDIO ``{"waveform": [1, 1, S], "sample_rate"}``."""
     return {"waveform": wave.detach().float().cpu().reshape(1, 1, -1).contiguous(), "sample_rate": int(sample_rate)}

@@ -33,7 +33,13 @@ class AnyTalkerAudioEncode(io.ComfyNode):
             description="Encodes one audio track per person with wav2vec2 and lays them out on the video "
                         "timeline (24 fps). Connect a speaker and a new input appears for the next one.",
             inputs=[
-                Wav2VecType.Input("wav2vec", tooltip="From Load AnyTalker wav2vec2."),
+                Wav2VecType.Input("wav2vec", optional=True,
+                                  tooltip="From Load AnyTalker wav2vec2 (wav2vec2-base-960h). Connect this or "
+                                          "audio_encoder."),
+                io.AudioEncoder.Input("audio_encoder", optional=True,
+                                      tooltip="Or ComfyUI's Load Audio Encoder with wav2vec2-base-960h from "
+                                              "models/audio_encoders (the reference's input normalisation is "
+                                              "applied). Whisper encoders are refused."),
                 io.Autogrow.Input("speakers", template=io.Autogrow.TemplatePrefix(
                     speaker, prefix="audio", min=1, max=MAX_PEOPLE),
                     tooltip="One AUDIO per person, in left-to-right face order."),
@@ -53,8 +59,9 @@ class AnyTalkerAudioEncode(io.ComfyNode):
                 io.Int.Output(display_name="people", tooltip="Number of speakers (audio inputs)."),
                 io.Int.Output(display_name="frame_count", tooltip="Video frames (4n+1) at 24 fps."),
                 io.Audio.Output(display_name="mixed_audio",
-                                tooltip="All tracks mixed on the video timeline, exactly frame_count/24 s "
-                                        "long: connect to Create Video."),
+                                tooltip="Your tracks mixed on the video timeline at their own sample rate and "
+                                        "channels (the highest rate and most channels among them), exactly "
+                                        "frame_count/24 s long: connect to Create Video."),
                 io.String.Output(display_name="speaking_intervals",
                                  tooltip="JSON: each person's voiced intervals in seconds (for AnyTalker "
                                          "Score Video)."),
@@ -62,17 +69,24 @@ class AnyTalkerAudioEncode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, wav2vec, speakers: dict, mode: str = "pad", frame_count: int = 0,
+    def execute(cls, speakers: dict, wav2vec=None, audio_encoder=None, mode: str = "pad", frame_count: int = 0,
                 normalize_loudness: bool = False) -> io.NodeOutput:
         import comfy.model_management as mm
 
         from anytalker_core.audio import build_audio_conditioning
+        from anytalker_core.audio.mix import mix_on_timeline
         from anytalker_core.metrics.interactivity import side_names
 
+        if (wav2vec is None) == (audio_encoder is None):
+            raise InputError("connect exactly one of wav2vec (Load AnyTalker wav2vec2) and audio_encoder (Load Audio "
+                             "Encoder)" + ("" if wav2vec is None else "; both are connected"))
+        if wav2vec is None:
+            wav2vec = bridge.wav2vec_from_audio_encoder(audio_encoder, "audio_encoder")
         audios = bridge.ordered_autogrow(speakers)
         if not audios:
             raise InputError("speakers: connect at least one AUDIO (one per person)")
-        tracks = [bridge.audio_to_mono(a, f"audio input {i + 1}") for i, a in enumerate(audios)]
+        names = [f"audio input {i + 1}" for i in range(len(audios))]
+        tracks = [bridge.audio_to_mono(a, name) for a, name in zip(audios, names)]
         device = mm.get_torch_device()
         wav2vec.to(device)
         try:
@@ -86,8 +100,11 @@ class AnyTalkerAudioEncode(io.ComfyNode):
         intervals = {name: [[round(s, 3), round(e, 3)] for s, e in spans]
                      for name, spans in zip(names, audio.speaking)}
         payload = bridge.AudioPayload(conditioning=audio, names=names)
-        return io.NodeOutput(payload, len(tracks), int(audio.frame_num), bridge.mono_to_audio(audio.mixed),
-                             json.dumps(intervals))
+        mixed, rate = mix_on_timeline([a["waveform"][0] for a in audios], [int(a["sample_rate"]) for a in audios],
+                                      [start for start, _ in audio.turns], audio.duration, gains=audio.gains,
+                                      names=[f"audio input {i + 1}" for i in range(len(audios))])
+        return io.NodeOutput(payload, len(tracks), int(audio.frame_num),
+                             {"waveform": mixed.unsqueeze(0), "sample_rate": rate}, json.dumps(intervals))
 
 
 def image_masks(image: np.ndarray, boxes: np.ndarray | None, masks: np.ndarray | None):

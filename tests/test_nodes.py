@@ -129,7 +129,9 @@ def test_graph_audio_faces_conditioning_sampler_decode(world, people, tmp_path):
                                              mode="concat" if people == 3 else "pad", frame_count=9)
     assert n == people and frames == 9
     assert feats.conditioning.features.shape[:2] == (people, frames)
-    assert mixed["sample_rate"] == SR and mixed["waveform"].shape == (1, 1, round(frames / 24 * SR))
+    # the video's sound is the users' own: the highest input rate, the most channels (stereo from person 2 on)
+    rate, channels = max(rates[:people]), 1 + (people > 1)
+    assert mixed["sample_rate"] == rate and mixed["waveform"].shape == (1, channels, round(frames / 24 * rate))
     assert set(json.loads(intervals)) == set(feats.names) and len(feats.names) == people
 
     image = world["image"](people)  # [1, 96, 96 * people, 3]
@@ -157,7 +159,7 @@ def test_graph_audio_faces_conditioning_sampler_decode(world, people, tmp_path):
 
     video = vae_decode_node(world["vae"], latent)
     assert video.shape == (frames, height, width, 3)
-    assert mixed["waveform"].shape[-1] / SR == pytest.approx(video.shape[0] / 24, abs=1 / SR)
+    assert mixed["waveform"].shape[-1] / mixed["sample_rate"] == pytest.approx(video.shape[0] / 24, abs=1 / SR)
 
     # The graph ends in native Create Video (24 fps, mixed_audio) -> Save Video (exercised for real in
     # test_comfyui_server.py); here the same frames and audio are muxed with the core writer and read back.
@@ -264,6 +266,13 @@ def test_errors_name_the_input(world):
         run(AnyTalkerAudioEncode, wav2vec=wav2vec, speakers={"audio0": torch.zeros(SR)})
     with pytest.raises(InputError, match="connect at least one AUDIO"):
         run(AnyTalkerAudioEncode, wav2vec=wav2vec, speakers={})
+    with pytest.raises(InputError, match="connect exactly one of wav2vec .* and audio_encoder"):
+        run(AnyTalkerAudioEncode, speakers={"audio0": audio_dict(world["speech"][0])})
+    with pytest.raises(InputError, match="audio_encoder: expected an AUDIO_ENCODER"):
+        run(AnyTalkerAudioEncode, audio_encoder="wav2vec2.safetensors",
+            speakers={"audio0": audio_dict(world["speech"][0])})
+    with pytest.raises(InputError, match="every audio track is silent"):
+        run(AnyTalkerAudioEncode, wav2vec=wav2vec, speakers={"audio0": audio_dict(torch.zeros(SR))})
     image = world["image"](2)
     with pytest.raises(InputError, match="box 2 '1,2,3' has 3 numbers"):
         run(AnyTalkerFaceMasks, image=image, people=2, boxes="30,20,66,60; 1,2,3")
@@ -348,3 +357,17 @@ def test_model_loader_fp8_block_storage(world):
     stored = {m.weight.dtype for m in model.dit.blocks.modules() if hasattr(m, "scale")}
     assert stored == {torch.float8_e4m3fn}
     assert model.dit.patch_embedding.weight.dtype == torch.bfloat16
+
+
+def test_a_silent_speaker_listens(world):
+    """A fully silent AUDIO is a person who only listens: the run goes on and that person has no speaking
+    interval (issue 11: it used to reject the whole run)."""
+    from nodes.inputs import AnyTalkerAudioEncode
+
+    _, wav2vec = load_models(world)
+    talk = world["speech"][0]
+    feats, n, frames, mixed, intervals = run(AnyTalkerAudioEncode, wav2vec=wav2vec, speakers={
+        "audio0": audio_dict(torch.zeros_like(talk)), "audio1": audio_dict(talk)})
+    spans = json.loads(intervals)
+    assert n == 2 and spans[feats.names[0]] == [] and spans[feats.names[1]]
+    assert feats.conditioning.features[0].abs().sum() > 0  # wav2vec2's own features of silence

@@ -462,4 +462,19 @@ def load_wav2vec(
     return Wav2VecEncoder(model, do_normalize=do_normalize, source=str(path))
 
 
+def wav2vec_from_state_dict(sd: dict[str, torch.Tensor], num_heads: int | None = None, source: str = "state dict",
+                            device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Wav2VecEncoder:
+    """A :class:`Wav2VecEncoder` from an in-memory wav2vec2 state dict (e.g. the weights of an encoder another
+    program already loaded), with the reference's feature path: input normalisation on, as
+    ``wav2vec2-base-960h``'s ``preprocessor_config.json`` asks. The config is inferred from the tensors.
+
+    Raises :class:`CheckpointError` naming ``source`` when the tensors are not a wav2vec2 model.
+    """
+    sd = normalize_state_dict(sd)
+    config = infer_wav2vec_config(sd, num_heads=num_heads)
+    model = _build_model(config, sd, source)
+    model.to(device=device, dtype=dtype)
+    return Wav2VecEncoder(model, do_normalize=True, source=source)
+
+
 # ----------------------------------------------------------------------------- tiny models

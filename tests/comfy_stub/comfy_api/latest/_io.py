@@ -61,6 +61,7 @@ ClipVision = _comfytype("CLIP_VISION")
 Vae = _comfytype("VAE")
 Model = _comfytype("MODEL")
 Guider = _comfytype("GUIDER")
+AudioEncoder = _comfytype("AUDIO_ENCODER")
 
 
 def Custom(io_type: str):
