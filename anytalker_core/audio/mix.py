@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import InputError
-from ..media import check_sample_rate, resample
+from ..io.media import check_sample_rate, resample
 
 PEAK_CEILING = 0.99  # overlapping speech is scaled down to this peak instead of clipping
 
