@@ -9,6 +9,7 @@ import torch
 from comfy_api.latest import io
 
 from ._bridge import AnyTalkerModel
+from .model_files import missing_file_message
 from .types import AnyTalkerModelType, Wav2VecType
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,10 @@ class AnyTalkerModelLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, model_name: str) -> bool | str:
+        return model_file_check("model_name", model_name, "diffusion_models")
+
+    @classmethod
     def execute(cls, model_name: str, weight_dtype: str = "auto", attention: str = "sdpa",
                 block_storage: str = "same") -> io.NodeOutput:
         import comfy.model_management as mm
@@ -72,6 +77,17 @@ class AnyTalkerModelLoader(io.ComfyNode):
         dit = load_dit(path, device=mm.unet_offload_device(), dtype=dtype, weight_dtype=STORAGE[block_storage],
                        attention=attention)  # the model's own attention backend (a missing package fails here)
         return io.NodeOutput(AnyTalkerModel(dit=dit, dtype=dtype, attention=attention, name=model_name))
+
+
+def model_file_check(input_name: str, value: str, directory: str) -> bool | str:
+    """ComfyUI input validation of a model-file combo: ``True``, or a message saying where the file goes and
+    where to download it (instead of ComfyUI's generic "Value not in list")."""
+    import folder_paths
+
+    available = folder_paths.get_filename_list(directory)
+    if value in available:
+        return True
+    return missing_file_message(input_name, value, directory, available)
 
 
 def wav2vec_location(path: str) -> str:
@@ -101,6 +117,10 @@ class AnyTalkerWav2VecLoader(io.ComfyNode):
             ],
             outputs=[Wav2VecType.Output(display_name="wav2vec")],
         )
+
+    @classmethod
+    def validate_inputs(cls, model_name: str) -> bool | str:
+        return model_file_check("model_name", model_name, "audio_encoders")
 
     @classmethod
     def execute(cls, model_name: str) -> io.NodeOutput:

@@ -371,3 +371,20 @@ def test_a_silent_speaker_listens(world):
     spans = json.loads(intervals)
     assert n == 2 and spans[feats.names[0]] == [] and spans[feats.names[1]]
     assert feats.conditioning.features[0].abs().sum() > 0  # wav2vec2's own features of silence
+
+
+def test_missing_model_file_says_where_it_goes_and_where_to_get_it(world):
+    """Instead of ComfyUI's generic "Value not in list": the folder, the files found there and the download."""
+    from nodes.loaders import AnyTalkerModelLoader, AnyTalkerWav2VecLoader
+    from nodes.model_files import BY_NAME
+
+    present = folder_paths.get_filename_list("diffusion_models")[0]
+    assert AnyTalkerModelLoader.validate_inputs(model_name=present) is True
+    message = AnyTalkerModelLoader.validate_inputs(model_name="1_3B-single-v1.pth")
+    assert message.startswith("model_name: '1_3B-single-v1.pth' is not in ComfyUI/models/diffusion_models/")
+    assert present in message and BY_NAME["1_3B-single-v1.pth"].url in message
+    message = AnyTalkerWav2VecLoader.validate_inputs(model_name="wav2vec2-base-960h.safetensors")
+    assert "ComfyUI/models/audio_encoders/" in message and "facebook/wav2vec2-base-960h" in message
+    assert "as wav2vec2-base-960h.safetensors" in message  # the download is called model.safetensors
+    message = AnyTalkerModelLoader.validate_inputs(model_name="my_finetune.safetensors")
+    assert "my_finetune.safetensors" in message and "Put the file in ComfyUI/models/diffusion_models/" in message
