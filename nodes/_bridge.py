@@ -205,7 +205,8 @@ class ClipVisionAdapter:
     ComfyUI's own resize is skipped; the penultimate hidden states are returned.
     """
 
-    def __init__(self, clip_vision: Any) -> None:
+    def __init__(self, clip_vision: Any, tick: Callable[[], None] | None = None) -> None:
+        self.tick = tick  # called after each image (progress)
         if not hasattr(clip_vision, "encode_image"):
             raise InputError(f"clip_vision: expected a ComfyUI CLIP_VISION model (Load CLIP Vision), "
                              f"got {type(clip_vision).__name__}")
@@ -222,6 +223,8 @@ class ClipVisionAdapter:
         for image in images:
             out = self.clip_vision.encode_image(self._square(np.asarray(image)), crop=False)
             tokens.append(out["penultimate_hidden_states"].float().cpu())  # [1, 257, D]
+            if self.tick is not None:
+                self.tick()
         return torch.cat(tokens, dim=0)
 
 
@@ -232,8 +235,10 @@ class VaeAdapter:
     normalised latent ``(raw - mean) / std`` (ComfyUI's ``Wan21`` latent format does that map).
     """
 
-    def __init__(self, vae: Any) -> None:
+    def __init__(self, vae: Any, tick: Callable[[], None] | None = None) -> None:
         import comfy.latent_formats
+
+        self.tick = tick  # called after each encode (progress)
 
         if not hasattr(vae, "encode") or not hasattr(vae, "decode"):
             raise InputError(f"vae: expected a ComfyUI VAE (Load VAE with wan_2.1_vae), got {type(vae).__name__}")
@@ -248,6 +253,8 @@ class VaeAdapter:
         """``[1, 3, T, H, W]`` in -1..1 → normalised latent ``[1, 16, F, h, w]``."""
         pixels = video[0].permute(1, 2, 3, 0).add(1.0).mul(0.5).clamp(0, 1)  # [T, H, W, 3]
         raw = self.vae.encode(pixels.float().cpu())
+        if self.tick is not None:
+            self.tick()
         return self.latent_format.process_in(raw.float())
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
@@ -274,6 +281,21 @@ def progress_callback(total: int) -> Callable[[int, int], None]:
         bar.update_absolute(done, total_now)
 
     return progress
+
+
+def stage_ticker(total: int) -> Callable[[], None]:
+    """``tick()`` that advances ComfyUI's progress bar by one of ``total`` stages (e.g. each CLIP image and the
+    VAE encode of the conditioning node), so long encodes do not sit at 0 %."""
+    import comfy.utils
+
+    bar = comfy.utils.ProgressBar(total)
+    done = [0]
+
+    def tick() -> None:
+        done[0] = min(total, done[0] + 1)
+        bar.update_absolute(done[0], total)
+
+    return tick
 
 
 def interrupt_check() -> bool:

@@ -82,11 +82,12 @@ class AnyTalkerConditioning(io.ComfyNode):
         if tuple(faces.image_hw) != tuple(image.shape[:2]):
             raise InputError(f"faces were found on a {faces.image_hw[1]}x{faces.image_hw[0]} image but start_image "
                              f"is {image.shape[1]}x{image.shape[0]}; feed the same image to both nodes")
+        tick = bridge.stage_ticker(people + 2)  # CLIP of the whole image and of each face, then the VAE encode
         plan = stages.plan(image.shape[:2], audio.frame_num, max_pixels)
         masks = stages.prepare_faces(None, image, people, plan, boxes=None if faces.masks is not None else faces.boxes,
                                      masks=faces.masks)
         prompts = PromptEmbeds(context=text_embeds(positive, "positive"), context_null=text_embeds(negative, "negative"))
-        condition = stages.condition(bridge.ClipVisionAdapter(clip_vision), bridge.VaeAdapter(vae), image, masks,
+        condition = stages.condition(bridge.ClipVisionAdapter(clip_vision, tick), bridge.VaeAdapter(vae, tick), image, masks,
                                      audio, plan, prompts)
         return io.NodeOutput(condition, plan.width, plan.height)
 

@@ -141,9 +141,12 @@ def test_graph_audio_faces_conditioning_sampler_decode(world, people, tmp_path):
     assert preview.shape == image.shape and not torch.equal(preview, image)
     assert np.all(np.diff(faces.boxes[:, 0]) > 0)  # identity order = left to right
 
+    comfy.utils.UPDATES.clear()
     cond, width, height = run(AnyTalkerConditioning, positive=world["positive"], negative=world["negative"],
                               clip_vision=world["clip_vision"], vae=world["vae"], start_image=image, faces=faces,
                               audio_features=feats, max_pixels=64 * 64 * people)
+    # progress through every stage: CLIP of the image, of each face, then the VAE encode (was 0 % throughout)
+    assert comfy.utils.UPDATES == [(i, people + 2) for i in range(1, people + 3)]
     assert width % 32 == 0 and height % 32 == 0 and width * height <= 64 * 64 * people
     f_lat = (frames - 1) // 4 + 1
     assert cond.y.shape == (1, 20, f_lat, height // 8, width // 8)
