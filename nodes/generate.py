@@ -187,6 +187,19 @@ def dit_on_device(model, conditioning) -> Iterator[tuple[object, torch.device]]:
         mm.soft_empty_cache()
 
 
+TRAINING_FRAMES = 81  # the clip length both released models were trained on (3.4 s at 24 fps)
+
+
+def warn_if_longer_than_training(condition) -> None:
+    """One pass over more than the training length drifts and needs memory for the whole clip: say so."""
+    frames = (int(condition.y.shape[2]) - 1) * 4 + 1
+    if frames > TRAINING_FRAMES:
+        log.warning("AnyTalker Sampler: %d frames (%.1f s) in one pass, %.1fx the %d-frame training length: expect "
+                    "drift and memory for the whole clip. Use AnyTalker Long Sampler (windows of %d frames) or set "
+                    "frame_count on AnyTalker Audio Encode.", frames, frames / 24, frames / TRAINING_FRAMES,
+                    TRAINING_FRAMES, TRAINING_FRAMES)
+
+
 class AnyTalkerSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -212,6 +225,7 @@ class AnyTalkerSampler(io.ComfyNode):
 
         from anytalker_core.generation.stages import Placement, denoise
 
+        warn_if_longer_than_training(conditioning)
         with dit_on_device(model, conditioning) as (condition, device):
             latent = denoise(model.dit, condition, placement=Placement(device, model.dtype),
                              **sampling_kwargs(seed, steps, sampler_name, cfg, shift, audio_cfg))

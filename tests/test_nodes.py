@@ -391,3 +391,18 @@ def test_missing_model_file_says_where_it_goes_and_where_to_get_it(world):
     assert "as wav2vec2-base-960h.safetensors" in message  # the download is called model.safetensors
     message = AnyTalkerModelLoader.validate_inputs(model_name="my_finetune.safetensors")
     assert "my_finetune.safetensors" in message and "Put the file in ComfyUI/models/diffusion_models/" in message
+
+
+def test_one_pass_longer_than_training_warns(caplog):
+    """A single pass over more than the 81 training frames works but says it will drift (issue 11: 473 frames in
+    one pass, no warning)."""
+    from types import SimpleNamespace
+
+    from nodes.generate import warn_if_longer_than_training
+
+    with caplog.at_level("WARNING"):
+        warn_if_longer_than_training(SimpleNamespace(y=torch.zeros(1, 20, 21, 2, 2)))  # 81 frames
+        assert not caplog.records
+        warn_if_longer_than_training(SimpleNamespace(y=torch.zeros(1, 20, 119, 2, 2)))  # 473 frames
+    assert "473 frames" in caplog.text and "5.8x the 81-frame training length" in caplog.text
+    assert "AnyTalker Long Sampler" in caplog.text
