@@ -271,6 +271,18 @@ def test_errors_name_the_input(world):
         run(AnyTalkerAudioEncode, wav2vec=wav2vec, speakers={})
     with pytest.raises(InputError, match="connect exactly one of wav2vec .* and audio_encoder"):
         run(AnyTalkerAudioEncode, speakers={"audio0": audio_dict(world["speech"][0])})
+    class WhisperLargeV3(torch.nn.Module):  # named as ComfyUI's, which Load Audio Encoder also returns
+        pass
+
+    class Whisper:
+        model = WhisperLargeV3()
+
+        def encode_audio(self, audio, sample_rate):
+            raise AssertionError("not called")
+
+    with pytest.raises(InputError, match="audio_encoder: the audio encoder is a WhisperLargeV3; AnyTalker needs "
+                                         "wav2vec2-base-960h"):
+        run(AnyTalkerAudioEncode, audio_encoder=Whisper(), speakers={"audio0": audio_dict(world["speech"][0])})
     with pytest.raises(InputError, match="audio_encoder: expected an AUDIO_ENCODER"):
         run(AnyTalkerAudioEncode, audio_encoder="wav2vec2.safetensors",
             speakers={"audio0": audio_dict(world["speech"][0])})
