@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import torch
 from comfy_api.latest import io
 
-from anytalker_core.constants import MAX_AREA
+from anytalker_core.constants import MAX_AREA, WINDOW_FRAMES
 from anytalker_core.errors import InputError
 
 from . import _bridge as bridge
@@ -87,8 +87,8 @@ class AnyTalkerConditioning(io.ComfyNode):
         masks = stages.prepare_faces(None, image, people, plan, boxes=None if faces.masks is not None else faces.boxes,
                                      masks=faces.masks)
         prompts = PromptEmbeds(context=text_embeds(positive, "positive"), context_null=text_embeds(negative, "negative"))
-        condition = stages.condition(bridge.ClipVisionAdapter(clip_vision, tick), bridge.VaeAdapter(vae, tick), image, masks,
-                                     audio, plan, prompts)
+        condition = stages.condition(bridge.ClipVisionAdapter(clip_vision, tick), bridge.VaeAdapter(vae, tick), image,
+                                     masks, audio, plan, prompts)
         return io.NodeOutput(condition, plan.width, plan.height)
 
 
@@ -187,7 +187,7 @@ def dit_on_device(model, conditioning) -> Iterator[tuple[object, torch.device]]:
         mm.soft_empty_cache()
 
 
-TRAINING_FRAMES = 81  # the clip length both released models were trained on (3.4 s at 24 fps)
+TRAINING_FRAMES = WINDOW_FRAMES  # the clip length both released models were trained on (3.4 s at 24 fps)
 
 
 def warn_if_longer_than_training(condition) -> None:

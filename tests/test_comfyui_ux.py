@@ -105,7 +105,7 @@ def base_size_wav2vec(server):
     weights, as ``models/audio_encoders/wav2vec2-random-base.safetensors`` (fp16, ~190 MB)."""
     from safetensors.torch import load_file, save_file
 
-    from anytalker_core.audio.wav2vec import make_tiny_wav2vec
+    from anytalker_core.testing.tiny_wav2vec import make_tiny_wav2vec
 
     path = server.base / "models" / "audio_encoders" / "wav2vec2-random-base.safetensors"
     if not path.exists():
