@@ -25,7 +25,7 @@ def _load(name: str, path: Path):
 tidy = _load("tidy_workflows", ROOT / "scripts" / "tidy_workflows.py")
 model_files = _load("model_files_for_test", ROOT / "nodes" / "model_files.py")
 
-LOADERS = {"AnyTalkerModelLoader", "AnyTalkerWav2VecLoader", "CLIPLoader", "CLIPVisionLoader", "VAELoader"}
+LOADERS = {"AnyTalkerModelLoader", "AnyTalkerNativeModelLoader", "AnyTalkerWav2VecLoader", "CLIPLoader", "CLIPVisionLoader", "VAELoader"}
 ALLOWED_URL = ("https://huggingface.co/", "https://civitai.com/")  # what the frontend's download accepts
 
 

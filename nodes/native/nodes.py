@@ -63,6 +63,12 @@ class AnyTalkerNativeModelLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, unet_name: str) -> bool | str:
+        from ..loaders import model_file_check
+
+        return model_file_check("unet_name", unet_name, "diffusion_models")
+
+    @classmethod
     def execute(cls, unet_name: str, weight_dtype: str = "default") -> io.NodeOutput:
         import folder_paths
 
