@@ -12,5 +12,5 @@ Wav2VecType = io.Custom("ANYTALKER_WAV2VEC")
 AudioFeaturesType = io.Custom("ANYTALKER_AUDIO")
 #: :class:`._bridge.FaceSelection` — one face per person, identity order.
 FacesType = io.Custom("ANYTALKER_FACES")
-#: ``anytalker_core.generation.pipeline.Condition`` — everything the DiT needs besides noise and settings.
+#: ``anytalker_core.generation.types.Conditioning`` — everything the DiT needs besides noise and settings.
 ConditioningType = io.Custom("ANYTALKER_CONDITIONING")

@@ -253,7 +253,7 @@ def test_load_image(tmp_path):
 
 
 def test_legacy_afca_dit_runs_in_the_same_pipeline(pipe, staged, tmp_path):
-    """A 14B-style (legacy AFCA) DiT takes the same Condition; only the model differs."""
+    """A 14B-style (legacy AFCA) DiT takes the same Conditioning; only the model differs."""
     from anytalker_core.model.checkpoint import load_dit
     from anytalker_core.testing.demo import make_demo_dit
 
