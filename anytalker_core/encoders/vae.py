@@ -71,6 +71,26 @@ _RESIDUAL = {
     "shortcut.bias": "conv_shortcut.bias",
 }
 _RESIDUAL_INV = {v: k for k, v in _RESIDUAL.items()}
+# whole-model keys and the stem/head layers of the encoder and decoder, Wan name -> diffusers name
+_TOP = {"conv1.weight": "quant_conv.weight", "conv1.bias": "quant_conv.bias",
+        "conv2.weight": "post_quant_conv.weight", "conv2.bias": "post_quant_conv.bias"}
+_TOP_INV = {v: k for k, v in _TOP.items()}
+_ENDS = (("conv1.", "conv_in."), ("head.0.gamma", "norm_out.gamma"), ("head.2.", "conv_out."))
+
+
+def _rename_ends(key: str, top: dict[str, str], ends: tuple[tuple[str, str], ...]) -> str | tuple[str, str]:
+    """The renamed key when it is a whole-model or stem/head key (or not an encoder/decoder key at all:
+    unchanged); otherwise its ``(part, rest)`` for the block rules of the caller."""
+    if key in top:
+        return top[key]
+    m = re.fullmatch(r"(encoder|decoder)\.(.+)", key)
+    if not m:
+        return key
+    part, rest = m.groups()
+    for old, new in ends:
+        if rest.startswith(old):
+            return f"{part}.{new}{rest[len(old):]}"
+    return part, rest
 
 
 # --------------------------------------------------------------------------------------------- key layouts
@@ -82,20 +102,10 @@ def wan_to_diffusers_key(key: str, num_res_blocks: int) -> str:
     ``num_res_blocks`` fixes the decoder grouping: each decoder stage holds ``num_res_blocks + 1`` residual
     blocks followed (except in the last stage) by one upsampler, flattened in Wan's ``upsamples`` list.
     """
-    top = {"conv1.weight": "quant_conv.weight", "conv1.bias": "quant_conv.bias",
-           "conv2.weight": "post_quant_conv.weight", "conv2.bias": "post_quant_conv.bias"}
-    if key in top:
-        return top[key]
-    m = re.fullmatch(r"(encoder|decoder)\.(.+)", key)
-    if not m:
-        return key
-    part, rest = m.groups()
-    if rest.startswith("conv1."):
-        return f"{part}.conv_in.{rest[len('conv1.'):]}"
-    if rest == "head.0.gamma":
-        return f"{part}.norm_out.gamma"
-    if rest.startswith("head.2."):
-        return f"{part}.conv_out.{rest[len('head.2.'):]}"
+    renamed = _rename_ends(key, _TOP, _ENDS)
+    if isinstance(renamed, str):
+        return renamed
+    part, rest = renamed
     m = re.fullmatch(r"middle\.(\d)\.(.+)", rest)
     if m:
         idx, sub = int(m.group(1)), m.group(2)
@@ -117,20 +127,10 @@ def wan_to_diffusers_key(key: str, num_res_blocks: int) -> str:
 
 def diffusers_to_wan_key(key: str, num_res_blocks: int) -> str:
     """Inverse of :func:`wan_to_diffusers_key` (writes ComfyUI-layout files from a diffusers model)."""
-    top = {"quant_conv.weight": "conv1.weight", "quant_conv.bias": "conv1.bias",
-           "post_quant_conv.weight": "conv2.weight", "post_quant_conv.bias": "conv2.bias"}
-    if key in top:
-        return top[key]
-    m = re.fullmatch(r"(encoder|decoder)\.(.+)", key)
-    if not m:
-        return key
-    part, rest = m.groups()
-    if rest.startswith("conv_in."):
-        return f"{part}.conv1.{rest[len('conv_in.'):]}"
-    if rest == "norm_out.gamma":
-        return f"{part}.head.0.gamma"
-    if rest.startswith("conv_out."):
-        return f"{part}.head.2.{rest[len('conv_out.'):]}"
+    renamed = _rename_ends(key, _TOP_INV, tuple((new, old) for old, new in _ENDS))
+    if isinstance(renamed, str):
+        return renamed
+    part, rest = renamed
     m = re.fullmatch(r"mid_block\.attentions\.0\.(.+)", rest)
     if m:
         return f"{part}.middle.1.{m.group(1)}"
