@@ -26,14 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, InputError
-from ..io.weights import (
-    LazyStateDict,
-    describe_checkpoint,
-    is_quant_key,
-    load_into_empty,
-    strip_prefix,
-    to_compute_dtype,
-)
+from ..io.weights import (LazyStateDict, describe_checkpoint, is_quant_key, load_into_empty, strip_prefix,
+                          to_compute_dtype)
 
 log = logging.getLogger(__name__)
 

@@ -31,16 +31,8 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, InputError, MissingModelError
-from ..io.weights import (
-    WEIGHT_SUFFIXES,
-    LazyStateDict,
-    describe_checkpoint,
-    is_quant_key,
-    leftover_meta,
-    load_into_empty,
-    strip_prefix,
-    to_compute_dtype,
-)
+from ..io.weights import (WEIGHT_SUFFIXES, LazyStateDict, describe_checkpoint, is_quant_key, leftover_meta,
+                          load_into_empty, strip_prefix, to_compute_dtype)
 
 log = logging.getLogger(__name__)
 

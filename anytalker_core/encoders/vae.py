@@ -24,14 +24,8 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, InputError, MissingModelError
-from ..io.weights import (
-    LazyStateDict,
-    describe_checkpoint,
-    is_quant_key,
-    load_into_empty,
-    strip_prefix,
-    to_compute_dtype,
-)
+from ..io.weights import (LazyStateDict, describe_checkpoint, is_quant_key, load_into_empty, strip_prefix,
+                          to_compute_dtype)
 
 log = logging.getLogger(__name__)
 
