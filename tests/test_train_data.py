@@ -11,7 +11,8 @@ import torch
 
 from train import flow
 from train.buckets import BucketBatchSampler
-from train.data import (CacheIndex, CachedSample, SharedEmbeddings, collate, concat_side_by_side, identity_masks,
+from train.data import (CacheIndex, CachedSample, SharedEmbeddings, Unpairable, collate, concat_side_by_side,
+                        half_crop_start, identity_masks,
                         load_sample, window_audio)
 from train.prepare import frames_for_training, resample_indices, write_sample
 from train.trainer import apply_condition_dropout, lr_lambda
@@ -36,9 +37,10 @@ def test_sampler_never_mixes_shapes_and_shards_disjointly():
         batches = s.batches_for_epoch(0)
         for b in batches:
             assert len({keys[i] for i in b.indices}) == 1
-            assert len(b.indices) == (4 if b.two_person else 2)
+            assert len(b.indices) == 2  # a two-person batch holds B pairs made from its own B samples
             if b.two_person:
                 assert keys[b.indices[0]][0] == 1  # only single-person buckets are paired
+                assert b.partners == (b.indices[1], b.indices[0])
         per_rank.append(batches)
     assert len(per_rank[0]) == len(per_rank[1]) > 0  # equal step counts on every rank
     seen = [i for batches in per_rank for b in batches for i in b.indices]
@@ -63,8 +65,72 @@ def test_sampler_is_deterministic_and_resumes_exactly():
     assert [x.two_person for x in head + tail] == [x.two_person for x in full]
     other = BucketBatchSampler(keys, 2, 0.5, lambda k: k[0] == 1, seed=6).batches_for_epoch(0)
     assert [x.indices for x in other] != [x.indices for x in a.batches_for_epoch(0)]
-    with pytest.raises(InputError, match="same data"):
-        BucketBatchSampler(keys[:-1], 2, seed=5).load_state_dict(b.state_dict())
+    # added data: this epoch's order is gone, the run continues with the next epoch
+    grown = BucketBatchSampler(keys + [keys[0]], 2, 0.5, lambda k: k[0] == 1, seed=5)
+    grown.load_state_dict(b.state_dict())
+    assert (grown.epoch, grown.position) == (b.epoch + 1, 0)
+
+
+def test_sampler_resumes_with_another_process_count():
+    """The epoch's global batch order does not depend on the world size: 2 ranks at local position 3
+    consumed global batches 0..5; 3 ranks continue at local position 2 (global 6..)."""
+    keys = [(1, 3, 8, 16)] * 40
+    two = [BucketBatchSampler(keys, 1, 0.5, lambda k: True, seed=1, rank=r, world_size=2) for r in range(2)]
+    glob = two[0].epoch_batches(0)
+    assert [b.indices for b in two[1].batches_for_epoch(0)] == [b.indices for b in glob[1:40:2]]
+    state = {**two[0].state_dict(), "position": 3}
+    three = [BucketBatchSampler(keys, 1, 0.5, lambda k: True, seed=1, rank=r, world_size=3) for r in range(3)]
+    for r, s in enumerate(three):
+        s.load_state_dict(state)
+        assert (s.epoch, s.position) == (0, 2)
+        assert next(iter(s)).indices == glob[6 + r].indices
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 4])
+def test_stage1_pairing_is_k_with_k_plus_1_and_half_the_batches(batch_size):
+    """The paper's stage 1: one coin per batch (p = 0.5 whatever B), sample k joined with sample k+1
+    of the same batch (cyclic), never with a window of its own clip; B = 1 takes the next clip of the
+    bucket."""
+    keys = [(1, 3, 8, 16)] * 12
+    sources = [f"clip{i // 2}" for i in range(12)]  # two windows per clip
+    sampler = BucketBatchSampler(keys, batch_size, 0.5, lambda k: True, seed=7, sources=sources)
+    batches = [b for epoch in range(300) for b in sampler.batches_for_epoch(epoch)]
+    fraction = sum(b.two_person for b in batches) / len(batches)
+    assert abs(fraction - 0.5) < 0.05, fraction  # 3.5 sigma for B = 4 (900 batches)
+    rolled = 0
+    for b in batches:
+        assert len(b.indices) == batch_size
+        if not b.two_person:
+            assert b.partners == ()
+            continue
+        assert len(b.partners) == batch_size
+        for k, (i, j) in enumerate(zip(b.indices, b.partners)):
+            assert i != j and sources[i] != sources[j]
+            others = [b.indices[(k + d) % batch_size] for d in range(1, batch_size)]
+            others = [o for o in others if sources[o] != sources[i]]
+            if others:  # the next sample of another clip in the same batch: k+1 unless it is the same clip
+                assert j == others[0]
+                rolled += j == b.indices[(k + 1) % batch_size]
+            else:  # every other sample of the batch is the same clip (or B = 1): from the bucket
+                assert j not in b.indices
+    if batch_size > 1:
+        assert rolled > 0
+
+
+def test_a_bucket_of_one_clip_is_never_paired():
+    sampler = BucketBatchSampler([(1, 3, 8, 16)] * 4, 2, 1.0, lambda k: True, sources=["same"] * 4)
+    assert not any(b.two_person for b in sampler.batches_for_epoch(0))
+
+
+def test_unpairable_samples_form_single_person_batches_only():
+    keys = [(1, 3, 8, 16)] * 8
+    can = [i % 4 != 0 for i in range(8)]
+    sampler = BucketBatchSampler(keys, 2, 1.0, lambda k: True, can_pair=can)
+    for epoch in range(20):
+        for b in sampler.batches_for_epoch(epoch):
+            involved = b.indices + b.partners
+            assert b.two_person == all(can[i] for i in b.indices)
+            assert all(can[i] for i in involved) or not b.two_person
 
 
 def test_sampler_explains_too_little_data():
@@ -153,18 +219,20 @@ def test_concat_side_by_side_binds_each_half_to_its_identity():
     prompt = torch.full((4, D), 7.0)
     pair = concat_side_by_side(left, right, prompt)
     half = LAT_W // 2
-    # latents: centre half of each sample (columns 4..11), left then right
+    # latents: the half of each sample centred on its face (left: centre 60 px -> columns 4..11,
+    # right: centre 70 px -> columns 5..12), left then right
+    assert pair.meta["crop_columns"] == [[4, 12], [5, 13]]
     assert pair.latents.shape == left.latents.shape
     assert torch.allclose(pair.latents[..., :half], left.latents[..., 4:12])
-    assert torch.allclose(pair.latents[..., half:], right.latents[..., 4:12])
-    assert torch.allclose(pair.first_frame_latent[..., half:], -right.latents[..., 4:12])
+    assert torch.allclose(pair.latents[..., half:], right.latents[..., 5:13])
+    assert torch.allclose(pair.first_frame_latent[..., half:], -right.latents[..., 5:13])
     # identity 0 = left sample, identity 1 = right sample
     assert pair.audio_features[0].unique().tolist() == [1.0] and pair.audio_features[1].unique().tolist() == [2.0]
     assert pair.face_clip_tokens[0].unique().tolist() == [1.0] and pair.face_clip_tokens[1].unique().tolist() == [2.0]
     assert torch.equal(pair.text_embedding, prompt)
-    # boxes move with their half: x - W/4 (+ W/2 for the right one)
+    # boxes move with their crop: x - 8·start (+ W/2 for the right one)
     assert pair.global_face_box[0].tolist() == [8.0, 10.0, 48.0, 50.0]
-    assert pair.global_face_box[1].tolist() == [64 + 18.0, 12.0, 64 + 58.0, 52.0]
+    assert pair.global_face_box[1].tolist() == [64 + 10.0, 12.0, 64 + 50.0, 52.0]
 
     batch = collate([pair, pair], two_person=True)
     assert batch.clip_fea is None and torch.equal(batch.first_frames, torch.stack([pair.first_frame] * 2))
@@ -189,8 +257,8 @@ def test_concat_first_frame_uses_the_latent_crop_columns():
     h_img, w_img = left.image_hw
     assert pair.clip_tokens is None  # no mean of the two samples' tokens: the trainer encodes this frame
     assert pair.first_frame.dtype == torch.uint8 and pair.first_frame.shape == (h_img, w_img, 3)
-    q, h = w_img // 4, w_img // 2
-    expected = torch.cat([left.first_frame[:, q:q + h], right.first_frame[:, q:q + h]], dim=1)
+    (l0, l1), (r0, r1) = pair.meta["crop_columns"]
+    expected = torch.cat([left.first_frame[:, 8 * l0:8 * l1], right.first_frame[:, 8 * r0:8 * r1]], dim=1)
     assert torch.equal(pair.first_frame, expected)
     for c in range(LAT_W):
         source_latent_col = round((pair.latents[0, 0, 0, c].item() % 1) * 100)
@@ -219,6 +287,31 @@ def test_two_person_clip_fea_encodes_the_side_by_side_first_frame(tmp_path: Path
     assert not encoded.clip_fea.is_inference()  # usable as an autograd input
     single = collate([left])
     assert single.first_frames is None and single.with_image_tokens(clip.encode) is single
+
+
+@pytest.mark.parametrize("box, start", [
+    ([0, 10, 30, 50], 0),  # at the left edge: the old centre crop made it a zero-width box
+    ([100, 10, 128, 50], 8),  # at the right edge
+    ([60, 10, 68, 50], 4),  # centred
+    ([0, 10, 64, 50], 0),  # exactly half the frame wide, from the left
+])
+def test_half_crop_keeps_the_whole_face(box, start):
+    assert half_crop_start(box, 128, 16) == start
+    c0 = 8 * start
+    assert c0 <= box[0] and box[2] <= c0 + 64
+
+
+def test_edge_faces_pair_and_too_wide_faces_are_named():
+    edge, other = _sample(1.0, [0, 10, 30, 50], "edge_clip"), _sample(2.0, [98, 12, 128, 52], "right_edge")
+    pair = concat_side_by_side(edge, other, None)
+    assert pair.meta["crop_columns"] == [[0, 8], [8, 16]]
+    assert pair.global_face_box[0].tolist() == [0.0, 10.0, 30.0, 50.0]
+    assert pair.global_face_box[1].tolist() == [64 + 34.0, 12.0, 64 + 64.0, 52.0]
+    tm = collate([pair], two_person=True).token_masks
+    assert tm[0].sum() > 0 and tm[1].sum() > 0  # both faces keep a mask
+    wide = _sample(2.0, [10, 5, 100, 60], "wide_face")
+    with pytest.raises(Unpairable, match="'wide_face'.*90 px wide does not fit in half"):
+        concat_side_by_side(edge, wide, None)
 
 
 def test_concat_without_cached_first_frame_asks_to_rerun_prepare():

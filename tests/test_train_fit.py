@@ -27,14 +27,17 @@ TEXT_DIM = CLIP_DIM = AUDIO_C = 32
 AUDIO_L = 2
 
 
-def make_cache(folder: Path, count: int, identities: int = 1, seed: int = 0, first_frame: bool = True) -> Path:
+def make_cache(folder: Path, count: int, identities: int = 1, seed: int = 0, first_frame: bool = True,
+               boxes_of: dict[int, list[float]] | None = None) -> Path:
     """``count`` cached samples in the real on-disk format (random encoder outputs and first-frame pixels,
-    fixed per sample); ``first_frame=False`` writes the older format without ``first_frame``."""
+    fixed per sample); ``first_frame=False`` writes the older format without ``first_frame``;
+    ``boxes_of[k]`` replaces single-person sample k's face box."""
     g = torch.Generator().manual_seed(seed)
     w_img, h_img = LAT_W * 8, LAT_H * 8
-    boxes = torch.tensor([[4.0 + 64 * i / identities, 8.0, 4.0 + 64 * i / identities + 40 / identities, 48.0]
-                          for i in range(identities)])
+    default = torch.tensor([[16.0 + 64 * i / identities, 8.0, 16.0 + 64 * i / identities + 24 / identities, 48.0]
+                            for i in range(identities)])  # fits in half the frame: stage 1 may pair it
     for k in range(count):
+        boxes = torch.tensor([boxes_of[k]]) if boxes_of and k in boxes_of else default
         tensors = {
             "latents": torch.randn(16, F_LAT, LAT_H, LAT_W, generator=g),
             "first_frame_latent": torch.randn(16, F_LAT, LAT_H, LAT_W, generator=g),
@@ -259,6 +262,25 @@ def test_two_person_batches_encode_their_first_frame_with_the_frozen_clip(cache:
                     "fit")
     Trainer(cfg).run()
     assert calls == [((1, LAT_H * 8, LAT_W * 8, 3), torch.uint8, torch.float32, False, False)] * 3
+
+
+def test_stage1_edge_face_trains_and_too_wide_face_is_named(tmp_path: Path):
+    """A face at the frame's edge is paired with a crop that holds it (the old centre crop made it a
+    zero-width box and raised inside the data loader); a face wider than half the frame is never paired
+    and named, with the reason, in the log and RUN/pairing_report.json."""
+    w = LAT_W * 8
+    data = make_cache(tmp_path / "c", 4, boxes_of={0: [0.0, 8.0, 20.0, 48.0], 1: [w - 18.0, 8.0, w, 48.0],
+                                                   3: [2.0, 4.0, w - 20.0, 60.0]})
+    run = tmp_path / "run"
+    cfg = load_toml(write_config(tmp_path / "e.toml", data, run, max_steps=4, save_every=4, two_person_prob=1.0),
+                    "fit")
+    losses = Trainer(cfg).run()
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    report = json.loads((run / "pairing_report.json").read_text())
+    assert report["pairable"] == 3
+    assert [(s["id"], s["reason"]) for s in report["skipped"]] == [("s3", "face_wider_than_half")]
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["two_person"] for r in rows)  # s0 (left edge) and s1 (right edge) were paired
 
 
 def test_two_person_mode_needs_clip_vision_and_stage2_does_not(cache: Path, tmp_path: Path):

@@ -184,8 +184,14 @@ def test_prepared_cache_trains(prepared, models: dict, tmp_path: Path):
                       model=ModelSection(tiny=True, gradient_checkpointing=True), export_at_end=False)
     losses = Trainer(cfg).run()
     assert len(losses) == 2 and all(np.isfinite(losses))
+    # The panning close-up's face (union over frames: 49 px) does not fit in half of the 96 px frame, so
+    # stage 1 never pairs it and names it; with one pairable clip left there is no partner, so both
+    # steps train single-person batches instead of cropping a face.
+    report = json.loads((tmp_path / "run" / "pairing_report.json").read_text())
+    assert [(s["id"], s["reason"]) for s in report["skipped"]] == [("good_pan", "face_wider_than_half")]
+    assert "49 px wide does not fit in half of the 96-pixel-wide frame" in report["skipped"][0]["detail"]
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[0]["two_person"]  # the two kept clips were paired side by side
+    assert not any(r["two_person"] for r in rows)
 
 
 def test_cli_prepare_reports_bad_input(tmp_path: Path, capsys):

@@ -28,8 +28,10 @@ token grid ``[F, h/2, w/2]`` (one per identity) and, summed, to the latent grid 
 channels of ``y`` (frame 0 = 1). Training uses the clip's global face box, as the paper did.
 
 Two-person mode (:func:`concat_side_by_side`) works on cached tensors: each sample's latents are
-centre-cropped to half width and the halves concatenated (left = identity 0 = sample k, right =
-identity 1 = sample k+1); boxes move with their half and each identity's masks are confined to it.
+cropped to half width around its face (the whole face box inside; a face wider than half the frame
+makes the sample :class:`Unpairable`) and the halves concatenated (left = identity 0 = sample k,
+right = identity 1 = its partner k+1); boxes move with their crop and each identity's masks are
+confined to its half.
 The first frames' pixels are cropped to the same columns (latent column c = pixel columns 8c … 8c+7)
 and concatenated; the trainer encodes that frame with the frozen CLIP vision model for ``clip_fea``.
 """
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -53,7 +56,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CachedSample", "TrainBatch", "CacheIndex", "SharedEmbeddings", "load_sample", "identity_masks",
            "window_audio", "concat_side_by_side", "collate", "SAMPLE_KEYS", "FIRST_FRAME_KEY",
-           "SHARED_EMBEDDINGS_FILE"]
+           "SHARED_EMBEDDINGS_FILE", "Unpairable", "half_crop_start"]
 
 SAMPLE_KEYS = ("latents", "first_frame_latent", "audio_features", "face_boxes", "global_face_box",
                "face_clip_tokens", "clip_tokens", "text_embedding")
@@ -244,6 +247,33 @@ class CacheIndex:
     def load(self, i: int) -> CachedSample:
         return load_sample(self.paths[i])
 
+    def source(self, i: int) -> str:
+        """The clip sample ``i`` was cut from (windows of one clip share it)."""
+        return str(self.metas[i].get("source") or self.metas[i].get("id", self.paths[i].stem))
+
+    def global_face_box(self, i: int) -> list[list[float]]:
+        """``[N, 4]`` face boxes of sample ``i`` (from its metadata, else from the tensor file)."""
+        box = self.metas[i].get("global_face_box")
+        if box is not None:
+            return box
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(self.paths[i]), framework="pt") as fh:
+                return fh.get_tensor("global_face_box").float().tolist()
+        except (OSError, SafetensorError) as exc:
+            raise InputError(f"cached sample '{self.paths[i]}' is unreadable ({exc}); delete it and re-run "
+                             "prepare") from None
+
+    def pairing_problem(self, i: int) -> str | None:
+        """Why single-person sample ``i`` cannot be one half of a stage-1 side-by-side frame (None: it can)."""
+        m = self.metas[i]
+        try:
+            half_crop_start(self.global_face_box(i)[0], int(m["width"]), int(m["latent_width"]))
+        except Unpairable as exc:
+            return str(exc)
+        return None
+
     def has_tensor(self, i: int, key: str) -> bool:
         """Whether sample ``i`` stores tensor ``key`` (reads the file header only)."""
         from safetensors import SafetensorError, safe_open
@@ -297,14 +327,35 @@ def window_audio(features: torch.Tensor, window: int = 5) -> torch.Tensor:
 # ----------------------------------------------------------------------------------- two-person
 
 
-def _centre_half_columns(latent_width: int) -> slice:
-    """The latent columns kept by the half-width centre crop (``latent_width`` divisible by 4)."""
+class Unpairable(InputError):
+    """A single-person sample that stage 1 cannot put in one half of a side-by-side frame."""
+
+
+def half_crop_start(box: Sequence[float], image_width: int, latent_width: int) -> int:
+    """First latent column of the half-width crop of a frame that keeps the face ``box`` inside.
+
+    ``box`` is ``(x0, y0, x1, y1)`` in pixels of an ``image_width``-wide frame (latent width
+    ``latent_width``, divisible by 4). The crop is ``latent_width/2`` latent columns, i.e. pixel
+    columns ``8c … 8(c + latent_width/2)``; it is centred on the face as far as the frame allows, and
+    always holds the whole box. Raises :class:`Unpairable` when the face is wider than half the frame.
+    """
     if latent_width % 4:
-        raise InputError(f"two-person concatenation needs a latent width divisible by 4, got {latent_width}")
-    return slice(latent_width // 4, latent_width // 4 + latent_width // 2)
+        raise Unpairable(f"two-person concatenation needs a latent width divisible by 4, got {latent_width}")
+    stride = image_width / latent_width
+    half = latent_width // 2
+    x0, x1 = max(0.0, float(box[0])), min(float(image_width), float(box[2]))
+    if not x1 > x0:
+        raise Unpairable(f"face box {list(map(float, box))} lies outside the {image_width}-pixel-wide frame")
+    lo = max(0, math.ceil(x1 / stride - 1e-6) - half)  # the crop must reach past x1 ...
+    hi = min(latent_width - half, math.floor(x0 / stride + 1e-6))  # ... and start before x0
+    if lo > hi:
+        raise Unpairable(f"face {x1 - x0:.0f} px wide does not fit in half of the {image_width}-pixel-wide "
+                         f"frame ({half * stride:.0f} px at latent-column steps)")
+    centred = round((x0 + x1) / 2 / stride - half / 2)
+    return min(max(centred, lo), hi)
 
 
-def _first_frame_half(sample: CachedSample, columns: slice) -> torch.Tensor:
+def _first_frame_columns(sample: CachedSample, columns: slice) -> torch.Tensor:
     """``sample``'s first frame ``[H, W, 3]`` cropped to the pixel columns of latent ``columns`` (c → 8c … 8c+7)."""
     frame = sample.first_frame
     if frame is None:
@@ -321,11 +372,13 @@ def _first_frame_half(sample: CachedSample, columns: slice) -> torch.Tensor:
 def concat_side_by_side(left: CachedSample, right: CachedSample, text_embedding: torch.Tensor | None) -> CachedSample:
     """Stage 1's two-person sample: ``left`` (identity 0) and ``right`` (identity 1) side by side.
 
-    Each sample's latents and first-frame latents are centre-cropped to half width and concatenated
-    along width, and so are the same columns of both first frames (pixels; ``clip_tokens`` is None
-    until the trainer encodes that frame); face boxes move with their half and each identity's masks
-    are confined to its half; audio and face tokens keep their identity. ``text_embedding`` is a
-    generic two-person prompt (None keeps ``left``'s caption).
+    Each sample's latents and first-frame latents are cropped to half width around its face
+    (:func:`half_crop_start`: the whole face box inside, centred where the frame allows) and
+    concatenated along width, and so are the same columns of both first frames (pixels;
+    ``clip_tokens`` is None until the trainer encodes that frame); face boxes move with their crop and
+    each identity's masks are confined to its half; audio and face tokens keep their identity.
+    ``text_embedding`` is a generic two-person prompt (None keeps ``left``'s caption). Raises
+    :class:`Unpairable` (naming the sample) when a face does not fit in half the frame.
     """
     if left.num_identities != 1 or right.num_identities != 1:
         raise InputError(f"two-person concatenation needs single-person samples, got {left.sample_id} "
@@ -336,20 +389,25 @@ def concat_side_by_side(left: CachedSample, right: CachedSample, text_embedding:
     if left.audio_features.shape != right.audio_features.shape:
         raise InputError(f"cannot concatenate {left.sample_id} and {right.sample_id}: audio shapes "
                          f"{tuple(left.audio_features.shape)} vs {tuple(right.audio_features.shape)} differ")
-    columns = _centre_half_columns(left.latents.shape[-1])
-    first_frame = torch.cat([_first_frame_half(left, columns), _first_frame_half(right, columns)], dim=1)
     h_img, w_img = left.image_hw
-    quarter, half = w_img / 4, w_img / 2
-    boxes = []
+    lat_w = left.latents.shape[-1]
+    half_lat, half = lat_w // 2, w_img / 2
+    crops, boxes = [], []
     for k, sample in enumerate((left, right)):
         box = sample.global_face_box[0].clone()
-        box[[0, 2]] = (box[[0, 2]] - quarter).clamp(0, half) + k * half
+        try:
+            start = half_crop_start(box.tolist(), w_img, lat_w)
+        except Unpairable as exc:
+            raise Unpairable(f"sample '{sample.sample_id}': {exc}") from None
+        crops.append(slice(start, start + half_lat))
+        box[[0, 2]] = (box[[0, 2]] - start * w_img / lat_w).clamp(0, half) + k * half
         boxes.append(box)
+    (cl, cr) = crops
+    first_frame = torch.cat([_first_frame_columns(left, cl), _first_frame_columns(right, cr)], dim=1)
     return CachedSample(
         sample_id=f"{left.sample_id}+{right.sample_id}",
-        latents=torch.cat([left.latents[..., columns], right.latents[..., columns]], dim=-1),
-        first_frame_latent=torch.cat([left.first_frame_latent[..., columns],
-                                      right.first_frame_latent[..., columns]], dim=-1),
+        latents=torch.cat([left.latents[..., cl], right.latents[..., cr]], dim=-1),
+        first_frame_latent=torch.cat([left.first_frame_latent[..., cl], right.first_frame_latent[..., cr]], dim=-1),
         audio_features=torch.cat([left.audio_features, right.audio_features], dim=0),
         global_face_box=torch.stack(boxes),
         face_clip_tokens=torch.cat([left.face_clip_tokens, right.face_clip_tokens], dim=0),
@@ -358,7 +416,8 @@ def concat_side_by_side(left: CachedSample, right: CachedSample, text_embedding:
         image_hw=left.image_hw,
         first_frame=first_frame,
         regions=[(0.0, half), (half, float(w_img))],
-        meta={"two_person": True, "left": left.meta, "right": right.meta},
+        meta={"two_person": True, "left": left.meta, "right": right.meta,
+              "crop_columns": [[cl.start, cl.stop], [cr.start, cr.stop]]},
     )
 
 
@@ -406,9 +465,9 @@ def collate(samples: Sequence[CachedSample], two_person: bool = False, audio_win
 class BatchBuilder:
     """Turns a sampler :class:`~train.buckets.Batch` into a :class:`TrainBatch` (used as a map dataset).
 
-    Two-person batches pair samples (0,1), (2,3), ... side by side; the generic prompt of each pair is
-    drawn from a generator seeded by ``(seed, epoch, position)``, so the choice is the same after resume
-    and in any DataLoader worker.
+    Two-person batches join each sample ``indices[k]`` with its partner ``partners[k]`` (sample k+1 of
+    the batch) side by side; the generic prompt of each pair is drawn from a generator seeded by
+    ``(seed, epoch, position)``, so the choice is the same after resume and in any DataLoader worker.
     """
 
     def __init__(self, index: CacheIndex, shared: SharedEmbeddings, seed: int = 0, audio_window: int = 5):
@@ -418,14 +477,21 @@ class BatchBuilder:
         self.audio_window = audio_window
 
     def __getitem__(self, batch) -> TrainBatch:
-        samples = [self.index.load(i) for i in batch.indices]
+        loaded: dict[int, CachedSample] = {}
+
+        def get(i: int) -> CachedSample:
+            if i not in loaded:
+                loaded[i] = self.index.load(i)
+            return loaded[i]
+
+        samples = [get(i) for i in batch.indices]
         if batch.two_person:
             rng = np.random.default_rng([self.seed, batch.epoch, batch.position, 2])
             pairs = []
-            for k in range(0, len(samples) - 1, 2):
+            for sample, partner in zip(samples, batch.partners):
                 prompt = (self.shared.two_person[int(rng.integers(len(self.shared.two_person)))]
                           if self.shared.two_person else None)
-                pairs.append(concat_side_by_side(samples[k], samples[k + 1], prompt))
+                pairs.append(concat_side_by_side(sample, get(partner), prompt))
             samples = pairs
         out = collate(samples, two_person=batch.two_person, audio_window=self.audio_window)
         out.data_position = (batch.epoch, batch.position + 1)

@@ -454,6 +454,7 @@ def _encode_and_write(src, cfg, encoders: Encoders, out, frames, audio, faces, c
         "frames": num_frames, "height": h, "width": w, "latent_frames": lat_f, "latent_height": lat_h,
         "latent_width": lat_w, "num_identities": n, "caption": caption, "caption_source":
         "sidecar" if src.caption else "default", "format_version": FORMAT_VERSION, "filters": metrics,
+        "global_face_box": [[round(float(v), 3) for v in b] for b in global_box],  # the sampler reads it here
         "shapes": {k: list(v.shape) for k, v in tensors.items()},
     }
     write_sample(out / "samples", sample_id, tensors, meta, _DTYPES[cfg.storage_dtype])

@@ -179,11 +179,33 @@ class Trainer:
         cfg = self.cfg
         self.index = CacheIndex(cfg.data)
         self.shared = SharedEmbeddings.load(cfg.data[0])
+        keys = self.index.keys()
+        sources = [self.index.source(i) for i in range(len(self.index))]
+        can_pair = self._pairing_report(keys) if cfg.effective_two_person_prob > 0 else None
         self.sampler = BucketBatchSampler(
-            self.index.keys(), cfg.batch_size, two_person_prob=cfg.effective_two_person_prob,
-            pairable=_pairable, seed=cfg.seed, rank=self.rank, world_size=self.world)
+            keys, cfg.batch_size, two_person_prob=cfg.effective_two_person_prob,
+            pairable=_pairable, seed=cfg.seed, rank=self.rank, world_size=self.world, sources=sources,
+            can_pair=can_pair)
         log.info("%d cached samples in %d bucket(s); %d batches per epoch per process", len(self.index),
                  len(set(self.index.keys())), len(self.sampler))
+
+    def _pairing_report(self, keys) -> list[bool]:
+        """Which samples may be half of a two-person frame; the others are named in the log and in
+        ``RUN/pairing_report.json`` with the reason (they still train as single-person batches)."""
+        can_pair, skipped = [], []
+        for i, key in enumerate(keys):
+            problem = self.index.pairing_problem(i) if _pairable(key) else None
+            can_pair.append(problem is None)
+            if problem is not None:
+                skipped.append({"id": self.index.metas[i].get("id", self.index.paths[i].stem),
+                                "path": str(self.index.paths[i]), "reason": "face_wider_than_half",
+                                "detail": problem})
+        for s in skipped:
+            log.warning("stage 1 never pairs sample '%s' (%s): %s", s["id"], s["reason"], s["detail"])
+        if self.accelerator.is_main_process:
+            write_json_atomic(self.run_dir / "pairing_report.json",
+                              {"pairable": sum(can_pair), "skipped": skipped})
+        return can_pair
 
     def _setup_clip(self) -> None:
         """Stage 1's frozen CLIP vision model (two-person batches encode their side-by-side first frame)."""
