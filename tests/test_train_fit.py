@@ -168,6 +168,55 @@ def test_partial_initialisation_from_a_checkpoint(tmp_path: Path):
     assert all(p.requires_grad for p in model.parameters()) and model.training
 
 
+def test_initialisation_from_a_checkpoint_of_another_size_names_it(tmp_path: Path):
+    from anytalker_core.model.checkpoint import save_dit
+    from anytalker_core.model.config import AnyTalkerConfig
+    from anytalker_core.model.dit import AnyTalkerDiT
+
+    from train.config import ModelSection
+    from train.trainer import build_model
+
+    wider = save_dit(AnyTalkerDiT(AnyTalkerConfig.tiny(dim=64, ffn_dim=128)), tmp_path / "wider.safetensors")
+    with pytest.raises(InputError, match=r"init_checkpoint '.*wider.safetensors': \d+ tensor\(s\) have the model's "
+                                         r"names but other shapes \(.*vs model.*config_json"):
+        build_model(ModelSection(tiny=True, init_checkpoint=str(wider)), seed=1)
+
+
+def test_sharded_initialisation_reads_the_checkpoint_and_draws_the_new_layers(tmp_path: Path):
+    """FSDP2's meta-device build (one process here): checkpoint tensors land exactly, missing ones get
+    PyTorch's default init ranges; a checkpoint of another size is refused the same way as for DDP."""
+    import torch.distributed as dist
+    from safetensors.torch import load_file, save_file
+
+    from anytalker_core.model.checkpoint import save_dit
+    from anytalker_core.model.config import AnyTalkerConfig
+    from anytalker_core.model.dit import AnyTalkerDiT
+
+    from train.parallel import build_sharded_model, ensure_process_group
+
+    source = save_dit(AnyTalkerDiT(AnyTalkerConfig.tiny()), tmp_path / "full.safetensors")
+    base = {k: v for k, v in load_file(str(source)).items() if "audio" not in k}
+    save_file(base, str(tmp_path / "wan.safetensors"))
+    ensure_process_group(tmp_path)
+    try:
+        model = build_sharded_model(AnyTalkerConfig.tiny(), str(tmp_path / "wan.safetensors"), seed=3,
+                                    device=torch.device("cpu"), gradient_checkpointing=False)
+        sd = {k: v.full_tensor() for k, v in model.state_dict().items()}
+        assert all(torch.equal(sd[k], v.float()) for k, v in base.items())
+        new = {k: v for k, v in sd.items() if k not in base}
+        assert new
+        for k, v in new.items():
+            if k.endswith("weight") and v.dim() == 2:  # Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+                bound = 1 / v.shape[1] ** 0.5
+                assert v.abs().max() <= bound and v.std() > 0.3 * bound, k
+        wider = save_dit(AnyTalkerDiT(AnyTalkerConfig.tiny(dim=64, ffn_dim=128)), tmp_path / "wider.safetensors")
+        with pytest.raises(InputError, match="other shapes"):
+            build_sharded_model(AnyTalkerConfig.tiny(), str(wider), seed=3, device=torch.device("cpu"),
+                                gradient_checkpointing=False)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_sigkill_then_resume(cache: Path, tmp_path: Path):
     """A real ``kill -9`` in the middle of training (possibly mid-save) loses nothing but the steps since
     the last complete checkpoint; the resumed run continues the uninterrupted loss curve."""

@@ -7,7 +7,8 @@ Layout of a run folder::
       train_config.json           the resolved TrainConfig (for the record)
       metrics.jsonl               one line per optimiser step (loss, lr, ...)
       checkpoints/
-        step-00000500/            accelerate state (model, optimiser, LR scheduler, RNG of every rank)
+        step-00000500/            accelerate state (model, optimiser, LR scheduler, RNG of every rank),
+                                  or under FSDP2 dcp/ (sharded model + optimiser) and scheduler.pt
           trainer_state.json      step, data position (epoch, batch), sampler seed; written LAST
           model_config.json
         latest                    name of the newest complete checkpoint
@@ -26,6 +27,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -63,10 +65,11 @@ def checkpoint_name(step: int) -> str:
 
 
 def save_checkpoint(accelerator, run_dir: Path, step: int, trainer_state: dict, model_config: dict,
-                    keep: int = 3) -> Path:
+                    keep: int = 3, save_state: Callable[[Path], None] | None = None) -> Path:
     """Save the full training state of every process for ``step``; returns the checkpoint folder.
 
-    Must be called by all processes (accelerate gathers/shards inside ``save_state``).
+    Must be called by all processes. ``save_state(folder)`` writes the model/optimiser state (every
+    process; default: accelerate's ``save_state``, which gathers or shards inside).
     """
     root = Path(run_dir) / CHECKPOINTS
     final = root / checkpoint_name(step)
@@ -77,7 +80,10 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, trainer_state: dict, 
             shutil.rmtree(tmp)
         tmp.mkdir()
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    if save_state is None:
+        accelerator.save_state(str(tmp))
+    else:
+        save_state(tmp)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(tmp / MODEL_CONFIG_FILE, model_config)
@@ -151,8 +157,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def read_model_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
-    """The DiT weights of a checkpoint saved by accelerate under DDP, FSDP(2) or DeepSpeed."""
+    """The DiT weights of a checkpoint: ours under FSDP2 (``dcp/``), accelerate's under DDP, FSDP or DeepSpeed."""
     ckpt = Path(checkpoint)
+    from .parallel import DCP_FOLDER, read_dcp_model
+
+    if (ckpt / DCP_FOLDER).is_dir():  # FSDP2 (parallel = "fsdp2"): torch.distributed.checkpoint shards
+        return read_dcp_model(ckpt)
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (ckpt / name).is_file():
             return read_weights(ckpt / name, "model weights")[0]
@@ -173,7 +183,7 @@ def read_model_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"checkpoint '{ckpt}' is a DeepSpeed checkpoint; install deepspeed to export it") from None
         return get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "pytorch_model"))
     raise CheckpointError(f"checkpoint '{ckpt}' holds no model weights (model.safetensors, pytorch_model.bin, "
-                          "pytorch_model_fsdp_0/ or a DeepSpeed pytorch_model/ folder)")
+                          "dcp/, pytorch_model_fsdp_0/ or a DeepSpeed pytorch_model/ folder)")
 
 
 def export_checkpoint(source: str | Path, out: str | Path, dtype: torch.dtype | None = None) -> Path:

@@ -104,6 +104,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     mixed_precision: str = "bf16"  # "no" | "bf16" | "fp16"
+    # "ddp": whole model on every process (accelerate; DeepSpeed when launched with a DeepSpeed config);
+    # "fsdp2": torch.distributed fully_shard per block, meta-device init, sharded (DCP) checkpoints
+    parallel: str = "ddp"
     # data
     two_person_prob: float = 0.5  # stage 1; stage 2 uses 0
     # frozen CLIP vision file (prepare's clip_vision): encodes the side-by-side first frame of two-person
@@ -135,6 +138,11 @@ class TrainConfig:
             raise InputError(f"config: stage must be 1 or 2, got {self.stage}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise InputError(f"config: mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.parallel not in ("ddp", "fsdp2"):
+            raise InputError(f"config: parallel must be 'ddp' or 'fsdp2', got {self.parallel!r}")
+        if self.parallel == "fsdp2" and self.mixed_precision == "fp16":
+            raise InputError("config: parallel = 'fsdp2' trains in 'bf16' or 'no' mixed precision (fp16 needs a "
+                             "sharded gradient scaler); set mixed_precision = 'bf16'")
         if self.lr_schedule not in ("constant", "cosine", "linear"):
             raise InputError(f"config: lr_schedule must be constant, cosine or linear, got {self.lr_schedule!r}")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "save_every"):

@@ -13,6 +13,7 @@ accelerate. A resumed run therefore reproduces the losses of an uninterrupted on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -35,20 +36,48 @@ from .data import FIRST_FRAME_KEY, BatchBuilder, CacheIndex, SharedEmbeddings, T
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "build_model", "lr_lambda", "apply_condition_dropout", "step_generator"]
+__all__ = ["Trainer", "build_model", "model_config", "lr_lambda", "apply_condition_dropout", "step_generator"]
+
+
+def model_config(section: ModelSection):
+    """The :class:`AnyTalkerConfig` of the DiT a ``[model]`` section describes (nothing is allocated)."""
+    from anytalker_core.model.checkpoint import resolve_config
+    from anytalker_core.model.config import AnyTalkerConfig, read_config_json
+
+    if section.tiny:
+        return AnyTalkerConfig.tiny(**section.tiny_overrides)
+    if section.config_json:
+        return AnyTalkerConfig.from_dict(read_config_json(section.config_json))
+    if section.init_checkpoint:
+        from .parallel import checkpoint_tensors
+
+        shapes, _ = checkpoint_tensors(section.init_checkpoint)
+        hints = {}
+        if section.init_checkpoint.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            from anytalker_core.model.checkpoint import CONFIG_METADATA_KEY
+            from anytalker_core.model.config import config_from_json
+
+            with safe_open(section.init_checkpoint, framework="pt") as fh:
+                meta = fh.metadata() or {}
+            if CONFIG_METADATA_KEY in meta:
+                hints = config_from_json(json.loads(meta[CONFIG_METADATA_KEY]))
+        meta_sd = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
+        return resolve_config(section.init_checkpoint, meta_sd, hints)
+    raise InputError("config [model]: set init_checkpoint (a released/exported DiT), config_json, or tiny = true")
 
 
 def build_model(section: ModelSection, seed: int):
-    """The DiT to train, in float32 and train mode (all parameters trainable)."""
+    """The whole DiT in float32 and train mode (all parameters trainable), identical on every process."""
     from anytalker_core.model.checkpoint import load_dit, read_state_dict
-    from anytalker_core.model.config import AnyTalkerConfig, read_config_json
     from anytalker_core.model.dit import AnyTalkerDiT
 
+    from .parallel import raise_on_shape_problems, shape_problems
+
     torch.manual_seed(seed)  # identical random init on every process
-    if section.tiny:
-        model = AnyTalkerDiT(AnyTalkerConfig.tiny(**section.tiny_overrides))
-    elif section.config_json:
-        model = AnyTalkerDiT(AnyTalkerConfig.from_dict(read_config_json(section.config_json)))
+    if section.tiny or section.config_json:
+        model = AnyTalkerDiT(model_config(section))
     elif section.init_checkpoint:
         model = load_dit(section.init_checkpoint, device="cpu", dtype=torch.float32)
     else:
@@ -56,6 +85,9 @@ def build_model(section: ModelSection, seed: int):
     if section.init_checkpoint and (section.tiny or section.config_json):
         # start from (part of) a checkpoint, e.g. Wan2.1 I2V weights with fresh AFCA layers
         sd, _ = read_state_dict(section.init_checkpoint)
+        expected = {k: v.shape for k, v in model.state_dict().items()}
+        raise_on_shape_problems(shape_problems(expected, {k: v.shape for k, v in sd.items()}),
+                                section.init_checkpoint)
         missing, unexpected = model.load_state_dict(sd, strict=False)
         log.info("initialised from %s: %d tensors loaded, %d new (random), %d ignored", section.init_checkpoint,
                  len(sd) - len(unexpected), len(missing), len(unexpected))
@@ -243,7 +275,18 @@ class Trainer:
 
     def _setup_model(self) -> None:
         cfg = self.cfg
-        model = build_model(cfg.model, cfg.seed)
+        self.sharded = cfg.parallel == "fsdp2"
+        if self.sharded:
+            from .parallel import build_sharded_model, ensure_process_group, shard_sizes
+
+            ensure_process_group(self.run_dir)
+            model = build_sharded_model(model_config(cfg.model), cfg.model.init_checkpoint, cfg.seed,
+                                        self.accelerator.device, cfg.model.gradient_checkpointing)
+            local, total = shard_sizes(model)
+            log.info("FSDP2: rank %d of %d holds %d of %d parameters (%.1f%%)", self.rank, self.world, local, total,
+                     100.0 * local / total)
+        else:
+            model = build_model(cfg.model, cfg.seed)
         self.model_config = model.config
         if self.accelerator.is_main_process:
             write_json_atomic(self.run_dir / MODEL_CONFIG_FILE, model.config.to_dict())
@@ -252,11 +295,14 @@ class Trainer:
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                       eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
         # The scheduler is stepped by us once per optimiser step (not handed to accelerate, which
-        # would step it once per process), and saved with the accelerate state.
+        # would step it once per process), and saved with the checkpoint.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_lambda(s, cfg.warmup_steps, cfg.max_steps, cfg.lr_schedule))
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.accelerator.register_for_checkpointing(self.scheduler)
+        if self.sharded:  # fully_shard did the distribution; accelerate only runs the loop's bookkeeping
+            self.model, self.optimizer = model, optimizer
+        else:
+            self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+            self.accelerator.register_for_checkpointing(self.scheduler)
 
     def _refuse_existing_run(self) -> None:
         if find_latest(self.run_dir) is not None:
@@ -270,7 +316,19 @@ class Trainer:
         state = load_trainer_state(latest)
         if state.get("model_config") not in (None, self.model_config.to_dict()):
             raise CheckpointError(f"checkpoint '{latest}' was made with a different model config; use a new run_dir")
-        self.accelerator.load_state(str(latest))
+        from .parallel import DCP_FOLDER, load_sharded
+
+        sharded_ckpt = (latest / DCP_FOLDER).is_dir()
+        if sharded_ckpt != self.sharded:
+            raise CheckpointError(f"checkpoint '{latest}' was saved with parallel = "
+                                  f"'{'fsdp2' if sharded_ckpt else 'ddp'}' and this run uses '{self.cfg.parallel}': "
+                                  "resume with the same parallel setting (or export it and start a new run from "
+                                  "the exported file with [model] init_checkpoint)")
+        if self.sharded:  # DCP reshards: any process count
+            load_sharded(self.model, self.optimizer, latest)
+            self.scheduler.load_state_dict(torch.load(latest / "scheduler.pt", weights_only=True))
+        else:
+            self.accelerator.load_state(str(latest))
         self.step = int(state["step"])
         self.micro_step = int(state["micro_step"])
         self.sampler.load_state_dict(state["sampler"])
@@ -302,12 +360,17 @@ class Trainer:
                 raise Interrupted(f"training stopped at step {self.step}; run 'fit' again to resume")
             batch: TrainBatch = next(batches)
             with acc.accumulate(self.model):
+                if self.sharded:  # reduce-scatter gradients only on the last micro-batch of a step
+                    self.model.set_requires_gradient_sync(acc.sync_gradients)
                 loss = self._micro_step(batch)
                 acc.backward(loss)
-                if acc.sync_gradients and cfg.max_grad_norm > 0:
-                    acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                if acc.sync_gradients:
+                    if cfg.max_grad_norm > 0 and self.sharded:  # the norm of DTensor gradients is global
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    elif cfg.max_grad_norm > 0:
+                        acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
             self.micro_step += 1
             self._data_position = batch.data_position
             window.append(float(loss.detach()))
@@ -342,7 +405,9 @@ class Trainer:
         t = flow.sigmas_to_timesteps(sigma)
         dev = self.accelerator.device
         batch = batch.to(dev)
-        pred = self.model(x_t.to(dev), t.to(dev), batch.context, batch.clip_fea, batch.y, batch.speakers())
+        # a prepared (DDP) model autocasts inside accelerate's wrapper; the FSDP2 model is not wrapped
+        with self.accelerator.autocast() if self.sharded else contextlib.nullcontext():
+            pred = self.model(x_t.to(dev), t.to(dev), batch.context, batch.clip_fea, batch.y, batch.speakers())
         return flow.flow_matching_loss(pred, target.to(dev))
 
     # ------------------------------------------------------------------ bookkeeping
@@ -355,8 +420,17 @@ class Trainer:
                 "world_size": self.world}
 
     def _save(self) -> None:
+        save_state = None
+        if self.sharded:
+            from .parallel import save_sharded
+
+            def save_state(folder: Path) -> None:
+                save_sharded(self.model, self.optimizer, folder)
+                if self.accelerator.is_main_process:
+                    torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
+
         save_checkpoint(self.accelerator, self.run_dir, self.step, self._trainer_state(),
-                        self.model_config.to_dict(), keep=self.cfg.keep_checkpoints)
+                        self.model_config.to_dict(), keep=self.cfg.keep_checkpoints, save_state=save_state)
 
     def _progress_bar(self):
         if not self.accelerator.is_main_process:
@@ -386,10 +460,11 @@ class Trainer:
     def _sample_hook(self) -> None:
         """Validation samples every ``sample_every`` steps (main process; see train/validation.py)."""
         acc = self.accelerator
-        if acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
+        if self.sharded or acc.distributed_type.name in ("FSDP", "DEEPSPEED"):
             if self.step == self.cfg.sample_every:
                 log.warning("validation sampling needs the whole model on one process; it is skipped under "
-                            "%s (export a checkpoint and run 'anytalker generate' instead)", acc.distributed_type.name)
+                            "%s (export a checkpoint and run 'anytalker generate' instead)",
+                            "FSDP2" if self.sharded else acc.distributed_type.name)
             return
         if acc.is_main_process:
             if self._validation is None:
@@ -419,3 +494,8 @@ class Trainer:
                 export_checkpoint(latest, self.run_dir / "anytalker_dit.safetensors")
         acc.wait_for_everyone()
         acc.end_training()
+        if self.sharded:
+            import torch.distributed as dist
+
+            if dist.is_initialized() and dist.get_world_size() == 1 and acc.num_processes == 1:
+                dist.destroy_process_group()  # the one-process group ensure_process_group made
