@@ -1,8 +1,10 @@
-"""FSDP2 that really shards, on CPU: ``torchrun --nproc_per_node 2`` (gloo) against the DDP run.
+"""Sharded training on CPU: ``torchrun --nproc_per_node 2`` (gloo), FSDP2 and DeepSpeed ZeRO-2/3 against DDP.
 
-Both runs start from the same init file; FSDP2 must give the DDP loss curve, hold half the parameters
-per rank, write sharded (DCP) checkpoints that export to the DDP run's ``.safetensors``, and resume on
-a different number of processes exactly where the DDP run (also resumed on one process) continues.
+Every run starts from the same init file. FSDP2 must give the DDP loss curve, hold half the
+parameters per rank, write sharded (DCP) checkpoints that export to the DDP run's ``.safetensors``,
+and resume on a different number of processes exactly where the DDP run (also resumed on one
+process) continues. DeepSpeed ZeRO-2 and ZeRO-3 (through accelerate, DeepSpeed's CPU accelerator)
+must give the DDP loss curve and export the same weights.
 """
 
 from __future__ import annotations
@@ -39,28 +41,47 @@ def _torchrun(nproc: int, config: Path, *extra: str) -> subprocess.CompletedProc
     return result
 
 
-def _config(tmp: Path, name: str, data: Path, init: Path, parallel: str) -> Path:
-    path = write_config(tmp / f"{name}.toml", data, tmp / name, max_steps=4, save_every=2, export_at_end=True,
-                        parallel=parallel, two_person_prob=0.5, mixed_precision="no")
+def _config(tmp: Path, name: str, data: Path, init: Path, parallel: str, **extra) -> Path:
+    # single-person batches: ZeRO-3 needs the same identity count on every rank (see the trainer's check);
+    # two-person batches under several processes are trained in test_train_distributed.py
+    settings = dict(max_steps=4, save_every=2, export_at_end=True, parallel=parallel, two_person_prob=0.0,
+                    mixed_precision="no")
+    settings.update(extra)
+    path = write_config(tmp / f"{name}.toml", data, tmp / name, **settings)
     text = path.read_text().replace("tiny = true", f'init_checkpoint = "{init}"')
     path.write_text(text)
     return path
 
 
-def test_fsdp2_shards_matches_ddp_and_resumes_on_another_world_size(tmp_path: Path):
-    from safetensors.torch import load_file
-
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, Path, Path, int]:
+    """(folder, cache, init file, parameter count) with a finished 2-process DDP run in folder/ddp."""
     from anytalker_core.model.checkpoint import save_dit
     from anytalker_core.model.config import AnyTalkerConfig
     from anytalker_core.model.dit import AnyTalkerDiT
 
+    tmp = tmp_path_factory.mktemp("sharded")
     torch.manual_seed(0)
-    init = save_dit(AnyTalkerDiT(AnyTalkerConfig.tiny()), tmp_path / "init.safetensors")
-    total = sum(p.numel() for p in AnyTalkerDiT(AnyTalkerConfig.tiny()).parameters())
-    data = make_cache(tmp_path / "cache", 8)
-    ddp_cfg, fsdp_cfg = (_config(tmp_path, n, data, init, n) for n in ("ddp", "fsdp2"))
+    model = AnyTalkerDiT(AnyTalkerConfig.tiny())
+    init = save_dit(model, tmp / "init.safetensors")
+    data = make_cache(tmp / "cache", 8)
+    _torchrun(2, _config(tmp, "ddp", data, init, "ddp"))
+    return tmp, data, init, sum(p.numel() for p in model.parameters())
 
-    _torchrun(2, ddp_cfg)
+
+def _same_export(a_path: Path, b_path: Path) -> float:
+    from safetensors.torch import load_file
+
+    a, b = load_file(a_path), load_file(b_path)
+    assert set(a) == set(b)
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_fsdp2_shards_matches_ddp_and_resumes_on_another_world_size(reference):
+    from safetensors.torch import load_file
+
+    tmp_path, data, init, total = reference
+    ddp_cfg, fsdp_cfg = tmp_path / "ddp.toml", _config(tmp_path, "fsdp2", data, init, "fsdp2")
     fsdp = _torchrun(2, fsdp_cfg)
 
     # really sharded: each rank holds about half the parameters, together all of them
@@ -78,10 +99,8 @@ def test_fsdp2_shards_matches_ddp_and_resumes_on_another_world_size(tmp_path: Pa
     ddp_losses, fsdp_losses = read_losses(tmp_path / "ddp"), read_losses(tmp_path / "fsdp2")
     assert list(fsdp_losses) == [1, 2, 3, 4]
     assert [fsdp_losses[s] for s in fsdp_losses] == pytest.approx([ddp_losses[s] for s in fsdp_losses], rel=1e-5)
-    a, b = load_file(tmp_path / "ddp" / "anytalker_dit.safetensors"), load_file(tmp_path / "fsdp2" / "anytalker_dit.safetensors")
-    assert set(a) == set(b)
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
-    assert max((a[k] - load_file(init)[k]).abs().max().item() for k in a) > 1e-3  # training moved the weights
+    assert _same_export(tmp_path / "ddp" / "anytalker_dit.safetensors", tmp_path / "fsdp2" / "anytalker_dit.safetensors") < 1e-4
+    assert _same_export(tmp_path / "ddp" / "anytalker_dit.safetensors", init) > 1e-3  # training moved the weights
 
     # resume both runs on ONE process: DCP reshards the FSDP2 state, the sampler maps the data position;
     # the continued curves agree
@@ -94,3 +113,32 @@ def test_fsdp2_shards_matches_ddp_and_resumes_on_another_world_size(tmp_path: Pa
     assert [fsdp_losses[s] for s in (5, 6)] == pytest.approx([ddp_losses[s] for s in (5, 6)], rel=1e-5)
     state = json.loads((tmp_path / "fsdp2" / "checkpoints" / "step-00000006" / "trainer_state.json").read_text())
     assert state["world_size"] == 1 and state["step"] == 6
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_matches_ddp(reference, stage: int):
+    pytest.importorskip("deepspeed")
+    tmp_path, data, init, _ = reference
+    name = f"zero{stage}"
+    config = _config(tmp_path, name, data, init, "deepspeed", zero_stage=stage)
+    result = _torchrun(2, config)
+    assert result.stderr.count("on 2 process(es)") == 2
+    ckpt = tmp_path / name / "checkpoints" / "step-00000004"
+    assert (ckpt / "pytorch_model").is_dir()  # DeepSpeed's own (partitioned) checkpoint
+    ddp_losses, ds_losses = read_losses(tmp_path / "ddp"), read_losses(tmp_path / name)
+    assert list(ds_losses) == [1, 2, 3, 4]
+    assert [ds_losses[s] for s in ds_losses] == pytest.approx([ddp_losses[s] for s in ds_losses], rel=1e-4)
+    from train.checkpointing import export_checkpoint
+
+    ddp_step4 = export_checkpoint(tmp_path / "ddp" / "checkpoints" / "step-00000004", tmp_path / f"ddp4_{name}.safetensors")
+    assert _same_export(ddp_step4, tmp_path / name / "anytalker_dit.safetensors") < 1e-4
+
+
+def test_zero3_refuses_two_person_batches(tmp_path: Path):
+    from anytalker_core.errors import InputError
+    from train.config import load_toml
+
+    data = make_cache(tmp_path / "cache", 2)
+    with pytest.raises(InputError, match="zero_stage = 3 cannot train stage 1's two-person batches.*fsdp2"):
+        load_toml(write_config(tmp_path / "z3.toml", data, tmp_path / "run", parallel="deepspeed", zero_stage=3,
+                               two_person_prob=0.5), "fit")

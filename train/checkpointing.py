@@ -181,7 +181,8 @@ def read_model_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
         except ImportError:
             raise CheckpointError(f"checkpoint '{ckpt}' is a DeepSpeed checkpoint; install deepspeed to export it") from None
-        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "pytorch_model"))
+        # accelerate saves the engine with tag "pytorch_model" inside the checkpoint folder
+        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="pytorch_model")
     raise CheckpointError(f"checkpoint '{ckpt}' holds no model weights (model.safetensors, pytorch_model.bin, "
                           "dcp/, pytorch_model_fsdp_0/ or a DeepSpeed pytorch_model/ folder)")
 

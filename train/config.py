@@ -104,9 +104,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     mixed_precision: str = "bf16"  # "no" | "bf16" | "fp16"
-    # "ddp": whole model on every process (accelerate; DeepSpeed when launched with a DeepSpeed config);
-    # "fsdp2": torch.distributed fully_shard per block, meta-device init, sharded (DCP) checkpoints
+    # "ddp": whole model on every process (accelerate); "fsdp2": torch.distributed fully_shard per block,
+    # meta-device init, sharded (DCP) checkpoints; "deepspeed": ZeRO stage `zero_stage` through accelerate
     parallel: str = "ddp"
+    zero_stage: int = 2  # parallel = "deepspeed": 2 (optimiser + gradients sharded) or 3 (parameters too)
     # data
     two_person_prob: float = 0.5  # stage 1; stage 2 uses 0
     # frozen CLIP vision file (prepare's clip_vision): encodes the side-by-side first frame of two-person
@@ -138,11 +139,19 @@ class TrainConfig:
             raise InputError(f"config: stage must be 1 or 2, got {self.stage}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise InputError(f"config: mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
-        if self.parallel not in ("ddp", "fsdp2"):
-            raise InputError(f"config: parallel must be 'ddp' or 'fsdp2', got {self.parallel!r}")
+        if self.parallel not in ("ddp", "fsdp2", "deepspeed"):
+            raise InputError(f"config: parallel must be 'ddp', 'fsdp2' or 'deepspeed', got {self.parallel!r}")
+        if self.zero_stage not in (2, 3):
+            raise InputError(f"config: zero_stage must be 2 or 3 (parallel = 'deepspeed'), got {self.zero_stage}")
         if self.parallel == "fsdp2" and self.mixed_precision == "fp16":
             raise InputError("config: parallel = 'fsdp2' trains in 'bf16' or 'no' mixed precision (fp16 needs a "
                              "sharded gradient scaler); set mixed_precision = 'bf16'")
+        if self.parallel == "deepspeed" and self.zero_stage == 3 and self.effective_two_person_prob > 0:
+            raise InputError(
+                f"config: parallel = 'deepspeed' with zero_stage = 3 cannot train stage 1's two-person batches "
+                f"(two_person_prob = {self.two_person_prob}): ZeRO-3 gathers each layer's weights on every call and "
+                "the audio/face layers run once per identity, so processes with one- and two-person batches "
+                "issue different collectives; use parallel = 'fsdp2' (gathers per block) or zero_stage = 2")
         if self.lr_schedule not in ("constant", "cosine", "linear"):
             raise InputError(f"config: lr_schedule must be constant, cosine or linear, got {self.lr_schedule!r}")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "save_every"):

@@ -183,9 +183,12 @@ class Trainer:
         from accelerate.utils import DataLoaderConfiguration
 
         cfg = self.cfg
+        deepspeed_plugin = self._deepspeed_plugin() if cfg.parallel == "deepspeed" else None
         self.accelerator = Accelerator(
             # without a GPU, accelerate only forms a multi-process (gloo) group when told cpu=True
-            cpu=not _has_accelerator_device(),
+            # (DeepSpeed's CPU route is set up in _deepspeed_plugin instead)
+            cpu=not _has_accelerator_device() and deepspeed_plugin is None,
+            deepspeed_plugin=deepspeed_plugin,
             mixed_precision=cfg.mixed_precision,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             dataloader_config=DataLoaderConfiguration(split_batches=False),
@@ -207,6 +210,36 @@ class Trainer:
         log.info("stage %d on %d process(es), %s, mixed precision %s", cfg.stage, self.world,
                  self.accelerator.device, cfg.mixed_precision)
 
+    def _deepspeed_plugin(self):
+        """accelerate's DeepSpeed plugin for ZeRO ``zero_stage``, with batch size, accumulation and clipping
+        taken from this config (they cannot disagree). Without a GPU, DeepSpeed's CPU accelerator and a
+        gloo group are selected (accelerate alone would fall back to one process)."""
+        import os
+
+        cfg = self.cfg
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise InputError("config: parallel = 'deepspeed' needs DeepSpeed: pip install deepspeed") from None
+        from accelerate import PartialState
+        from accelerate.utils import DeepSpeedPlugin
+
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        if not _has_accelerator_device():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+            if "LOCAL_RANK" in os.environ:
+                PartialState(backend="gloo")
+        ds_config = {
+            "train_micro_batch_size_per_gpu": cfg.batch_size,
+            "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+            "gradient_clipping": cfg.max_grad_norm,
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "zero_allow_untested_optimizer": True,  # torch's AdamW (DeepSpeed's fused Adam needs CUDA)
+            "bf16": {"enabled": cfg.mixed_precision == "bf16"},
+            "fp16": {"enabled": cfg.mixed_precision == "fp16"},
+        }
+        return DeepSpeedPlugin(hf_ds_config=ds_config)
+
     def _setup_data(self) -> None:
         cfg = self.cfg
         self.index = CacheIndex(cfg.data)
@@ -218,6 +251,14 @@ class Trainer:
             keys, cfg.batch_size, two_person_prob=cfg.effective_two_person_prob,
             pairable=_pairable, seed=cfg.seed, rank=self.rank, world_size=self.world, sources=sources,
             can_pair=can_pair)
+        identity_counts = {k[0] for k in keys} | ({2} if cfg.effective_two_person_prob > 0 else set())
+        if cfg.parallel == "deepspeed" and cfg.zero_stage == 3 and len(identity_counts) > 1:
+            raise InputError(
+                f"config: parallel = 'deepspeed' with zero_stage = 3 needs the same number of identities in every "
+                f"process's batch (ZeRO-3 gathers each layer's weights on every call, and the audio/face layers "
+                f"run once per identity), but this data gives {sorted(identity_counts)} identities (two-person "
+                "batches of stage 1 or mixed multi-person buckets): use parallel = 'fsdp2' (gathers per block), "
+                "zero_stage = 2, or two_person_prob = 0 and one identity count")
         log.info("%d cached samples in %d bucket(s); %d batches per epoch per process", len(self.index),
                  len(set(self.index.keys())), len(self.sampler))
 
@@ -367,7 +408,7 @@ class Trainer:
                 if acc.sync_gradients:
                     if cfg.max_grad_norm > 0 and self.sharded:  # the norm of DTensor gradients is global
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                    elif cfg.max_grad_norm > 0:
+                    elif cfg.max_grad_norm > 0 and cfg.parallel != "deepspeed":  # DeepSpeed clips in its step
                         acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
