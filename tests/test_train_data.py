@@ -392,3 +392,24 @@ def test_cached_sample_roundtrip_and_index(tmp_path: Path):
     assert SharedEmbeddings.load(tmp_path / "cache").empty is None
     with pytest.raises(InputError, match="prepare"):
         CacheIndex([tmp_path / "nothing"])
+
+
+# ----------------------------------------------------------------------------------- memory model
+
+
+def test_memory_model_counts_the_released_sizes_and_shards_states():
+    from train.memory import GIB, estimate, parameter_counts, preset_config, tokens
+
+    assert tokens(81, 480, 832) == 21 * 30 * 52 == 32760
+    big = preset_config("14B")
+    params, block = parameter_counts(big)
+    assert round(params / 1e9, 1) == 21.0  # the 14B release holds 21.0B parameters (REFERENCE.md)
+    ddp = estimate(big, 32, "ddp", counts=(params, block))
+    fsdp = estimate(big, 32, "fsdp2", counts=(params, block))
+    assert ddp.states_gib == pytest.approx(16 * params / GIB)
+    assert fsdp.states_gib == pytest.approx(ddp.states_gib / 32)
+    assert fsdp.gathered_gib == pytest.approx(12 * block / GIB)
+    assert ddp.activations_gib == fsdp.activations_gib
+    half = estimate(big, 32, "fsdp2", sp=2, counts=(params, block))
+    assert half.activations_gib == pytest.approx(fsdp.activations_gib / 2, rel=1e-3)
+    assert ddp.total_gib > 141 > fsdp.total_gib  # 14B needs sharding to fit an H200

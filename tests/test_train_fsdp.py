@@ -90,6 +90,7 @@ def test_fsdp2_shards_matches_ddp_and_resumes_on_another_world_size(reference):
     assert sorted(held) == [0, 1] and {t for _, t in held.values()} == {total}
     assert sum(n for n, _ in held.values()) == total
     assert all(0.4 * total < n < 0.6 * total for n, _ in held.values())
+    assert held[0][0] == 45632 and held[1][0] == 45184  # torch.chunk of each tensor's rows (docs/training.md)
     ckpt = tmp_path / "fsdp2" / "checkpoints" / "step-00000004"
     shards = sorted(p.name for p in (ckpt / "dcp").glob("*.distcp"))
     assert shards == ["__0_0.distcp", "__1_0.distcp"]  # each rank wrote its own shard

@@ -45,6 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--max-steps", type=int, default=None, help="override the config's max_steps")
     f.add_argument("--no-resume", action="store_true", help="refuse to continue a run that already has checkpoints (default: resume from the newest)")
 
+    m = sub.add_parser("memory", help="print the per-GPU memory model of training (weights, optimiser, activations)")
+    m.add_argument("--model", action="append", default=None,
+                   help="1.3B, 14B or a config JSON (repeatable; default: 1.3B and 14B)")
+    m.add_argument("--gpus", type=int, default=32, help="number of GPUs (default 32)")
+    m.add_argument("--frames", type=int, default=81)
+    m.add_argument("--height", type=int, default=480)
+    m.add_argument("--width", type=int, default=832)
+    m.add_argument("--batch-size", type=int, default=1, help="per GPU")
+    m.add_argument("--sp", type=int, default=1, help="sequence-parallel degree (divides the sequence)")
+    m.add_argument("--no-gradient-checkpointing", action="store_true")
+
     e = sub.add_parser("export", help="write a run's newest (or a given) checkpoint in the inference format")
     e.add_argument("source", help="run folder or checkpoint folder (RUN/checkpoints/step-…)")
     e.add_argument("out", help="output .safetensors (loads with anytalker_core.model.checkpoint.load_dit)")
@@ -101,6 +112,26 @@ def _run_fit(args) -> int:
     return 0
 
 
+def _run_memory(args) -> int:
+    from .memory import PARALLEL_MODES, estimate, format_table, parameter_counts, preset_config, tokens
+
+    if args.gpus < 1 or args.batch_size < 1 or args.sp < 1:
+        raise InputError("--gpus, --batch-size and --sp must be >= 1")
+    rows = []
+    for name in args.model or ["1.3B", "14B"]:
+        config = preset_config(name)
+        counts = parameter_counts(config)
+        for mode in PARALLEL_MODES:
+            rows.append((f"{name} ({counts[0] / 1e9:.2f}B)", estimate(
+                config, args.gpus, mode, args.batch_size, args.frames, args.height, args.width,
+                not args.no_gradient_checkpointing, args.sp, counts=counts)))
+    seq = tokens(args.frames, args.height, args.width)
+    print(f"per-GPU training memory, {args.frames} frames at {args.height}x{args.width} ({seq} tokens, "
+          f"sequence parallel {args.sp}), batch {args.batch_size} per GPU, {args.gpus} GPUs, stage 1 (frozen CLIP):")
+    print(format_table(rows))
+    return 0
+
+
 def _run_export(args) -> int:
     import torch
 
@@ -118,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"prepare": _run_prepare, "fit": _run_fit, "export": _run_export}[args.command](args)
+        return {"prepare": _run_prepare, "fit": _run_fit, "memory": _run_memory,
+                "export": _run_export}[args.command](args)
     except AnyTalkerError as exc:
         log.error("%s", exc)
         return 2

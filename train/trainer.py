@@ -182,7 +182,14 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import DataLoaderConfiguration
 
+        import os
+
         cfg = self.cfg
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and cfg.parallel != "deepspeed":
+            raise InputError(f"launched with an accelerate DeepSpeed config but the fit config has parallel = "
+                             f"'{cfg.parallel}': set parallel = 'deepspeed' and zero_stage in the TOML (the trainer "
+                             "builds the DeepSpeed config from it) and launch with train/accelerate/deepspeed_zero*.yaml "
+                             "or torchrun")
         deepspeed_plugin = self._deepspeed_plugin() if cfg.parallel == "deepspeed" else None
         self.accelerator = Accelerator(
             # without a GPU, accelerate only forms a multi-process (gloo) group when told cpu=True
@@ -333,6 +340,7 @@ class Trainer:
             write_json_atomic(self.run_dir / MODEL_CONFIG_FILE, model.config.to_dict())
         n_params = sum(p.numel() for p in model.parameters())
         log.info("DiT: %.1fM trainable parameters (%s AFCA)", n_params / 1e6, model.config.afca)
+        self._log_memory_model(model)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                       eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
         # The scheduler is stepped by us once per optimiser step (not handed to accelerate, which
@@ -344,6 +352,22 @@ class Trainer:
         else:
             self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
             self.accelerator.register_for_checkpointing(self.scheduler)
+
+    def _log_memory_model(self, model) -> None:
+        """The per-GPU memory model (train/memory.py) for the largest bucket of this run's data."""
+        from .memory import estimate
+
+        cfg = self.cfg
+        _, f_lat, h_lat, w_lat = max(self.index.keys(), key=lambda k: k[1] * k[2] * k[3])
+        mode = f"zero{cfg.zero_stage}" if cfg.parallel == "deepspeed" else cfg.parallel
+        block = sum(p.numel() for p in model.blocks[0].parameters())
+        e = estimate(model.config, self.world, mode, cfg.batch_size, 4 * (f_lat - 1) + 1, 8 * h_lat, 8 * w_lat,
+                     cfg.model.gradient_checkpointing, two_person=cfg.effective_two_person_prob > 0,
+                     counts=(sum(p.numel() for p in model.parameters()), block))
+        log.info("memory model per GPU (estimate, %s on %d process(es), largest bucket %dx%dx%d): states %.2f GiB, "
+                 "gathered %.2f GiB, activations %.2f GiB, frozen CLIP %.2f GiB, total %.2f GiB", mode, self.world,
+                 4 * (f_lat - 1) + 1, 8 * h_lat, 8 * w_lat, e.states_gib, e.gathered_gib, e.activations_gib,
+                 e.encoders_gib, e.total_gib)
 
     def _refuse_existing_run(self) -> None:
         if find_latest(self.run_dir) is not None:
