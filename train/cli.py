@@ -53,7 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--height", type=int, default=480)
     m.add_argument("--width", type=int, default=832)
     m.add_argument("--batch-size", type=int, default=1, help="per GPU")
-    m.add_argument("--sp", type=int, default=1, help="sequence-parallel degree (divides the sequence)")
     m.add_argument("--no-gradient-checkpointing", action="store_true")
 
     e = sub.add_parser("export", help="write a run's newest (or a given) checkpoint in the inference format")
@@ -115,8 +114,8 @@ def _run_fit(args) -> int:
 def _run_memory(args) -> int:
     from .memory import PARALLEL_MODES, estimate, format_table, parameter_counts, preset_config, tokens
 
-    if args.gpus < 1 or args.batch_size < 1 or args.sp < 1:
-        raise InputError("--gpus, --batch-size and --sp must be >= 1")
+    if args.gpus < 1 or args.batch_size < 1:
+        raise InputError("--gpus and --batch-size must be >= 1")
     rows = []
     for name in args.model or ["1.3B", "14B"]:
         config = preset_config(name)
@@ -124,10 +123,10 @@ def _run_memory(args) -> int:
         for mode in PARALLEL_MODES:
             rows.append((f"{name} ({counts[0] / 1e9:.2f}B)", estimate(
                 config, args.gpus, mode, args.batch_size, args.frames, args.height, args.width,
-                not args.no_gradient_checkpointing, args.sp, counts=counts)))
+                not args.no_gradient_checkpointing, counts=counts)))
     seq = tokens(args.frames, args.height, args.width)
-    print(f"per-GPU training memory, {args.frames} frames at {args.height}x{args.width} ({seq} tokens, "
-          f"sequence parallel {args.sp}), batch {args.batch_size} per GPU, {args.gpus} GPUs, stage 1 (frozen CLIP):")
+    print(f"per-GPU training memory, {args.frames} frames at {args.height}x{args.width} ({seq} tokens), "
+          f"batch {args.batch_size} per GPU, {args.gpus} GPUs, stage 1 (frozen CLIP):")
     print(format_table(rows))
     return 0
 
