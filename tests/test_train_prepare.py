@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from anytalker_core.io.media import write_video
+import train.prepare  # noqa: F401,E402  (import this checkout's train package before any test changes paths)
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 
@@ -153,6 +154,52 @@ def test_prepare_resumes_without_reencoding(prepared, clips: Path, models: dict)
     assert by_id == {"good_pan": "cached", "good_still": "kept", "noface": "dropped", "silent": "dropped",
                      "shaky": "dropped", "short": "dropped"}
     assert json.loads(meta_path.read_text())["format_version"] == 2
+
+
+def test_prepare_reports_every_window_as_it_goes_and_skips_earlier_drops(prepared, clips: Path, models: dict,
+                                                                        monkeypatch):
+    """The per-window results are appended to reports/*.jsonl as they are decided (a kill keeps them);
+    a re-run with the same filters does not decode the clips it dropped before."""
+    import train.prepare as prep
+
+    out, first = prepared
+    lines = [json.loads(l) for l in (out / "reports" / "prepare-shard-0-of-1.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in lines} >= {"good_pan", "good_still", "noface", "silent", "shaky", "short"}
+    assert json.loads((out / "reports" / "prepare-shard-0-of-1.json").read_text())["complete"] is True
+    decoded = []
+    real = prep._load_clip
+    monkeypatch.setattr(prep, "_load_clip", lambda src, cfg: decoded.append(src.sample_id) or real(src, cfg))
+    again = prep.prepare(_config(clips, out, models))
+    by_id = {r["id"]: r for r in again["results"]}
+    assert decoded == []  # kept clips are cached, dropped ones come from the earlier results
+    assert by_id["shaky"]["reason"] == "too_much_motion" and by_id["shaky"]["previously"] is True
+    assert again["summary"] == {k: v for k, v in {**first["summary"], "cached": 2}.items() if k != "kept"}
+    # other filter settings: the drops are decided again
+    again = prep.prepare(_config(clips, out, models, max_motion=100.0))
+    assert "shaky" in decoded and {r["id"]: r["status"] for r in again["results"]}["shaky"] == "kept"
+    for suffix in (".safetensors", ".json"):  # leave the module's cache as the other tests expect it
+        (out / "samples" / f"shaky{suffix}").unlink()
+
+
+def test_truncated_mp4_and_short_speaker_track_are_named(clips: Path, models: dict, tmp_path: Path):
+    from train.prepare import prepare
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    data = (clips / "good_still.mp4").read_bytes()
+    (folder / "cut.mp4").write_bytes(data[: len(data) * 2 // 3])  # a download that stopped
+    shutil.copy(clips / "good_still.mp4", folder / "voice.mp4")
+    from anytalker_core.testing.speech import synthesize_speech
+
+    track = synthesize_speech("Hi.", speed=350, path=folder / "voice.speaker0.wav")  # < the 0.71 s window
+    seconds = track.numel() / 16000
+    assert seconds < FRAMES / 24 - 2 / 24  # more than the one frame of rounding that is padded
+    report = prepare(_config(folder, tmp_path / "out", models))
+    by_id = {r["id"]: r for r in report["results"]}
+    assert by_id["cut"]["status"] == "dropped" and by_id["cut"]["reason"] in ("audio_undecodable", "unreadable")
+    assert by_id["cut"]["reason"] != "no_audio"
+    assert by_id["voice"]["reason"] == "short_audio_track"
+    assert f"speaker track 0 (voice.speaker0.wav) has {seconds:.2f} s" in by_id["voice"]["detail"]
 
 
 def test_prepare_shards_split_the_clips(clips: Path, models: dict, tmp_path: Path):

@@ -310,11 +310,16 @@ class Dropped(Exception):
         self.reason, self.detail, self.metrics = reason, detail, metrics or {}
 
 
-def _segment_audio(track: torch.Tensor, start_s: float, num_frames: int, fps: float) -> torch.Tensor:
+def _segment_audio(track: torch.Tensor, start_s: float, num_frames: int, fps: float, name: str = "audio") -> torch.Tensor:
+    """The window's samples of ``track``; a track that ends more than one video frame before the window
+    does is dropped (``short_audio_track``) rather than padded with silence the model would learn from."""
     start = int(round(start_s * SAMPLE_RATE))
     length = int(math.ceil(num_frames / fps * SAMPLE_RATE))
     seg = track[start:start + length]
-    if seg.numel() < length:
+    if length - seg.numel() > SAMPLE_RATE / fps:
+        raise Dropped("short_audio_track", f"{name} has {max(0, track.numel() - start) / SAMPLE_RATE:.2f} s from "
+                      f"{start_s:.2f} s, the window needs {length / SAMPLE_RATE:.2f} s")
+    if seg.numel() < length:  # less than one frame short: rounding of the two streams' lengths
         seg = torch.nn.functional.pad(seg, (0, length - seg.numel()))
     return seg.float()
 
@@ -332,6 +337,16 @@ def _probe_fps(path: Path) -> float | None:
         return None  # read_video reports the problem with a clear message
 
 
+def _has_audio_stream(path: Path) -> bool:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return bool(container.streams.audio)
+    except (av.error.FFmpegError, OSError, ValueError):
+        return False
+
+
 def _load_clip(src: ClipSource, cfg: PrepareConfig):
     from anytalker_core.io.media import load_audio, read_video
 
@@ -345,6 +360,9 @@ def _load_clip(src: ClipSource, cfg: PrepareConfig):
         tracks = [load_audio(p, SAMPLE_RATE) for p in src.audio_tracks]
         if len(tracks) != src.num_faces:
             raise Dropped("audio_tracks", f"{len(tracks)} audio track(s) for {src.num_faces} expected faces")
+    elif clip.audio is None and _has_audio_stream(src.video):
+        raise Dropped("audio_undecodable", "the file declares an audio stream that could not be decoded (a "
+                      "truncated or corrupt file)")
     elif clip.audio is None:
         raise Dropped("no_audio", "the clip has no audio track")
     elif src.num_faces != 1:
@@ -389,7 +407,9 @@ def process_clip(src: ClipSource, cfg: PrepareConfig, encoders: Encoders | None,
 
 def _process_segment(src, cfg, encoders, detector, out, clip, tracks, frame_index, start_s, size, sample_id) -> dict:
     num_frames = len(frame_index)
-    audio = [_segment_audio(t, start_s, num_frames, cfg.fps) for t in tracks]
+    names = ([f"speaker track {k} ({p.name})" for k, p in enumerate(src.audio_tracks)] if src.audio_tracks
+             else ["the clip's audio track"])
+    audio = [_segment_audio(t, start_s, num_frames, cfg.fps, name) for t, name in zip(tracks, names)]
     level = audio_rms_db(torch.stack(audio).sum(0))
     metrics = {"audio_rms_db": round(level, 2) if math.isfinite(level) else None}
     if level < cfg.min_audio_rms_db:
@@ -503,30 +523,93 @@ def prepare(cfg: PrepareConfig, encoders: Encoders | None = None, detector=None,
     if need_shared:
         write_shared_embeddings(out, encoders, cfg)
 
-    report = {"shard": shard, "num_shards": shards, "config": asdict(cfg), "results": []}
-    started = time.time()
-    for n, src in enumerate(mine):
-        if should_stop is not None and should_stop():
-            raise Interrupted(f"prepare stopped after {n} clips; run it again to continue")
-        if src not in todo:
-            report["results"].append({"id": src.sample_id, "source": str(src.video), "status": "cached"})
-        else:
-            try:
-                process_clip(src, cfg, encoders, detector, out, report["results"].append)
-            except InputError as exc:  # unreadable file etc.: report and go on
-                report["results"].append({"id": src.sample_id, "source": str(src.video), "status": "dropped",
-                                          "reason": "unreadable", "detail": str(exc)})
-        last = report["results"][-1]
-        if last["status"] == "dropped":
-            log.info("dropped %s: %s (%s)", last["id"], last["reason"], last["detail"])
-        if progress is not None:
-            progress(n + 1, len(mine))
+    report = {"shard": shard, "num_shards": shards, "config": asdict(cfg), "results": [], "complete": False}
+    report_path = out / "reports" / f"prepare-shard-{shard}-of-{shards}.json"
+    results_path = report_path.with_suffix(".jsonl")  # one line per window, appended as it is decided
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    fingerprint = _filter_fingerprint(cfg)
+    earlier = _earlier_drops(results_path, fingerprint)
+    started = last_write = time.time()
+    with open(results_path, "a", encoding="utf-8") as results_file:
+
+        def record(result: dict) -> None:
+            report["results"].append(result)
+            results_file.write(json.dumps({**result, "filters_fingerprint": fingerprint}) + "\n")
+            results_file.flush()
+            if result["status"] == "dropped":
+                log.info("dropped %s: %s (%s)", result["id"], result["reason"], result["detail"])
+            else:
+                log.info("%s %s", result["status"], result["id"])
+
+        for n, src in enumerate(mine):
+            if should_stop is not None and should_stop():
+                _write_report(report_path, report, started)
+                raise Interrupted(f"prepare stopped after {n} clips; run it again to continue")
+            if src not in todo:
+                record({"id": src.sample_id, "source": str(src.video), "status": "cached"})
+            elif src.sample_id in earlier:  # dropped by the same filters before: not decoded again
+                for result in earlier[src.sample_id]:
+                    record({**result, "previously": True})
+            else:
+                try:
+                    process_clip(src, cfg, encoders, detector, out, record)
+                except InputError as exc:  # unreadable file etc.: report and go on
+                    record({"id": src.sample_id, "clip": src.sample_id, "source": str(src.video),
+                            "status": "dropped", "reason": "unreadable", "detail": str(exc)})
+            if progress is not None:
+                progress(n + 1, len(mine))
+            if time.time() - last_write > 30:  # the summary report too, so a kill leaves a recent one
+                _write_report(report_path, report, started)
+                last_write = time.time()
+    report["complete"] = True
+    _write_report(report_path, report, started)
+    log.info("prepare shard %d/%d done: %s", shard, shards, report["summary"])
+    return report
+
+
+def _write_report(path: Path, report: dict, started: float) -> None:
     summary: dict[str, int] = {}
     for r in report["results"]:
         key = r["status"] if r["status"] != "dropped" else f"dropped:{r['reason']}"
         summary[key] = summary.get(key, 0) + 1
     report["summary"] = summary
     report["seconds"] = round(time.time() - started, 2)
-    write_json_atomic(out / "reports" / f"prepare-shard-{shard}-of-{shards}.json", report)
-    log.info("prepare shard %d/%d done: %s", shard, shards, summary)
-    return report
+    write_json_atomic(path, report)
+
+
+# filter settings that decide a drop: an earlier drop is reused only while they are unchanged
+_FILTER_KEYS = ("fps", "max_frames", "min_frames", "segments_per_clip", "max_area", "size_multiple", "num_faces",
+                "face_check_stride", "min_face_fraction", "max_motion", "min_motion", "motion_check_stride",
+                "min_audio_rms_db", "face_detector")
+_DETERMINISTIC_DROPS = {"no_audio", "audio_undecodable", "silent", "too_much_motion", "too_little_motion",
+                        "face_count", "too_short", "audio_tracks", "short_audio_track"}
+
+
+def _filter_fingerprint(cfg: PrepareConfig) -> str:
+    import hashlib
+
+    data = json.dumps({k: getattr(cfg, k) for k in _FILTER_KEYS}, sort_keys=True)
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def _earlier_drops(results_path: Path, fingerprint: str) -> dict[str, list[dict]]:
+    """Clips every window of which an earlier run dropped with the same filter settings (by clip id)."""
+    if not results_path.is_file():
+        return {}
+    by_clip: dict[str, list[dict]] = {}
+    for line in results_path.read_text(encoding="utf-8").splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:  # the last line of a killed run may be cut
+            continue
+        clip = r.get("clip", r.get("id"))
+        if clip is not None and r.get("filters_fingerprint") == fingerprint:
+            by_clip.setdefault(clip, []).append(r)
+    drops = {}
+    for clip, results in by_clip.items():
+        latest = {r["id"]: r for r in results}  # the newest outcome of each window
+        if latest and all(r["status"] == "dropped" and r.get("reason") in _DETERMINISTIC_DROPS
+                          for r in latest.values()):
+            drops[clip] = [{k: v for k, v in r.items() if k not in ("filters_fingerprint", "previously")}
+                           for r in latest.values()]
+    return drops
