@@ -78,7 +78,6 @@ def _same_export(a_path: Path, b_path: Path) -> float:
 
 
 def test_fsdp2_shards_matches_ddp_and_resumes_on_another_world_size(reference):
-    from safetensors.torch import load_file
 
     tmp_path, data, init, total = reference
     ddp_cfg, fsdp_cfg = tmp_path / "ddp.toml", _config(tmp_path, "fsdp2", data, init, "fsdp2")

@@ -364,7 +364,7 @@ class Trainer:
         e = estimate(model.config, self.world, mode, cfg.batch_size, 4 * (f_lat - 1) + 1, 8 * h_lat, 8 * w_lat,
                      cfg.model.gradient_checkpointing, two_person=cfg.effective_two_person_prob > 0,
                      counts=(sum(p.numel() for p in model.parameters()), block))
-        log.info("memory model per GPU (estimate, %s on %d process(es), largest bucket %dx%dx%d): states %.2f GiB, "
+        log.info("memory model per GPU (estimate, %s, %d process(es), largest bucket %dx%dx%d): states %.2f GiB, "
                  "gathered %.2f GiB, activations %.2f GiB, frozen CLIP %.2f GiB, total %.2f GiB", mode, self.world,
                  4 * (f_lat - 1) + 1, 8 * h_lat, 8 * w_lat, e.states_gib, e.gathered_gib, e.activations_gib,
                  e.encoders_gib, e.total_gib)
