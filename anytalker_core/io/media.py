@@ -14,7 +14,6 @@ PyAV (``av``) is imported inside the functions so that ``import anytalker_core.m
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
@@ -348,9 +347,10 @@ class VideoWriter:
         try:
             if self._container is None and self._video is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".video.tmp.mp4",
-                                            dir=self.path.parent)
-                os.close(fd)
+                # a scratch file for the video stream (never renamed: finish() copies it into the atomic file)
+                with tempfile.NamedTemporaryFile(prefix=f".{self.path.name}.", suffix=".video.tmp.mp4",
+                                                 dir=self.path.parent, delete=False) as scratch:
+                    name = scratch.name
                 self._video = Path(name)
                 self._container = av.open(name, mode="w", format="mp4")
                 self._stream = self._container.add_stream("libx264", rate=self.rate)
