@@ -60,7 +60,7 @@ class AnyTalkerConditioning(io.ComfyNode):
                              advanced=True,
                              tooltip="Largest video area in pixels; the image's aspect is kept and sides snap "
                                      "to multiples of 32. 399360 = 832x480 (the models' training size)."),
-                io.Int.Input("window_frames", default=81, min=0, max=1001, step=4, advanced=True,
+                io.Int.Input("window_frames", default=WINDOW_FRAMES, min=0, max=1001, step=4, advanced=True,
                              tooltip="A clip longer than this (4m+1 frames; 81 = 3.4 s) is conditioned one window "
                                      "at a time, for AnyTalker Long Sampler (give it the same or a shorter "
                                      "window): memory stays that of one window. 0 = the whole clip at once "
@@ -75,7 +75,7 @@ class AnyTalkerConditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive, negative, clip_vision, vae, start_image, faces, audio_features,
-                max_pixels: int = MAX_AREA_480P, window_frames: int = 81) -> io.NodeOutput:
+                max_pixels: int = MAX_AREA_480P, window_frames: int = WINDOW_FRAMES) -> io.NodeOutput:
         from anytalker_core.generation import stages
         from anytalker_core.generation.types import PromptEmbeds
         from anytalker_core.generation.window_plan import check_window_frames
@@ -304,7 +304,7 @@ class AnyTalkerLongSampler(io.ComfyNode):
                                             "and encodes the frames the next window starts from."),
                 io.ClipVision.Input("clip_vision", tooltip="The CLIP vision model given to AnyTalker "
                                                            "Conditioning (used with clip_reference = window)."),
-                io.Int.Input("window_frames", default=81, min=5, max=1001, step=4,
+                io.Int.Input("window_frames", default=WINDOW_FRAMES, min=5, max=1001, step=4,
                              tooltip="Frames per window, 4m+1 (81 = 3.4 s, the training length). A clip no "
                                      "longer than this is one pass."),
                 *sampling_inputs(),
@@ -314,7 +314,7 @@ class AnyTalkerLongSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, conditioning, vae, clip_vision, window_frames: int = 81, seed: int = 42,
+    def execute(cls, model, conditioning, vae, clip_vision, window_frames: int = WINDOW_FRAMES, seed: int = 42,
                 steps: int = 40, sampler_name: str = "unipc", cfg: float = 4.5, shift: float = 0.0,
                 audio_cfg: float = 0.0, overlap_frames: int = 0, colour_match: bool = True,
                 overlap_mode: str = "latent", overlap_merge: str = "blend", clip_reference: str = "start",

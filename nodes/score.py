@@ -8,6 +8,7 @@ import logging
 
 from comfy_api.latest import io
 
+from anytalker_core.constants import WINDOW_FRAMES
 from anytalker_core.errors import InputError
 
 from . import _bridge as bridge
@@ -73,7 +74,7 @@ class AnyTalkerScoreVideo(io.ComfyNode):
                 io.Image.Input("start_image", optional=True,
                                tooltip="Optional: the start image the clip was generated from, for the drift "
                                        "report (default: the first frame)."),
-                io.Int.Input("window_frames", default=81, min=5, max=1001, step=4, advanced=True,
+                io.Int.Input("window_frames", default=WINDOW_FRAMES, min=5, max=1001, step=4, advanced=True,
                              tooltip="Drift report: the window length the clip was generated with (AnyTalker Long "
                                      "Sampler's window_frames)."),
                 io.Int.Input("overlap_frames", default=0, min=0, max=497, step=4, advanced=True,
@@ -95,7 +96,7 @@ class AnyTalkerScoreVideo(io.ComfyNode):
     @classmethod
     def execute(cls, images, fps: float = 24.0, speaking_intervals: str = "", num_faces: int = 2,
                 landmarks: str = "mediapipe", audio=None, syncnet_model: str = NO_SYNCNET, start_image=None,
-                window_frames: int = 81, overlap_frames: int = 0) -> io.NodeOutput:
+                window_frames: int = WINDOW_FRAMES, overlap_frames: int = 0) -> io.NodeOutput:
         import os
 
         import comfy.model_management as mm

@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..constants import SAMPLE_RATE
 from ..errors import InputError
 from ..generation.colour import delta_e76, lab_stats
 from .interactivity import FaceObservation, compute_interactivity, normalize_intervals, side_names
@@ -194,7 +195,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
 
 def drift_report(frames: np.ndarray, fps: float, start_image: np.ndarray,
                  observations: Sequence[Sequence[FaceObservation]], start_faces: Sequence[FaceObservation],
-                 spans: Sequence[tuple[int, int]], *, audio: np.ndarray | None = None, sample_rate: int = 16000,
+                 spans: Sequence[tuple[int, int]], *, audio: np.ndarray | None = None, sample_rate: int = SAMPLE_RATE,
                  intervals: Mapping[str, Sequence[Sequence[float]]] | None = None, num_faces: int = 2
                  ) -> DriftReport:
     """The drift report (see the module docstring).

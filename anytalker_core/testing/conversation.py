@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..constants import SAMPLE_RATE
 from .demo import DEMO_SENTENCES
 from .speech import synthesize_speech
 
@@ -12,7 +13,7 @@ __all__ = ["synthesize_conversation"]
 
 
 def synthesize_conversation(seconds: float, num_people: int = 2, gap_s: float = 0.25,
-                            sample_rate: int = 16000) -> list[torch.Tensor]:
+                            sample_rate: int = SAMPLE_RATE) -> list[torch.Tensor]:
     """One ``[round(seconds · sample_rate)]`` track per person: the demo sentences spoken in turns (person 1,
     2, …, 1, …) with ``gap_s`` of silence between turns; each track is silent while the others speak."""
     lines = [synthesize_speech(text, voice=voice, sample_rate=sample_rate) for text, voice in DEMO_SENTENCES]
