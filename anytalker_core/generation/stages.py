@@ -23,6 +23,7 @@ composes all of them for the CLI and the Python API.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -42,7 +43,7 @@ if TYPE_CHECKING:  # imported lazily at run time
 log = logging.getLogger(__name__)
 
 __all__ = ["Placement", "prepare_audio", "plan", "prepare_faces", "encode_prompts", "condition", "encode_first_frame",
-           "encode_frames", "encode_image_tokens", "denoise", "decode", "SamplingModels"]
+           "condition_from_frame", "encode_frames", "encode_image_tokens", "denoise", "decode", "SamplingModels"]
 
 
 # ------------------------------------------------------------------------------------------ placement
@@ -234,6 +235,16 @@ def condition(clip_vision: Any, vae: Any, image: np.ndarray, faces: "FaceMasks",
     ]
     return Conditioning(y=placement.dit_tensor(y), clip_fea=clip_fea, speakers=speakers, prompts=prompts, plan=video,
                         start_image=image)
+
+
+def condition_from_frame(clip_vision: Any, vae: Any, conditioning: Conditioning, frame: np.ndarray,
+                         placement: Placement = Placement()) -> Conditioning:
+    """``conditioning`` with a new first frame: ``clip_fea`` and ``y``'s latent channels recomputed from
+    ``frame`` (uint8 ``[H, W, 3]``); masks, face tokens, audio, prompts and sizes are kept (the native route's
+    chained windows)."""
+    clip_fea, latent = encode_first_frame(clip_vision, vae, frame, conditioning.plan, placement)
+    y = torch.cat([conditioning.y[:, :4], placement.dit_tensor(latent)], dim=1)  # [1, 20, F_lat, lat_h, lat_w]
+    return dataclasses.replace(conditioning, y=y, clip_fea=clip_fea)
 
 
 def encode_frames(vae: Any, frames: np.ndarray, num_frames: int, placement: Placement = Placement()) -> torch.Tensor:
