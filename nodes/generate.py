@@ -8,6 +8,7 @@ import dataclasses
 import logging
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from comfy_api.latest import io
 
@@ -59,6 +60,11 @@ class AnyTalkerConditioning(io.ComfyNode):
                              advanced=True,
                              tooltip="Largest video area in pixels; the image's aspect is kept and sides snap "
                                      "to multiples of 32. 399360 = 832x480 (the models' training size)."),
+                io.Int.Input("window_frames", default=WINDOW_FRAMES, min=0, max=1001, step=4, advanced=True,
+                             tooltip="A clip longer than this (4m+1 frames; 81 = 3.4 s) is conditioned one window "
+                                     "at a time, for AnyTalker Long Sampler (give it the same or a shorter "
+                                     "window): memory stays that of one window. 0 = the whole clip at once "
+                                     "(for AnyTalker Sampler's single pass)."),
             ],
             outputs=[
                 ConditioningType.Output(display_name="conditioning"),
@@ -69,9 +75,11 @@ class AnyTalkerConditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive, negative, clip_vision, vae, start_image, faces, audio_features,
-                max_pixels: int = MAX_AREA_480P) -> io.NodeOutput:
+                max_pixels: int = MAX_AREA_480P, window_frames: int = WINDOW_FRAMES) -> io.NodeOutput:
         from anytalker_core.generation import stages
         from anytalker_core.generation.types import PromptEmbeds
+        from anytalker_core.generation.window_plan import check_window_frames
+        from anytalker_core.generation.windows import WindowedCondition, window_inputs
 
         image = bridge.image_to_uint8(start_image, "start_image")
         audio = audio_features.conditioning
@@ -83,12 +91,16 @@ class AnyTalkerConditioning(io.ComfyNode):
             raise InputError(f"faces were found on a {faces.image_hw[1]}x{faces.image_hw[0]} image but start_image "
                              f"is {image.shape[1]}x{image.shape[0]}; feed the same image to both nodes")
         tick = bridge.stage_ticker(people + 2)  # CLIP of the whole image and of each face, then the VAE encode
+        check_window_frames(window_frames)
         plan = stages.plan(image.shape[:2], audio.frame_num, max_pixels)
-        masks = stages.prepare_faces(None, image, people, plan, boxes=None if faces.masks is not None else faces.boxes,
-                                     masks=faces.masks)
+        cond_plan, cond_audio, windowed = window_inputs(plan, audio, window_frames)
+        masks = stages.prepare_faces(None, image, people, cond_plan,
+                                     boxes=None if faces.masks is not None else faces.boxes, masks=faces.masks)
         prompts = PromptEmbeds(context=text_embeds(positive, "positive"), context_null=text_embeds(negative, "negative"))
         condition = stages.condition(bridge.ClipVisionAdapter(clip_vision, tick), bridge.VaeAdapter(vae, tick), image,
-                                     masks, audio, plan, prompts)
+                                     masks, cond_audio, cond_plan, prompts)
+        if windowed:
+            condition = WindowedCondition(template=condition, features=audio.features)
         return io.NodeOutput(condition, plan.width, plan.height)
 
 
@@ -224,13 +236,52 @@ class AnyTalkerSampler(io.ComfyNode):
         import comfy.latent_formats
 
         from anytalker_core.generation.stages import Placement, denoise
+        from anytalker_core.generation.windows import WindowedCondition
 
+        if isinstance(conditioning, WindowedCondition):
+            raise InputError(f"conditioning: the clip has {conditioning.total_frames} frames, more than window_frames "
+                             f"{conditioning.window_frames} on AnyTalker Conditioning; generate it with AnyTalker "
+                             "Long Sampler, or set window_frames to 0 there for one pass")
         warn_if_longer_than_training(conditioning)
         with dit_on_device(model, conditioning) as (condition, device):
             latent = denoise(model.dit, condition, placement=Placement(device, model.dtype),
                              **sampling_kwargs(seed, steps, sampler_name, cfg, shift, audio_cfg))
         raw = comfy.latent_formats.Wan21().process_out(latent.detach().float().cpu())
         return io.NodeOutput({"samples": raw})
+
+
+WORK_FOLDER = ".anytalker_windows"  # in ComfyUI's output folder: finished windows of unfinished long clips
+
+
+def long_clip_inputs() -> list:
+    """AnyTalker Long Sampler's long-clip settings (after the sampler settings, so older workflows keep theirs)."""
+    from anytalker_core.generation.window_plan import OVERLAP_MERGES
+    from anytalker_core.generation.windows import CLIP_REFERENCES, OVERLAP_MODES
+
+    return [
+        io.Int.Input("overlap_frames", default=0, min=0, max=497, step=4,
+                     tooltip="Motion frames shared by consecutive windows (4k+1, at most half a window): the last "
+                             "frames of one window condition the next, so motion carries across the seam. "
+                             "0 = automatic (9, or the most a short window allows); 1 = one shared frame."),
+        io.Boolean.Input("colour_match", default=True,
+                         tooltip="Match each window's colours (CIELAB mean and spread) to the start image, so "
+                                 "colours do not drift over minutes."),
+        io.Combo.Input("overlap_mode", options=list(OVERLAP_MODES), default="latent", advanced=True,
+                       tooltip="latent: the motion frames' latents are pinned at every step (default; the "
+                               "conditioning stays what the model was trained on). y: they are known frames in "
+                               "the image conditioning (experimental for AnyTalker)."),
+        io.Combo.Input("overlap_merge", options=list(OVERLAP_MERGES), default="blend", advanced=True,
+                       tooltip="blend: cross-fade the shared frames; drop: keep the earlier window's."),
+        io.Combo.Input("clip_reference", options=list(CLIP_REFERENCES), default="start", advanced=True,
+                       tooltip="Whole-image CLIP tokens of every window: the start image's (default, against "
+                               "identity drift) or each window's first frame."),
+        io.Int.Input("reanchor_every", default=0, min=0, max=1000, advanced=True,
+                     tooltip="Re-anchor every N-th window on the start image (0 = never)."),
+        io.Boolean.Input("resume", default=True, advanced=True,
+                         tooltip=f"Keep each finished window in output/{WORK_FOLDER} so that a cancelled or "
+                                 "killed run continues where it stopped (same inputs and settings); removed when "
+                                 "the clip is done."),
+    ]
 
 
 class AnyTalkerLongSampler(io.ComfyNode):
@@ -240,37 +291,78 @@ class AnyTalkerLongSampler(io.ComfyNode):
             node_id="AnyTalkerLongSampler",
             display_name="AnyTalker Long Sampler",
             category="AnyTalker/sampling",
-            description="Generates a clip of any length in chained windows of window_frames frames: window 1 "
-                        "starts from the start image, each later one from the last frame of the window before "
-                        "(seed + window index). Decodes as it goes and returns the frames: connect them to "
-                        "Create Video at 24 fps with the mixed audio.",
+            description="Generates a clip of any length in overlapping windows of window_frames frames: each "
+                        "window starts from the last overlap_frames frames of the one before (seed + window "
+                        "index), keeps the start image's identity and is colour-matched to it. Decodes as it "
+                        "goes and returns the frames: connect them to Create Video at 24 fps with the mixed "
+                        "audio.",
             inputs=[
                 AnyTalkerModelType.Input("model", tooltip="From Load AnyTalker Model."),
                 ConditioningType.Input("conditioning", tooltip="From AnyTalker Conditioning (the whole audio "
                                                                "timeline)."),
                 io.Vae.Input("vae", tooltip="The Wan2.1 VAE given to AnyTalker Conditioning: decodes each window "
-                                            "and encodes the frame the next window starts from."),
+                                            "and encodes the frames the next window starts from."),
                 io.ClipVision.Input("clip_vision", tooltip="The CLIP vision model given to AnyTalker "
-                                                           "Conditioning: encodes the frame each window starts from."),
-                io.Int.Input("window_frames", default=81, min=5, max=1001, step=4,
-                             tooltip="Frames per window, 4m+1 (81 = 3.4 s, the training length). Consecutive "
-                                     "windows share one frame; a clip no longer than this is one pass."),
+                                                           "Conditioning (used with clip_reference = window)."),
+                io.Int.Input("window_frames", default=WINDOW_FRAMES, min=5, max=1001, step=4,
+                             tooltip="Frames per window, 4m+1 (81 = 3.4 s, the training length). A clip no "
+                                     "longer than this is one pass."),
                 *sampling_inputs(),
+                *long_clip_inputs(),
             ],
             outputs=[io.Image.Output(display_name="images", tooltip="All frames of the clip (24 fps).")],
         )
 
     @classmethod
-    def execute(cls, model, conditioning, vae, clip_vision, window_frames: int = 81, seed: int = 42,
+    def execute(cls, model, conditioning, vae, clip_vision, window_frames: int = WINDOW_FRAMES, seed: int = 42,
                 steps: int = 40, sampler_name: str = "unipc", cfg: float = 4.5, shift: float = 0.0,
-                audio_cfg: float = 0.0) -> io.NodeOutput:
-        from anytalker_core.generation.stages import Placement, SamplingModels
-        from anytalker_core.generation.windows import generate_windows
+                audio_cfg: float = 0.0, overlap_frames: int = 0, colour_match: bool = True,
+                overlap_mode: str = "latent", overlap_merge: str = "blend", clip_reference: str = "start",
+                reanchor_every: int = 0, resume: bool = True) -> io.NodeOutput:
+        import os
 
-        with dit_on_device(model, conditioning) as (condition, device):
+        import folder_paths
+
+        from anytalker_core.generation.stages import Placement, SamplingModels
+        from anytalker_core.generation.window_plan import LongClipOptions, check_window_frames, needs_windows
+        from anytalker_core.generation.window_store import WindowStore
+        from anytalker_core.generation.windows import WindowedCondition, run_key_for, run_windows
+
+        window_frames = check_window_frames(window_frames)
+        options = LongClipOptions(overlap_frames=overlap_frames or None, overlap_mode=overlap_mode,
+                                  merge=overlap_merge, colour_match=colour_match, clip_reference=clip_reference,
+                                  reanchor_every=reanchor_every).checked(window_frames)
+        if isinstance(conditioning, WindowedCondition):
+            if window_frames > conditioning.window_frames:
+                raise InputError(f"window_frames {window_frames} is longer than the window_frames "
+                                 f"{conditioning.window_frames} AnyTalker Conditioning prepared; set it to at least "
+                                 f"{window_frames} there")
+            template, features = conditioning.template, conditioning.features
+        else:  # conditioned for the whole clip: the windows' template is cut from it (exact: causal VAE)
+            template = conditioning
+            features = torch.cat([s.audio.detach().float().cpu() for s in conditioning.speakers])
+        total = int(features.shape[1])
+        kwargs = sampling_kwargs(seed, steps, sampler_name, cfg, shift, audio_cfg)
+        if not needs_windows(total, window_frames):  # one pass
+            with dit_on_device(model, template) as (condition, device):
+                pipe = SamplingModels(model.dit, bridge.ClipVisionAdapter(clip_vision), bridge.VaeAdapter(vae),
+                                      Placement(device, model.dtype))
+                frames = pipe.decode(pipe.denoise(condition, **kwargs))
+            return io.NodeOutput(bridge.uint8_to_image(frames))
+        template = template.window(0, window_frames)
+        chunks: list[np.ndarray] = []
+        with dit_on_device(model, template) as (condition, device):
             pipe = SamplingModels(model.dit, bridge.ClipVisionAdapter(clip_vision), bridge.VaeAdapter(vae),
                                   Placement(device, model.dtype))
-            # generate_windows reports progress as (done, windows x steps): the bar takes that total
-            frames = generate_windows(pipe, condition, window_frames,
-                                      **sampling_kwargs(seed, steps, sampler_name, cfg, shift, audio_cfg))
-        return io.NodeOutput(bridge.uint8_to_image(frames))
+            store = None
+            if resume:
+                sampling = {k: v for k, v in kwargs.items() if k not in ("seed", "steps", "progress", "should_stop")}
+                key, described = run_key_for(pipe, condition, features, total, window_frames, options, steps, seed,
+                                             sampling)
+                store = WindowStore(os.path.join(folder_paths.get_output_directory(), WORK_FOLDER), key, described)
+            # run_windows reports progress as (done, windows x steps): the bar takes that total
+            run_windows(pipe, condition, features, total, window_frames, chunks.append, options=options,
+                        store=store, **kwargs)
+        if store is not None:
+            store.remove()
+        return io.NodeOutput(bridge.uint8_to_image(np.concatenate(chunks, axis=0)))

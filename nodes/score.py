@@ -1,4 +1,5 @@
-"""Evaluation: Interactivity (listeners' eye/brow motion) and, with SyncNet weights, Sync-C/D and Sync-C*."""
+"""Evaluation: Interactivity (listeners' eye/brow motion), with SyncNet weights Sync-C/D and Sync-C*, and the
+per-window drift report of long clips."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 
 from comfy_api.latest import io
 
+from anytalker_core.constants import WINDOW_FRAMES
 from anytalker_core.errors import InputError
 
 from . import _bridge as bridge
@@ -69,6 +71,14 @@ class AnyTalkerScoreVideo(io.ComfyNode):
                 io.Combo.Input("syncnet_model", options=syncnets, default=syncnets[-1], advanced=True,
                                tooltip="SyncNet weights (syncnet_v2.model) in models/syncnet for Sync-C/D and "
                                        "Sync-C* (confidence inside each person's speaking intervals); needs audio."),
+                io.Image.Input("start_image", optional=True,
+                               tooltip="Optional: the start image the clip was generated from, for the drift "
+                                       "report (default: the first frame)."),
+                io.Int.Input("window_frames", default=WINDOW_FRAMES, min=5, max=1001, step=4, advanced=True,
+                             tooltip="Drift report: the window length the clip was generated with (AnyTalker Long "
+                                     "Sampler's window_frames)."),
+                io.Int.Input("overlap_frames", default=0, min=0, max=497, step=4, advanced=True,
+                             tooltip="Drift report: the Long Sampler's overlap_frames (0 = its automatic value)."),
             ],
             outputs=[
                 io.Float.Output(display_name="interactivity", tooltip="Score, or -1 for an invalid clip."),
@@ -76,20 +86,32 @@ class AnyTalkerScoreVideo(io.ComfyNode):
                                 tooltip="SyncNet confidence inside speaking intervals; -1 when not computed."),
                 io.Image.Output(display_name="plot", tooltip="Per-face motion over time, speaking shaded."),
                 io.String.Output(display_name="report", tooltip="Status, per-face scores and notes as JSON."),
+                io.Image.Output(display_name="drift_plot",
+                                tooltip="Per window: colour difference (ΔE) and face-shape similarity to the start "
+                                        "image, mouth motion vs the speaker's audio, Interactivity."),
+                io.String.Output(display_name="drift_report", tooltip="The same per-window values as a Markdown table."),
             ],
         )
 
     @classmethod
     def execute(cls, images, fps: float = 24.0, speaking_intervals: str = "", num_faces: int = 2,
-                landmarks: str = "mediapipe", audio=None, syncnet_model: str = NO_SYNCNET) -> io.NodeOutput:
+                landmarks: str = "mediapipe", audio=None, syncnet_model: str = NO_SYNCNET, start_image=None,
+                window_frames: int = WINDOW_FRAMES, overlap_frames: int = 0) -> io.NodeOutput:
         import os
 
         import comfy.model_management as mm
         import folder_paths
 
+        from anytalker_core.generation.window_plan import check_overlap_frames, check_window_frames
+        from anytalker_core.metrics.drift import plot_drift, window_spans
         from anytalker_core.metrics.runner import score_video
 
         frames = bridge.frames_to_uint8(images, "images")
+        check_window_frames(window_frames)
+        if overlap_frames:
+            check_overlap_frames(overlap_frames, window_frames)
+        spans = window_spans(len(frames), window_frames, overlap_frames or None)
+        start = None if start_image is None else bridge.image_to_uint8(start_image, "start_image")
         insightface = os.path.join(bridge.models_dir(), "insightface")
         syncnet = (None if syncnet_model == NO_SYNCNET
                    else folder_paths.get_full_path_or_raise(SYNCNET_FOLDER, syncnet_model))
@@ -98,7 +120,8 @@ class AnyTalkerScoreVideo(io.ComfyNode):
                              audio=wave, syncnet_path=syncnet, sample_rate=bridge.SAMPLE_RATE,
                              insightface_dir=insightface if landmarks == "insightface" else None,
                              num_faces=num_faces, device=str(mm.get_torch_device()),
-                             progress=bridge.progress_callback(len(frames)), should_stop=bridge.interrupt_check)
+                             progress=bridge.progress_callback(len(frames)), should_stop=bridge.interrupt_check,
+                             drift_spans=spans, start_image=start)
         res, sync = result.interactivity, result.sync
         report = {"status": res.status, "interactivity": res.score, "per_face": res.per_face, "note": res.reason,
                   "sync_c": sync and sync.sync_c, "sync_d": sync and sync.sync_d,
@@ -106,5 +129,6 @@ class AnyTalkerScoreVideo(io.ComfyNode):
                   "sync_note": result.sync_note}
         log.info("scores: %s", report)
         c_star = sync.sync_c_star if sync is not None and sync.sync_c_star is not None else -1.0
+        drift = result.drift
         return io.NodeOutput(res.reference_score(), float(c_star), bridge.uint8_to_image(result.plot),
-                             json.dumps(report))
+                             json.dumps(report), bridge.uint8_to_image(plot_drift(drift)), drift.markdown())

@@ -200,21 +200,25 @@ def test_sampler_is_deterministic_and_interruptible(world):
     assert next(model.dit.parameters()).device.type == "cpu"
 
 
-def test_long_sampler_chains_windows(world):
-    """13 frames in windows of 9: frames 0-8, then 8-12 started from frame 8; one window = Sampler + VAE Decode."""
+def test_long_sampler_overlapping_windows(world, tmp_path):
+    """13 frames in windows of 9 (overlap 1: frames 0-8, 8-12), 21 in windows of 13 with 5 motion frames (0-12,
+    8-20); one window = Sampler + VAE Decode; a windowed conditioning gives the same frames; a cancelled run
+    keeps its finished windows and the next run continues from them."""
     from native_models import vae_decode_node
 
-    from nodes.generate import AnyTalkerConditioning, AnyTalkerLongSampler, AnyTalkerSampler
+    from anytalker_core.generation.windows import WindowedCondition
+    from nodes.generate import WORK_FOLDER, AnyTalkerConditioning, AnyTalkerLongSampler, AnyTalkerSampler
     from nodes.inputs import AnyTalkerAudioEncode, AnyTalkerFaceMasks
 
+    folder_paths.output_directory = str(tmp_path / "output")
     model, wav2vec = load_models(world)
     feats, n, *_ = run(AnyTalkerAudioEncode, wav2vec=wav2vec, speakers={"audio0": audio_dict(world["speech"][0])},
                        mode="pad", frame_count=13)
     image = world["image"](1)
     faces, _, _ = run(AnyTalkerFaceMasks, image=image, people=n, boxes="30,20,66,60")
-    cond, width, height = run(AnyTalkerConditioning, positive=world["positive"], negative=world["negative"],
-                              clip_vision=world["clip_vision"], vae=world["vae"], start_image=image, faces=faces,
-                              audio_features=feats, max_pixels=64 * 64)
+    conditioning = dict(positive=world["positive"], negative=world["negative"], clip_vision=world["clip_vision"],
+                        vae=world["vae"], start_image=image, faces=faces, audio_features=feats, max_pixels=64 * 64)
+    cond, width, height = run(AnyTalkerConditioning, **conditioning)
     settings = {"model": model, "conditioning": cond, "vae": world["vae"], "clip_vision": world["clip_vision"],
                 "seed": 3, "steps": 2, "sampler_name": "euler", "cfg": 3.0}
     comfy.utils.UPDATES.clear()
@@ -222,20 +226,92 @@ def test_long_sampler_chains_windows(world):
     assert frames.shape == (13, height, width, 3) and 0 <= frames.min() and frames.max() <= 1
     assert comfy.utils.UPDATES[-1] == (4, 4)  # 2 windows x 2 steps
     assert next(model.dit.parameters()).device.type == "cpu"
+    assert not (tmp_path / "output" / WORK_FOLDER).exists()  # finished: the work folder is gone
 
     (whole,) = run(AnyTalkerLongSampler, window_frames=13, **settings)
     (latent,) = run(AnyTalkerSampler, model=model, conditioning=cond, seed=3, steps=2, sampler_name="euler", cfg=3.0)
     one_pass = vae_decode_node(world["vae"], latent)
     assert (whole - one_pass).abs().max() <= 1 / 255 + 1e-6  # the same video, up to uint8 rounding
-    assert not torch.equal(whole, frames)  # chained windows: frames 9-12 come from the second window
+    assert not torch.equal(whole, frames)  # windows: frames 9-12 come from the second window
 
+    # conditioned one window at a time (window_frames on the conditioning node): the same clip
+    windowed, w2, h2 = run(AnyTalkerConditioning, **conditioning, window_frames=9)
+    assert isinstance(windowed, WindowedCondition) and (w2, h2) == (width, height)
+    assert windowed.template.y.shape[2] == 3 and windowed.features.shape[1] == 13  # 9 frames of y, 13 of audio
+    (again,) = run(AnyTalkerLongSampler, window_frames=9, **{**settings, "conditioning": windowed})
+    assert (again - frames).abs().max() <= 1 / 255 + 1e-6
+    with pytest.raises(InputError, match="use AnyTalker Long Sampler|generate it with AnyTalker Long Sampler"):
+        run(AnyTalkerSampler, model=model, conditioning=windowed, seed=3, steps=2, sampler_name="euler", cfg=3.0)
+    with pytest.raises(InputError, match="window_frames 13 is longer than the window_frames 9"):
+        run(AnyTalkerLongSampler, window_frames=13, **{**settings, "conditioning": windowed})
+
+    # 21 frames in windows of 13 overlapping by 5 motion frames: 0-12, 8-20
+    speech = torch.cat([world["speech"][0]] * 2)
+    feats21, *_ = run(AnyTalkerAudioEncode, wav2vec=wav2vec, speakers={"audio0": audio_dict(speech)}, mode="pad",
+                      frame_count=21)
+    cond21, _, _ = run(AnyTalkerConditioning, **{**conditioning, "audio_features": feats21})
+    settings = {**settings, "conditioning": cond21}
+    (overlapped,) = run(AnyTalkerLongSampler, window_frames=13, overlap_frames=5, **settings)
+    (chained,) = run(AnyTalkerLongSampler, window_frames=13, overlap_frames=1, **settings)
+    assert overlapped.shape == chained.shape == (21, height, width, 3) and not torch.equal(overlapped, chained)
     with pytest.raises(InputError, match="window_frames must be 4m\\+1"):
         run(AnyTalkerLongSampler, window_frames=10, **settings)
-    mm.interrupt_current_processing(True)
-    with pytest.raises(mm.InterruptProcessingException):
-        run(AnyTalkerLongSampler, window_frames=9, **settings)
+    with pytest.raises(InputError, match="overlap_frames 9 is more than half of a 13-frame window"):
+        run(AnyTalkerLongSampler, window_frames=13, overlap_frames=9, **settings)
+
+    # cancel in the second window: the first stays in the work folder, and the next run starts from it
+    calls = []
+    real = mm.throw_exception_if_processing_interrupted
+
+    def cancel_in_window_2():
+        calls.append(1)
+        if len(calls) == 4:  # before window 1: 1 check; window 1's 2 steps; then window 2
+            mm.interrupt_current_processing(True)
+        real()
+
+    mm.throw_exception_if_processing_interrupted = cancel_in_window_2
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run(AnyTalkerLongSampler, window_frames=13, overlap_frames=5, **settings)
+    finally:
+        mm.throw_exception_if_processing_interrupted = real
     assert not mm.processing_interrupted()
+    assert len(list((tmp_path / "output" / WORK_FOLDER).glob("*/window_*.npz"))) == 1
+    comfy.utils.UPDATES.clear()
+    (resumed,) = run(AnyTalkerLongSampler, window_frames=13, overlap_frames=5, **settings)
+    assert torch.equal(resumed, overlapped) and comfy.utils.UPDATES[0] == (2, 4)  # window 1 was not redone
     assert next(model.dit.parameters()).device.type == "cpu"
+
+
+@pytest.mark.slow
+def test_long_sampler_sixty_second_conversation(world, tmp_path):
+    """The workflow path for a 60 s two-person conversation: Audio Encode (2 voices) -> Face Masks ->
+    Conditioning (one window) -> Long Sampler (81-frame windows, 9 motion frames): 1441 frames."""
+    from anytalker_core.generation.windows import WindowedCondition
+    from anytalker_core.testing.conversation import synthesize_conversation
+    from anytalker_core.testing.demo import demo_image
+    from nodes.generate import AnyTalkerConditioning, AnyTalkerLongSampler
+    from nodes.inputs import AnyTalkerAudioEncode, AnyTalkerFaceMasks
+
+    folder_paths.output_directory = str(tmp_path / "output")
+    model, wav2vec = load_models(world)
+    tracks = synthesize_conversation(60.1)
+    feats, n, frame_count, mixed, _ = run(AnyTalkerAudioEncode, wav2vec=wav2vec, mode="pad", frame_count=0,
+                                          speakers={f"audio{i}": audio_dict(t) for i, t in enumerate(tracks)})
+    assert n == 2 and frame_count == 1441
+    image = torch.from_numpy(demo_image(2, size=32)).float().div(255).unsqueeze(0)
+    faces, _, _ = run(AnyTalkerFaceMasks, image=image, people=2, boxes="9,6,23,20; 41,6,55,20")
+    cond, width, height = run(AnyTalkerConditioning, positive=world["positive"], negative=world["negative"],
+                              clip_vision=world["clip_vision"], vae=world["vae"], start_image=image, faces=faces,
+                              audio_features=feats, max_pixels=32 * 64)
+    assert isinstance(cond, WindowedCondition) and cond.template.y.shape[2] == 21  # one 81-frame window encoded
+    comfy.utils.UPDATES.clear()
+    (frames,) = run(AnyTalkerLongSampler, model=model, conditioning=cond, vae=world["vae"],
+                    clip_vision=world["clip_vision"], window_frames=81, seed=1, steps=1, sampler_name="euler",
+                    cfg=3.0)
+    assert frames.shape == (1441, height, width, 3) == (1441, 32, 64, 3)
+    assert comfy.utils.UPDATES[-1] == (20, 20)  # 20 windows x 1 step
+    assert mixed["waveform"].shape[-1] == round(1441 / 24 * SR)
 
 
 def test_faces_from_masks_and_detector(world):
@@ -320,9 +396,19 @@ def test_score_video_node(world, tmp_path):
 
     frames = world["image"](2).repeat(12, 1, 1, 1)  # a still two-face clip: listeners do not move
     intervals = json.dumps({"left": [[0.0, 0.2]], "right": [[0.2, 0.5]]})
-    score, c_star, plot, report = run(AnyTalkerScoreVideo, images=frames, fps=24.0, speaking_intervals=intervals)
+    score, c_star, plot, report, drift_plot, drift = run(AnyTalkerScoreVideo, images=frames, fps=24.0,
+                                                         speaking_intervals=intervals)
     info = json.loads(report)
-    assert plot.ndim == 4 and plot.shape[-1] == 3
+    assert plot.ndim == 4 and plot.shape[-1] == 3 and drift_plot.ndim == 4 and drift_plot.shape[-1] == 3
+    rows = drift.strip().splitlines()
+    assert rows[0].startswith("| window | frames | time_s | delta_e |") and len(rows) == 3  # one window
+    assert rows[2].startswith("| 1 | 0-11 | 0.0-0.5 | 0.000 |")  # the first frame is the start image
+    cast = (frames[:1] * torch.tensor([1.0, 0.8, 0.6])).clamp(0, 1)
+    *_, drift = run(AnyTalkerScoreVideo, images=frames, fps=24.0, speaking_intervals=intervals, start_image=cast,
+                    window_frames=9, overlap_frames=1)
+    rows = drift.strip().splitlines()[2:]
+    assert [r.split(" | ")[1] for r in rows] == ["0-7", "8-11"]  # windows of 9 frames overlapping by 1
+    assert all(float(r.split(" | ")[3]) > 5 for r in rows)  # far from the (cast) start image's colours
     assert info["status"] == "ok" and score == 0.0  # both faces found in every frame, nobody moves
     assert c_star == -1.0 and "no weights" in info["sync_note"]
     with pytest.raises(InputError, match="speaking_intervals: not valid JSON"):
@@ -336,8 +422,8 @@ def test_score_video_node(world, tmp_path):
     combo = next(i for i in AnyTalkerScoreVideo.define_schema().inputs if i.id == "syncnet_model")
     assert combo.kwargs["options"][0] == "none" and "syncnet_v2.model" in combo.kwargs["options"]
     audio = audio_dict(world["speech"][0][: SR // 2])
-    _, c_star, _, report = run(AnyTalkerScoreVideo, images=frames, fps=24.0, speaking_intervals=intervals,
-                               audio=audio, syncnet_model="syncnet_v2.model")
+    _, c_star, _, report, _, _ = run(AnyTalkerScoreVideo, images=frames, fps=24.0, speaking_intervals=intervals,
+                                     audio=audio, syncnet_model="syncnet_v2.model")
     info = json.loads(report)
     assert info["sync_note"] == "" and info["sync_c"] is not None and info["sync_d"] > 0
     assert c_star == info["sync_c_star"] >= 0

@@ -35,15 +35,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--faces", type=int, default=2, help="faces every frame must show (default 2)")
     parser.add_argument("--device", default="cpu", help="torch device for SyncNet (default cpu)")
     parser.add_argument("--no-plots", action="store_true", help="do not write the PNG motion plots")
+    drift = parser.add_argument_group("drift report (long clips)")
+    drift.add_argument("--drift", action="store_true",
+                       help="also write drift/<clip>.csv|.md|.png: per window, colour difference (ΔE) and face-shape "
+                            "similarity to the start image, mouth motion vs the speaker's audio, Interactivity")
+    drift.add_argument("--window-frames", type=int, default=81, metavar="W",
+                       help="the window length the clips were generated with (default 81)")
+    drift.add_argument("--overlap-frames", type=int, default=None, metavar="M",
+                       help="their overlap (default: generate's default, 9 for W=81)")
+    drift.add_argument("--start-images", metavar="DIR",
+                       help="folder of start images named like the clips (<clip>.png); default: each clip's first frame")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ..generation.window_plan import check_overlap_frames, check_window_frames
     from ..io.model_paths import default_models_dir
     from ..metrics.runner import evaluate_folder
     from ..metrics.syncnet import default_syncnet_path
 
+    if args.drift:
+        check_window_frames(args.window_frames, "--window-frames")
+        if args.overlap_frames is not None:
+            check_overlap_frames(args.overlap_frames, args.window_frames, "--overlap-frames")
     models_dir = Path(args.models_dir).expanduser() if args.models_dir else default_models_dir()
     syncnet = args.syncnet or default_syncnet_path(models_dir)
     if syncnet is None:
@@ -52,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
     insightface_dir = args.insightface_dir or models_dir / "insightface"
     report = evaluate_folder(args.videos, args.intervals, args.out, landmark_backend=args.landmarks,
                              insightface_dir=insightface_dir, syncnet_path=syncnet,
-                             device=args.device, num_faces=args.faces, plots=not args.no_plots)
+                             device=args.device, num_faces=args.faces, plots=not args.no_plots,
+                             drift_window_frames=args.window_frames if args.drift else None,
+                             drift_overlap_frames=args.overlap_frames, start_images=args.start_images)
     print(report.markdown_path.read_text(), end="")
-    print(f"wrote {report.csv_path}, {report.markdown_path} and {len(report.plot_paths)} plot(s)")
+    print(f"wrote {report.csv_path}, {report.markdown_path} and {len(report.plot_paths)} plot(s)"
+          + (f"; drift reports in {Path(args.out) / 'drift'}" if args.drift else ""))
     return 0

@@ -23,8 +23,11 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..constants import MAX_AREA, WINDOW_FRAMES
+from ..constants import MAX_AREA
 from ..errors import InputError
+
+from .long_clip import (add_long_clip_arguments, check_long_clip_args, long_clip_options, remove_work_folder,
+                        work_dir_for)
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +147,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="number of frames, 4n+1, at most the audio's length (default: the audio's "
                                "length; 33 with --demo)")
     sampling.add_argument("--fps", type=int, default=24, help="output frame rate (the model was trained at 24)")
-    sampling.add_argument("--window-frames", type=int, default=WINDOW_FRAMES, metavar="W",
-                          help="longest single pass, 4m+1 frames (default 81, the training length); longer clips "
-                               "are generated in chained windows of W frames, each starting from the last frame "
-                               "of the one before; 0 = the whole clip in one pass (the reference's behaviour)")
+    add_long_clip_arguments(parser)
 
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, mps ...")
@@ -296,9 +296,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--frame-num must be 4n+1 (5, 9, 13, ..., 81), got {args.frame_num}")
     if args.fps < 1:
         raise InputError(f"--fps must be positive, got {args.fps}")
-    from ..generation.windows import check_window_frames
-
-    check_window_frames(args.window_frames, "--window-frames")
+    check_long_clip_args(args)
     if args.out is not None and args.out.suffix.lower() != ".mp4" and not args.batch:
         raise InputError(f"--out '{args.out}': expected an .mp4 file name")
 
@@ -352,6 +350,7 @@ def _build_request(args: argparse.Namespace, image, audio: list, prompt: str, mo
         fps=args.fps,
         boxes=boxes,
         window_frames=args.window_frames,
+        long_clip=long_clip_options(args),
     )
 
 
@@ -434,11 +433,11 @@ def _run(args: argparse.Namespace) -> int:
                                      args.negative_prompt, _seed(args.seed),
                                      parse_boxes(args.boxes) if args.boxes else None)
             out = args.out or Path("demo.mp4")
-            result = generate_to_file(pipe, request, out, progress=_log_progress)
+            result = generate_to_file(pipe, request, out, progress=_log_progress, work_dir=args.work_dir)
             if args.preview_faces is not None:
                 _write_png(args.preview_faces, result.preview)
         log.warning(DEMO_BANNER)
-        print(f"wrote {out} ({result.frames.shape[0]} frames, {result.fps} fps) [demo: random weights, noise]")
+        print(f"wrote {out} ({result.num_frames} frames, {result.fps} fps) [demo: random weights, noise]")
         return 0
 
     overrides = {"dit": args.dit, "text_encoder": args.text_encoder, "clip_vision": args.clip_vision,
@@ -474,8 +473,8 @@ def _run(args: argparse.Namespace) -> int:
         out = args.out or Path("out.mp4")
         request = _build_request(args, load_image(task.image), [load_audio(p) for p in task.audio], task.prompt,
                                  args.audio_mode, args.negative_prompt, _seed(args.seed), task.boxes)
-        result = generate_to_file(pipe, request, out, progress=_log_progress)
-        print(f"wrote {out} ({result.frames.shape[0]} frames, {result.fps} fps)")
+        result = generate_to_file(pipe, request, out, progress=_log_progress, work_dir=args.work_dir)
+        print(f"wrote {out} ({result.num_frames} frames, {result.fps} fps)")
         return 0
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -489,7 +488,7 @@ def _run(args: argparse.Namespace) -> int:
                 args, load_image(task.image), [load_audio(p) for p in task.audio], task.prompt,
                 task.audio_mode or args.audio_mode, task.negative_prompt or args.negative_prompt,
                 _seed(task.seed if task.seed is not None else args.seed), task.boxes)
-            generate_to_file(pipe, request, out, progress=_log_progress)
+            generate_to_file(pipe, request, out, progress=_log_progress, work_dir=args.work_dir)
         except InputError as exc:  # one bad task (missing file, wrong face count...) must not stop the batch
             log.error("%s: %s", task.name, exc)
             failed.append(task.name)
@@ -501,17 +500,18 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def generate_to_file(pipe, request, out: str | Path, progress=None, should_stop=None):
-    """Generate one clip and write it as an mp4 (24 fps video + the mixed audio), atomically.
+def generate_to_file(pipe, request, out: str | Path, progress=None, should_stop=None, work_dir=None):
+    """Generate one clip and write it as an mp4 (24 fps video + the mixed audio), atomically: frames are
+    streamed to the encoder as they are final; nothing is written on failure or interruption. A long clip
+    keeps its finished windows in ``work_dir`` (default ``.NAME.windows`` next to ``out``) so that the same
+    command resumes after a kill; removed once the clip is written. Returns the ``GenerationResult``."""
+    from ..io.media import VideoWriter
 
-    Nothing is written when generation fails or is interrupted (:class:`~.errors.Interrupted`), and
-    the mp4 itself is written to a temporary file that is renamed into place only when complete.
-    Returns the :class:`~.pipeline.GenerationResult`.
-    """
-    from ..io.media import write_video
-
-    result = pipe.generate(request, progress=progress, should_stop=should_stop)
-    write_video(out, result.frames, result.fps, result.audio, result.sample_rate)
+    with VideoWriter(out, request.fps) as writer:
+        result = pipe.generate(request, progress=progress, should_stop=should_stop, frame_sink=writer.write,
+                               work_dir=work_dir_for(out, work_dir))
+        writer.finish(result.audio, result.sample_rate)
+    remove_work_folder(result)
     return result
 
 

@@ -8,7 +8,7 @@ ComfyUI nodes, training's validation) calls the stage functions directly.
 :meth:`AnyTalkerPipeline.generate` chains the stages (audio -> plan -> faces -> text -> conditioning ->
 denoise -> decode); a clip longer than ``GenerationRequest.window_frames`` is denoised and decoded window by
 window (:mod:`.windows`, which sees the pipeline only through the small ``denoise``/``decode``/
-``condition_from_frame`` protocol). Like the reference (``wan/audio2video_multiID.py``): faces are found on the
+``encode_frames``/``encode_image_tokens`` protocol). Like the reference (``wan/audio2video_multiID.py``): faces are found on the
 full-resolution image and identity ``i`` is the i-th face from the left; ``clip_fea`` encodes the whole
 image, each speaker's face tokens encode its square face crop; ``y`` is ``[4 mask channels ; VAE latent of
 (first frame + zeros)]``; CFG's unconditional branch is the negative prompt with zeroed audio features.
@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -159,13 +160,17 @@ class AnyTalkerPipeline:
         """:func:`.stages.encode_first_frame` with this pipeline's CLIP vision model and VAE."""
         return stages.encode_first_frame(self.clip_vision, self.vae, image, plan, self.placement)
 
-    def condition_from_frame(self, condition: Conditioning, frame: np.ndarray) -> Conditioning:
-        """:func:`.stages.condition_from_frame` with this pipeline's CLIP vision model and VAE."""
-        return stages.condition_from_frame(self.clip_vision, self.vae, condition, frame, self.placement)
+    def encode_frames(self, frames: np.ndarray, num_frames: int) -> torch.Tensor:
+        """:func:`.stages.encode_frames` with this pipeline's VAE."""
+        return stages.encode_frames(self.vae, frames, num_frames, self.placement)
+
+    def encode_image_tokens(self, frame: np.ndarray) -> torch.Tensor:
+        """:func:`.stages.encode_image_tokens` with this pipeline's CLIP vision model."""
+        return stages.encode_image_tokens(self.clip_vision, frame, self.placement)
 
     def denoise(self, condition: Conditioning, **sampling: Any) -> torch.Tensor:
         """:func:`.stages.denoise` with this pipeline's DiT (``steps``, ``shift``, ``sampler``, ``guidance``,
-        ``text_guidance``, ``audio_guidance``, ``seed``, ``progress``, ``should_stop``)."""
+        ``text_guidance``, ``audio_guidance``, ``seed``, ``progress``, ``should_stop``, ``known``)."""
         return stages.denoise(self.dit, condition, placement=self.placement, **sampling)
 
     def decode(self, latent: torch.Tensor) -> np.ndarray:
@@ -175,15 +180,20 @@ class AnyTalkerPipeline:
     # ------------------------------------------------------------------------------- everything
 
     def generate(self, request: GenerationRequest, progress: ProgressFn | None = None,
-                 should_stop: StopFn | None = None) -> GenerationResult:
+                 should_stop: StopFn | None = None, frame_sink: Callable[[np.ndarray], None] | None = None,
+                 work_dir: str | Path | None = None) -> GenerationResult:
         """Run every stage for one clip. ``progress(step, total)`` reports denoising steps.
 
-        A clip longer than ``request.window_frames`` is denoised and decoded in chained windows
-        (:func:`.windows.generate_windows`; progress then counts all windows' steps); otherwise in one
-        pass, as the reference does.
+        A clip longer than ``request.window_frames`` is generated in overlapping windows
+        (:func:`.windows.run_windows`; progress then counts all windows' steps); otherwise in one pass, as
+        the reference does. ``frame_sink`` receives the frames in chunks as they are final (then
+        ``result.frames`` is ``None``: nothing holds the whole clip). ``work_dir``: long clips persist each
+        finished window there and a re-run with the same inputs resumes (``result.work_folder``; the caller
+        removes it once the clip is written).
         """
         from ..faces import draw_preview
-        from .windows import check_window_frames, generate_windows, needs_windows
+        from .window_plan import check_window_frames
+        from .windows import window_inputs
 
         timings: dict[str, float] = {}
         clock = time.monotonic()
@@ -199,6 +209,7 @@ class AnyTalkerPipeline:
         image = check_image(request.image)
         tracks = check_tracks(request.audio)
         check_window_frames(request.window_frames)
+        long_clip = request.long_clip.checked(request.window_frames) if request.window_frames else None
         if request.fps != FPS:
             log.warning("fps %s: the model was trained at 24 fps; lip sync may drift at other rates", request.fps)
         if request.boxes is not None and request.masks is None and len(request.boxes) != len(tracks):
@@ -208,30 +219,47 @@ class AnyTalkerPipeline:
         audio = self.prepare_audio(tracks, request.audio_mode, request.frame_num, request.fps, should_stop)
         lap("audio")
         plan = self.plan(image.shape[:2], audio.frame_num, request.max_area)
-        faces = self.prepare_faces(image, len(tracks), plan, boxes=request.boxes, masks=request.masks)
+        # long clips: conditioned for one window (start image + zeros for W frames, not the whole timeline)
+        cond_plan, cond_audio, windowed = window_inputs(plan, audio, request.window_frames)
+        faces = self.prepare_faces(image, len(tracks), cond_plan, boxes=request.boxes, masks=request.masks)
         lap("faces")
         prompts = self.encode_prompts(request.prompt, request.negative_prompt)
         lap("text")
-        condition = self.build_condition(image, faces, audio, plan, prompts)
+        condition = self.build_condition(image, faces, cond_audio, cond_plan, prompts)
         lap("condition")
         sampling = dict(steps=request.steps, shift=request.shift, sampler=request.sampler, guidance=request.guidance,
-                        text_guidance=request.text_guidance, audio_guidance=request.audio_guidance,
-                        seed=request.seed, progress=progress, should_stop=should_stop)
-        if needs_windows(plan.frame_num, request.window_frames):
-            frames = generate_windows(self, condition, request.window_frames, **sampling)
+                        text_guidance=request.text_guidance, audio_guidance=request.audio_guidance)
+        chunks: list[np.ndarray] = []
+        sink = frame_sink if frame_sink is not None else chunks.append
+        work_folder = None
+        if windowed:
+            from .window_store import WindowStore
+            from .windows import run_key_for, run_windows
+
+            store = None
+            if work_dir is not None:
+                key, described = run_key_for(self, condition, audio.features, plan.frame_num, request.window_frames,
+                                             long_clip, request.steps, request.seed, sampling)
+                store = WindowStore(work_dir, key, described)
+                work_folder = store.folder
+            num_frames = run_windows(self, condition, audio.features, plan.frame_num, request.window_frames, sink,
+                                     options=long_clip, seed=request.seed, progress=progress,
+                                     should_stop=should_stop, store=store, **sampling)
             lap("denoise+decode")
         else:
-            latent = self.denoise(condition, **sampling)
+            latent = self.denoise(condition, seed=request.seed, progress=progress, should_stop=should_stop, **sampling)
             lap("denoise")
-            frames = self.decode(latent)
+            sink(self.decode(latent))
+            num_frames = plan.frame_num
             lap("decode")
-        samples = int(round(frames.shape[0] / request.fps * SAMPLE_RATE))
+        frames = np.concatenate(chunks, axis=0) if frame_sink is None else None
+        samples = int(round(num_frames / request.fps * SAMPLE_RATE))
         mixed = fit_length(audio.mixed.detach().float().cpu().reshape(-1), samples)
-        log.info("generated %d frames %dx%d in %s", frames.shape[0], frames.shape[2], frames.shape[1],
+        log.info("generated %d frames %dx%d in %s", num_frames, plan.width, plan.height,
                  ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
         return GenerationResult(
             frames=frames, fps=request.fps, audio=mixed, sample_rate=SAMPLE_RATE,
             preview=draw_preview(image, faces.boxes_xyxy, masks=faces.expanded_masks),
-            boxes=faces.boxes_xyxy, seed=request.seed, timings=timings,
+            boxes=faces.boxes_xyxy, seed=request.seed, timings=timings, num_frames=num_frames,
+            work_folder=work_folder,
         )
-

@@ -8,7 +8,8 @@ stage                    (models) in -> out
 :func:`prepare_faces`    (face detector) image, N, plan (+ user boxes/masks) -> ``FaceMasks`` on the latent grid
 :func:`encode_prompts`   (text encoder) prompt, negative prompt -> :class:`~.types.PromptEmbeds`
 :func:`condition`        (CLIP vision, VAE) image, faces, audio, plan, prompts -> :class:`~.types.Conditioning`;
-                         :func:`encode_first_frame` is its image part, :func:`condition_from_frame` swaps that part
+                         :func:`encode_first_frame` is its image part; :func:`encode_frames` encodes long clips'
+                         motion frames, :func:`encode_image_tokens` a frame's CLIP tokens
 :func:`denoise`          (DiT) conditioning, sampler settings, seed -> latent ``[1, 16, F, h, w]``
 :func:`decode`           (VAE) latent -> uint8 frames ``[T, H, W, 3]``
 =======================  ===========================================================================================
@@ -42,7 +43,7 @@ if TYPE_CHECKING:  # imported lazily at run time
 log = logging.getLogger(__name__)
 
 __all__ = ["Placement", "prepare_audio", "plan", "prepare_faces", "encode_prompts", "condition", "encode_first_frame",
-           "condition_from_frame", "denoise", "decode", "SamplingModels"]
+           "condition_from_frame", "encode_frames", "encode_image_tokens", "denoise", "decode", "SamplingModels"]
 
 
 # ------------------------------------------------------------------------------------------ placement
@@ -232,27 +233,50 @@ def condition(clip_vision: Any, vae: Any, image: np.ndarray, faces: "FaceMasks",
                 token_mask=placement.dit_tensor(faces.token_mask(i)))  # [1, F_lat, h/2, w/2]
         for i in range(n)
     ]
-    return Conditioning(y=placement.dit_tensor(y), clip_fea=clip_fea, speakers=speakers, prompts=prompts, plan=video)
+    return Conditioning(y=placement.dit_tensor(y), clip_fea=clip_fea, speakers=speakers, prompts=prompts, plan=video,
+                        start_image=image)
 
 
 def condition_from_frame(clip_vision: Any, vae: Any, conditioning: Conditioning, frame: np.ndarray,
                          placement: Placement = Placement()) -> Conditioning:
     """``conditioning`` with a new first frame: ``clip_fea`` and ``y``'s latent channels recomputed from
-    ``frame`` (uint8 ``[H, W, 3]``); masks, face tokens, audio, prompts and sizes are kept."""
+    ``frame`` (uint8 ``[H, W, 3]``); masks, face tokens, audio, prompts and sizes are kept (the native route's
+    chained windows)."""
     clip_fea, latent = encode_first_frame(clip_vision, vae, frame, conditioning.plan, placement)
     y = torch.cat([conditioning.y[:, :4], placement.dit_tensor(latent)], dim=1)  # [1, 20, F_lat, lat_h, lat_w]
     return dataclasses.replace(conditioning, y=y, clip_fea=clip_fea)
 
 
+def encode_frames(vae: Any, frames: np.ndarray, num_frames: int, placement: Placement = Placement()) -> torch.Tensor:
+    """uint8 ``[n, H, W, 3]`` frames at the video size -> float32 latent ``[1, 16, F, h, w]`` of ``[frames; zeros]``
+    (``num_frames = 4j+1 >= n`` frames; ``num_frames = n`` encodes just the frames). Long clips' motion frames
+    (:mod:`.windows`)."""
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float().div(127.5).sub(1.0)
+    if num_frames > video.shape[2]:
+        pad = video.new_zeros(1, 3, num_frames - video.shape[2], *video.shape[3:])
+        video = torch.cat([video, pad], dim=2)                       # [1, 3, num_frames, H, W]
+    with placement.use(vae), torch.no_grad():
+        latent = vae.encode(video.to(placement.device))
+    return _batch1(latent, ndim=5).to(placement.device)
+
+
+def encode_image_tokens(clip_vision: Any, frame: np.ndarray, placement: Placement = Placement()) -> torch.Tensor:
+    """uint8 ``[H, W, 3]`` -> whole-image CLIP tokens ``[1, 257, clip_dim]`` (DiT dtype, on the device)."""
+    with placement.use(clip_vision), torch.no_grad():
+        clip_fea = clip_vision.encode(torch.from_numpy(np.ascontiguousarray(frame))[None])
+    return placement.dit_tensor(_batch1(clip_fea, ndim=3))
+
+
 def denoise(dit: torch.nn.Module, conditioning: Conditioning, *, steps: int = 40, shift: float | None = None,
             sampler: str = "unipc", guidance: float = 4.5, text_guidance: float | None = None,
             audio_guidance: float | None = None, seed: int = 42, progress: ProgressFn | None = None,
-            should_stop: StopFn | None = None, placement: Placement = Placement()) -> torch.Tensor:
+            should_stop: StopFn | None = None, placement: Placement = Placement(), known: Any = None) -> torch.Tensor:
     """Sample the latent ``[1, 16, F_lat, lat_h, lat_w]`` (float32).
 
     Guidance: ``guidance`` alone is the reference's single scale (uncond = negative prompt + zeroed
     audio); ``text_guidance`` with ``audio_guidance`` gives separate scales. ``should_stop``
-    returning True raises :class:`~anytalker_core.errors.Interrupted` before the next step.
+    returning True raises :class:`~anytalker_core.errors.Interrupted` before the next step. ``known``
+    (:class:`.windows.KnownLatents`) pins latent frames (long clips' motion frames).
     """
     from ..sampling import Guidance, default_shift, make_noise, make_scheduler, per_branch, sample
 
@@ -272,8 +296,13 @@ def denoise(dit: torch.nn.Module, conditioning: Conditioning, *, steps: int = 40
         return dit(placement.dit_tensor(latent), t.expand(latent.shape[0]), context, conditioning.clip_fea,
                    conditioning.y, speakers)
 
+    denoiser = per_branch(one_branch)
+    if known is not None:
+        from .windows import pin_known_latents
+
+        denoiser = pin_known_latents(denoiser, known, scheduler.sigmas)
     with placement.use(dit), torch.no_grad():
-        return sample(per_branch(one_branch), noise, scheduler, cfg, progress=progress, should_stop=should_stop)
+        return sample(denoiser, noise, scheduler, cfg, progress=progress, should_stop=should_stop)
 
 
 def decode(vae: Any, latent: torch.Tensor, placement: Placement = Placement()) -> np.ndarray:
@@ -285,7 +314,7 @@ def decode(vae: Any, latent: torch.Tensor, placement: Placement = Placement()) -
 
 @dataclass
 class SamplingModels:
-    """A DiT, a CLIP vision model and a VAE: what denoising, decoding and re-conditioning on a frame need.
+    """A DiT, a CLIP vision model and a VAE: what denoising, decoding and encoding motion frames need.
 
     It is the :class:`~.windows.WindowStages` of holders of just these three models (the ComfyUI sampler
     nodes, whose text and audio encoders ran in earlier nodes).
@@ -302,5 +331,8 @@ class SamplingModels:
     def decode(self, latent: torch.Tensor) -> np.ndarray:
         return decode(self.vae, latent, self.placement)
 
-    def condition_from_frame(self, conditioning: Conditioning, frame: np.ndarray) -> Conditioning:
-        return condition_from_frame(self.clip_vision, self.vae, conditioning, frame, self.placement)
+    def encode_frames(self, frames: np.ndarray, num_frames: int) -> torch.Tensor:
+        return encode_frames(self.vae, frames, num_frames, self.placement)
+
+    def encode_image_tokens(self, frame: np.ndarray) -> torch.Tensor:
+        return encode_image_tokens(self.clip_vision, frame, self.placement)

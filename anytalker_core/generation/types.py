@@ -28,6 +28,7 @@ from ..constants import (FPS, LATENT_CHANNELS, MAX_AREA, SAMPLE_RATE, VAE_SPATIA
                          WINDOW_FRAMES)
 from ..errors import InputError
 from ..model.speaker import Speaker
+from .window_plan import LongClipOptions
 
 __all__ = ["GenerationRequest", "GenerationResult", "VideoPlan", "PromptEmbeds", "Conditioning", "Condition",
            "ProgressFn", "StopFn", "SAMPLE_RATE"]
@@ -57,7 +58,8 @@ class GenerationRequest:
         boxes: optional face boxes ``x1, y1, x2, y2`` (image pixels), one per track, in track order.
         masks: optional face masks ``[N, H, W]`` in 0..1, one per track (wins over ``boxes``).
         window_frames: longest single denoising pass, ``4m+1`` frames (81: the training length); a longer
-            clip is generated in chained windows (:mod:`.windows`). ``0`` = one pass whatever the length.
+            clip is generated in overlapping windows (:mod:`.windows`). ``0`` = one pass whatever the length.
+        long_clip: how overlapping windows are made (overlap, its merge, colour matching, re-anchoring).
     """
 
     image: np.ndarray | str | Path
@@ -78,6 +80,7 @@ class GenerationRequest:
     boxes: Sequence[Sequence[float]] | None = None
     masks: np.ndarray | None = None
     window_frames: int = WINDOW_FRAMES
+    long_clip: LongClipOptions = field(default_factory=LongClipOptions)
 
 
 @dataclass
@@ -85,7 +88,7 @@ class GenerationResult:
     """A generated clip.
 
     Attributes:
-        frames: uint8 ``[T, H, W, 3]`` RGB.
+        frames: uint8 ``[T, H, W, 3]`` RGB (``None`` when they were streamed to a ``frame_sink``).
         fps: frames per second.
         audio: mixed mono waveform ``[S]`` at ``sample_rate``, cut/padded to the video's duration.
         sample_rate: 16000.
@@ -93,9 +96,11 @@ class GenerationResult:
         boxes: float32 ``[N, 4]`` face boxes used (identity order).
         seed: the noise seed.
         timings: seconds per stage.
+        num_frames: ``T``.
+        work_folder: a long clip's folder of finished windows (``generate``'s ``work_dir``), or None.
     """
 
-    frames: np.ndarray
+    frames: np.ndarray | None
     fps: int
     audio: torch.Tensor
     sample_rate: int
@@ -103,6 +108,12 @@ class GenerationResult:
     boxes: np.ndarray
     seed: int
     timings: dict[str, float] = field(default_factory=dict)
+    num_frames: int = 0
+    work_folder: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.frames is not None and not self.num_frames:
+            self.num_frames = int(self.frames.shape[0])
 
 
 @dataclass(frozen=True)
@@ -145,6 +156,7 @@ class Conditioning:
         speakers: one :class:`Speaker` per person (real audio).
         prompts: the text embeddings.
         plan: the sizes.
+        start_image: uint8 ``[H, W, 3]`` the image it was built from (long clips' colour reference), or None.
     """
 
     y: torch.Tensor
@@ -152,6 +164,7 @@ class Conditioning:
     speakers: list[Speaker]
     prompts: PromptEmbeds
     plan: VideoPlan
+    start_image: np.ndarray | None = None
 
     def branch_inputs(self, branch: str) -> tuple[torch.Tensor, list[Speaker]]:
         """``(context, speakers)`` of a guidance branch (see :mod:`.sampling.guidance`)."""
@@ -164,15 +177,15 @@ class Conditioning:
         raise ValueError(f"unknown guidance branch {branch!r}")
 
     def window(self, start: int, length: int) -> "Conditioning":
-        """The condition of video frames ``start .. start+length-1`` (``length = 4j+1``), for chained windows.
+        """The condition of video frames ``start .. start+length-1`` (``length = 4j+1``), for long-clip windows.
 
         Audio: each speaker's features ``[:, start:start+length]`` (the real neighbouring audio context at
         the window's edges). Masks (``y``'s 4 mask channels, token masks): the first ``F_w`` latent frames,
         which is the window's own mask (frame 0 all ones, then the same face masks every frame). ``y``'s
         latent channels and ``clip_fea``: also the first ``F_w`` frames, i.e. the timeline's first frame; for
         ``start = 0`` that is exactly the first-frame latent of a ``length``-frame video because the Wan VAE
-        is causal (latent frame j sees video frames <= 4j). For ``start > 0`` replace them with
-        :func:`.stages.condition_from_frame`.
+        is causal (latent frame j sees video frames <= 4j). Long clips cut a one-window template with
+        ``start = 0`` and condition later windows on motion frames (:mod:`.windows`).
         """
         total = self.plan.frame_num
         if length < 1 or (length - 1) % 4 or start < 0 or start % 4 or start + length > total:

@@ -1,163 +1,319 @@
-"""Long videos: the clip is denoised in chained windows of at most ``W`` frames.
+"""Long clips: denoise, decode, colour-match and write a clip window by window, resumably.
 
-The models were trained on clips of at most 81 frames (3.4 s at 24 fps); one pass over a longer clip is
-out of distribution and its memory grows with the length. So a clip of ``T = 4n+1`` frames longer than
-``W = 4m+1`` is generated window by window:
+(Formerly chained windows sharing one frame; ``overlap_frames=1`` with ``clip_reference="window"`` and
+``colour_match=False`` is close to that chain, with the shared frame pinned instead of re-generated.)
 
-* **Plan** (:func:`plan_windows`): window ``k`` starts at video frame ``k·(W−1)``, so consecutive windows
-  share one frame. Every window has ``W`` frames except the last, which has ``T − start`` frames; that is
-  ``4j+1`` too, because ``T − 1`` and ``start`` are multiples of 4. Windows are added until frame ``T−1``
-  is covered, so there are ``ceil((T−1)/(W−1))`` of them and a last window never has a single frame (when
-  ``(T−1)`` is a multiple of ``W−1`` the last window is a full one ending exactly at ``T−1``).
-* **Audio**: computed once for the whole timeline; window ``k`` reads ``features[:, start:start+len]``, so
-  the audio windows at its edges hold the real neighbouring audio, as inside a single pass.
-* **Conditioning** (:meth:`.types.Conditioning.window`, :func:`.stages.condition_from_frame`):
-  window 0 is conditioned on the user's image; window ``k ≥ 1`` on the **last decoded frame of window
-  k−1** (its first-frame latent and its ``clip_fea`` are re-encoded from that frame). Face masks, token
-  masks and the faces' CLIP tokens stay those of the original image: this assumes the people stay
-  roughly where they are in the image, which is what the model generates for talking scenes.
-* **Seeds**: window ``k`` draws its noise with ``seed + k`` (so each window's noise differs and one seed
-  still decides the whole video).
-* **Output** (:func:`stitch`): window 0's frames, then each later window's frames without its first one
-  (the shared frame, already the last frame of the window before) → exactly ``T`` frames.
+The frame arithmetic is :mod:`.window_plan`; this module runs it on any *stages* object that satisfies
+:class:`WindowStages` (the standalone pipeline does; a native ComfyUI route can wrap its own models).
 
-Progress is reported over all windows × steps; ``should_stop`` is honoured at every step and between
-windows (:class:`~.errors.Interrupted`, nothing is returned, so nothing is written).
+How window ``k ≥ 1`` is conditioned on window ``k−1`` (``overlap_mode``):
+
+``"latent"`` (default, every AFCA variant)
+    The window's first ``M`` frames are the previous window's (colour-matched) last ``M`` frames. They are
+    VAE-encoded (``M = 4j+1`` frames → the window's first ``j+1`` latent frames, exactly, because the VAE
+    is causal) and **pinned** during sampling: at every step the model's velocity on those latent frames is
+    replaced by the one that predicts them exactly (``v = (x − x0) / σ``), so every solver (UniPC, DPM++,
+    Euler) lands on them and the rest of the window is denoised attending to real motion, as InfiniteTalk
+    does by re-inserting its motion latents every step. The I2V conditioning ``y`` stays what the model was
+    trained on: the window's first frame + zeros, with 1 in the mask channels of latent frame 0 and the
+    summed face masks after it. Default because it changes nothing the model was trained to read.
+``"y"``
+    The motion frames are known frames in the I2V conditioning instead: ``y``'s latent channels are the
+    encoding of ``[M motion frames; zeros]`` and its mask channels are 1 on their latent frames. Plain Wan
+    I2V reads ``y`` this way, but AnyTalker's mask channels carry the face masks after frame 0, so this
+    is outside what the released checkpoints saw; offered for experiments and fine-tuned models.
+
+Drift control
+    The identity reference stays the start image's: every window uses the start image's face tokens and
+    token masks, and (``clip_reference="start"``, default) its whole-image CLIP tokens; ``"window"``
+    re-encodes them from the window's first frame. Each window's decoded frames are colour-matched to the
+    start image (:mod:`.colour`, ``colour_match=True`` by default) *before* they become the next window's
+    motion frames, so the correction does not accumulate drift. ``reanchor_every = P > 0`` re-anchors every
+    ``P``-th window: its ``y`` first frame (and CLIP tokens) are the start image again while its motion
+    frames stay pinned after latent frame 0, and the overlap cross-fade hides the change.
+
+Audio: each window's features are sliced from the timeline (kept on the CPU) and moved to the device for
+that window only. Memory is one window's worth: only each window's conditioning is VAE-encoded, each
+window is decoded on its own, and frames go to ``sink`` as soon as they are final.
+
+Resuming: with a :class:`~.window_store.WindowStore`, each finished window's emitted frames and tail are
+persisted atomically; a re-run with the same inputs replays them into ``sink`` and continues after them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol
 
 import numpy as np
+import torch
 
-from ..constants import WINDOW_FRAMES
 from ..errors import InputError, Interrupted
-
-if TYPE_CHECKING:
-    from .types import Conditioning
+from .colour import LabStats, lab_stats, match_colour
+from .window_plan import (CLIP_REFERENCES, OVERLAP_MODES, LongClipOptions, Window, needs_windows, plan_windows,
+                          split_window)
+from .window_store import WindowStore, module_fingerprint, run_key
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_WINDOW_FRAMES", "Window", "WindowStages", "check_window_frames", "needs_windows", "plan_windows",
-           "stitch", "generate_windows"]
+__all__ = ["LongClipOptions", "WindowedCondition", "window_inputs", "KnownLatents", "WindowStages",
+           "pin_known_latents", "run_key_for", "run_windows", "OVERLAP_MODES", "CLIP_REFERENCES"]
 
-DEFAULT_WINDOW_FRAMES = WINDOW_FRAMES  # the training length
+Sink = Callable[[np.ndarray], None]
 
 
-@dataclass(frozen=True)
-class Window:
-    """Video frames ``start .. start+length-1`` of the clip, generated as window number ``index``."""
+@dataclass
+class WindowedCondition:
+    """The conditioning of a clip generated in windows, without anything the size of the timeline on the device.
 
-    index: int
-    start: int
-    length: int
+    Attributes:
+        template: the condition of one window of ``window_frames`` frames built from the start image
+            (``y`` = its mask channels + the latent of start image + zeros, CLIP tokens, face tokens, masks,
+            prompts, and the first window's audio).
+        features: the whole timeline's audio features ``[N, total_frames, 5, L, C]`` (CPU).
+    """
+
+    template: Any
+    features: torch.Tensor
 
     @property
-    def end(self) -> int:
-        """One past the window's last frame."""
-        return self.start + self.length
+    def total_frames(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
+    def window_frames(self) -> int:
+        return int(self.template.plan.frame_num)
+
+    @property
+    def plan(self) -> Any:
+        """The whole clip's sizes."""
+        return dataclasses.replace(self.template.plan, frame_num=self.total_frames)
+
+
+def window_inputs(plan: Any, audio: Any, window_frames: int) -> tuple[Any, Any, bool]:
+    """What to build a clip's conditioning for: ``(plan, audio, windowed)``.
+
+    A clip longer than ``window_frames`` is conditioned for one window (the plan and audio features cut to
+    ``window_frames``: only that much first frame + zeros is VAE-encoded), then wrapped in a
+    :class:`WindowedCondition` with the whole ``audio.features``; otherwise the inputs are returned as they are.
+    """
+    windowed = needs_windows(plan.frame_num, window_frames)
+    if not windowed:
+        return plan, audio, False
+    return (dataclasses.replace(plan, frame_num=window_frames),
+            dataclasses.replace(audio, features=audio.features[:, :window_frames], frame_num=window_frames), True)
+
+
+@dataclass
+class KnownLatents:
+    """Latent frames fixed during sampling: ``values [1, 16, n, h, w]`` for latent frames ``first .. first+n-1``."""
+
+    values: torch.Tensor
+    first: int = 0
+
+    @property
+    def frames(self) -> slice:
+        return slice(self.first, self.first + int(self.values.shape[2]))
 
 
 class WindowStages(Protocol):
-    """The stages a chained-window run needs (``AnyTalkerPipeline`` has them; so can any holder of a DiT, a
-    CLIP vision model and a VAE, e.g. a ComfyUI node)."""
+    """What :func:`run_windows` needs (``AnyTalkerPipeline`` and :class:`.stages.SamplingModels` have it).
+
+    ``placement``: where and in what dtype the DiT reads its conditioning; ``dit``: fingerprinted for the
+    work-folder key.
+    """
+
+    placement: Any
+    dit: Any
 
     def denoise(self, condition: Any, *, steps: int, seed: int, progress: Any = None, should_stop: Any = None,
-                **sampling: Any) -> Any:
-        """Sample the window's latent ``[1, 16, F, h, w]``."""
+                known: KnownLatents | None = None, **sampling: Any) -> torch.Tensor:
+        """Sample the window's latent ``[1, 16, F, h, w]`` (``known``: see :func:`pin_known_latents`)."""
 
-    def decode(self, latent: Any) -> np.ndarray:
-        """Latent -> uint8 frames ``[4(F-1)+1, H, W, 3]``."""
+    def decode(self, latent: torch.Tensor) -> np.ndarray:
+        """Latent → uint8 frames ``[4(F−1)+1, H, W, 3]``."""
 
-    def condition_from_frame(self, condition: Any, frame: np.ndarray) -> Any:
-        """``condition`` re-conditioned on ``frame`` (uint8 ``[H, W, 3]``) as its first frame."""
+    def encode_frames(self, frames: np.ndarray, num_frames: int) -> torch.Tensor:
+        """uint8 ``[n, H, W, 3]`` at the video size → latent of ``[frames; zeros]`` (``num_frames`` frames)."""
+
+    def encode_image_tokens(self, frame: np.ndarray) -> torch.Tensor:
+        """uint8 ``[H, W, 3]`` → whole-image CLIP tokens ``[1, 257, clip_dim]``."""
 
 
-def check_window_frames(window_frames: int, what: str = "window_frames") -> int:
-    """Validate a window length: ``0`` (one pass) or ``4m+1`` with ``m ≥ 1`` (5, 9, ..., 81).
+def pin_known_latents(denoise: Callable, known: KnownLatents, sigmas: torch.Tensor) -> Callable:
+    """Wrap a multi-branch denoiser (:mod:`..sampling.sampler`) so that every branch predicts ``known``'s
+    latent frames exactly: on those frames the velocity becomes ``(x − x0) / σ_i`` at step ``i`` (σ from
+    the scheduler's ``sigmas``). Any flow solver then moves them straight to ``x0``.
 
-    ``what`` names the input in the error (e.g. ``--window-frames``).
+    The wrapper counts its calls: the sampler calls the denoiser once per step.
     """
-    if isinstance(window_frames, bool) or not isinstance(window_frames, (int, np.integer)):
-        raise InputError(f"{what}: expected an integer 4m+1 (e.g. 81) or 0, got {window_frames!r}")
-    window_frames = int(window_frames)
-    if window_frames != 0 and (window_frames < 5 or (window_frames - 1) % 4):
-        raise InputError(f"{what} must be 4m+1 and at least 5 (5, 9, ..., 81), or 0 for one pass; "
-                         f"got {window_frames}")
-    return window_frames
+    state = {"step": 0}
+    sl = known.frames
+
+    def wrapped(latent: torch.Tensor, t: torch.Tensor, branches: tuple[str, ...]):
+        sigma = float(sigmas[state["step"]])
+        state["step"] += 1
+        outputs = list(denoise(latent, t, branches))
+        x0 = known.values.to(device=latent.device, dtype=torch.float32)
+        velocity = (latent[:, :, sl].float() - x0) / max(sigma, 1e-6)
+        for i, out in enumerate(outputs):
+            out = out.clone()
+            out[:, :, sl] = velocity.to(out.dtype)
+            outputs[i] = out
+        return outputs
+
+    return wrapped
 
 
-def needs_windows(total_frames: int, window_frames: int) -> bool:
-    """True when a ``total_frames`` clip is longer than one window (``window_frames = 0``: never)."""
-    return check_window_frames(window_frames) > 0 and total_frames > window_frames
+def _fit_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    import cv2
+
+    if image.shape[:2] == (height, width):
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
 
 
-def plan_windows(total_frames: int, window_frames: int) -> list[Window]:
-    """The chained windows of a ``total_frames = 4n+1`` clip (see the module docstring).
-
-    ``window_frames = 0`` or a clip no longer than one window gives a single window over the whole clip.
-    """
-    if total_frames < 1 or (total_frames - 1) % 4:
-        raise InputError(f"clip length must be 4n+1 frames, got {total_frames}")
-    window_frames = check_window_frames(window_frames)
-    if not needs_windows(total_frames, window_frames):
-        return [Window(0, 0, total_frames)]
-    windows: list[Window] = []
-    start = 0
-    while not windows or windows[-1].end < total_frames:
-        windows.append(Window(len(windows), start, min(window_frames, total_frames - start)))
-        start += window_frames - 1
-    return windows
+def _window_condition(template: Any, window: Window, features: torch.Tensor, device: torch.device,
+                      dtype: torch.dtype) -> Any:
+    """The template (start image, window length) cut to ``window``'s length with ``window``'s audio."""
+    part = template.window(0, window.length)
+    lo, hi = window.audio_span
+    speakers = [dataclasses.replace(s, audio=features[i:i + 1, lo:hi].to(device=device, dtype=dtype))
+                for i, s in enumerate(part.speakers)]
+    return dataclasses.replace(part, speakers=speakers)
 
 
-def stitch(window_frames: Sequence[np.ndarray]) -> np.ndarray:
-    """Frames ``[len_k, H, W, 3]`` of consecutive windows → ``[T, H, W, 3]``, each shared frame kept once
-    (the later window's copy of it, its conditioning frame, is dropped)."""
-    if not window_frames:
-        raise ValueError("stitch: no windows")
-    return np.concatenate([window_frames[0], *(f[1:] for f in window_frames[1:])], axis=0)
+def run_key_for(stages: WindowStages, template: Any, features: torch.Tensor, total_frames: int,
+                window_frames: int, options: LongClipOptions, steps: int, seed: int, sampling: dict) -> tuple[str, dict]:
+    """The work-folder key of a run and the JSON description stored with it."""
+    settings = {"total_frames": total_frames, "window_frames": window_frames, "options": dataclasses.asdict(options),
+                "steps": steps, "seed": seed, "sampling": {k: v for k, v in sampling.items()},
+                "dit": module_fingerprint(stages.dit if isinstance(stages.dit, torch.nn.Module) else None),
+                "size": [template.plan.height, template.plan.width]}
+    tensors = [template.y, template.clip_fea, template.prompts.context, template.prompts.context_null, features,
+               *(s.face_clip for s in template.speakers), *(s.token_mask for s in template.speakers)]
+    return run_key(settings, tensors), settings
 
 
-def generate_windows(pipe: WindowStages, condition: "Conditioning", window_frames: int, *, steps: int,
-                     seed: int, progress: Callable[[int, int], None] | None = None,
-                     should_stop: Callable[[], bool] | None = None, **sampling: Any) -> np.ndarray:
-    """Denoise and decode a whole-timeline ``condition`` window by window → uint8 frames ``[T, H, W, 3]``.
+def run_windows(stages: WindowStages, template: Any, features: torch.Tensor, total_frames: int,
+                window_frames: int, sink: Sink, *, options: LongClipOptions | None = None,
+                steps: int, seed: int, progress: Callable[[int, int], None] | None = None,
+                should_stop: Callable[[], bool] | None = None, store: WindowStore | None = None,
+                **sampling: Any) -> int:
+    """Generate a ``total_frames`` clip window by window into ``sink``; returns the frames written (= ``total_frames``).
 
     Args:
-        pipe: the three stages (:class:`WindowStages`; ``AnyTalkerPipeline`` is one).
-        condition: the conditioning of the whole clip (:func:`.stages.condition`
-            with the user's image and the audio of the whole timeline).
-        window_frames: ``4m+1`` frames per window (``0``: one pass).
-        steps: denoising steps per window.
-        seed: window ``k`` uses ``seed + k``.
-        progress: ``progress(done, total)`` over all windows × steps.
-        should_stop: True → :class:`~.errors.Interrupted` (checked every step and between windows).
-        **sampling: the other keyword arguments of ``pipe.denoise`` (``shift``, ``sampler``, ``guidance``,
-            ``text_guidance``, ``audio_guidance``).
+        stages: see :class:`WindowStages`.
+        template: the condition of one full window (``window_frames`` frames) built from the start image
+            (its ``y``, CLIP tokens, face tokens, masks, prompts); its audio is replaced per window.
+        features: the whole timeline's audio features ``[N, total_frames, 5, L, C]`` (CPU is fine).
+        total_frames: clip length ``4n+1``; window_frames: ``4m+1``.
+        sink: receives uint8 frame chunks ``[n, H, W, 3]`` in order; their lengths add up to ``total_frames``.
+        options: :class:`LongClipOptions`.
+        steps, seed: per window (window ``k`` draws its noise with ``seed + k``).
+        progress: ``progress(done, total)`` over all windows × steps; should_stop: True → :class:`Interrupted`
+            (checked at every step and between windows).
+        store: persist/resume finished windows (:class:`~.window_store.WindowStore`).
+        **sampling: the other keyword arguments of ``stages.denoise`` (shift, sampler, guidance, ...).
     """
-    windows = plan_windows(condition.plan.frame_num, window_frames)
+    options = (options or LongClipOptions()).checked(window_frames)
+    windows = plan_windows(total_frames, window_frames, options.overlap_frames)
+    if int(features.shape[1]) != total_frames:
+        raise InputError(f"audio features cover {features.shape[1]} frames but the clip has {total_frames}")
+    if template.plan.frame_num < windows[0].length:
+        raise InputError(f"the window template has {template.plan.frame_num} frames, expected {windows[0].length}")
+    plan = template.plan
+    if options.colour_match and getattr(template, "start_image", None) is None:
+        raise InputError("colour matching needs the start image: build the condition with build_condition, "
+                         "or turn colour matching off")
+    reference: LabStats | None = (lab_stats(_fit_frame(np.asarray(template.start_image), plan.height, plan.width))
+                                  if options.colour_match else None)
     total = len(windows) * steps
-    log.info("long video: %d frames in %d window(s) of up to %d frames (%s)", condition.plan.frame_num,
-             len(windows), windows[0].length, ", ".join(f"{w.start}-{w.end - 1}" for w in windows))
-    decoded: list[np.ndarray] = []
-    for window in windows:
+    log.info("long video: %d frames in %d window(s) of up to %d frames, overlap %d (%s, %s), colour match %s "
+             "(%s)", total_frames, len(windows), windows[0].length, options.overlap_frames, options.overlap_mode,
+             options.merge, "on" if options.colour_match else "off",
+             ", ".join(f"{w.start}-{w.end - 1}" for w in windows))
+
+    written = 0
+    tail: np.ndarray | None = None
+    first = 0
+    if store is not None:
+        first = store.finished(len(windows))
+        for k in range(first):
+            record = store.load(k)
+            if record is None:  # unreadable: redo from here
+                first = k
+                break
+            emitted, tail = record
+            sink(emitted)
+            written += len(emitted)
+        if first:
+            log.info("resuming: windows 1-%d of %d already written (%s)", first, len(windows), store.folder)
+            if progress is not None:
+                progress(first * steps, total)
+
+    for window in windows[first:]:
         if should_stop is not None and should_stop():
             raise Interrupted(f"generation stopped by request before window {window.index + 1}/{len(windows)}")
-        part = condition.window(window.start, window.length)
+        started = time.monotonic()
+        condition = _window_condition(template, window, features, stages.placement.device, stages.placement.dtype)
+        known = None
         if window.index > 0:
-            part = pipe.condition_from_frame(part, decoded[-1][-1])  # the previous window's last frame
+            condition, known = _condition_on_motion(stages, condition, template, window, tail, options)
         done = window.index * steps
 
         def window_progress(step: int, _steps: int, done: int = done) -> None:
             if progress is not None:
                 progress(done + step, total)
 
-        log.info("window %d/%d: frames %d-%d, seed %d", window.index + 1, len(windows), window.start,
-                 window.end - 1, seed + window.index)
-        latent = pipe.denoise(part, steps=steps, seed=seed + window.index, progress=window_progress,
-                              should_stop=should_stop, **sampling)
-        decoded.append(pipe.decode(latent))
-    return stitch(decoded)
+        latent = stages.denoise(condition, steps=steps, seed=seed + window.index, progress=window_progress,
+                                should_stop=should_stop, known=known, **sampling)
+        if known is not None:  # exactly the motion latents (the solver reaches them up to rounding)
+            latent = latent.clone()
+            latent[:, :, known.frames] = known.values.to(latent)
+        frames = stages.decode(latent)
+        del latent
+        if options.colour_match:
+            frames = match_colour(frames, reference)  # before they become the next window's motion frames
+        emitted, tail = split_window(window, frames, tail, options.merge)
+        if store is not None:
+            store.save(window.index, emitted, tail)
+        sink(emitted)
+        written += len(emitted)
+        log.info("window %d/%d: frames %d-%d, seed %d, %.1f s", window.index + 1, len(windows), window.start,
+                 window.end - 1, seed + window.index, time.monotonic() - started)
+    if written != total_frames:
+        raise RuntimeError(f"long video: wrote {written} frames, expected {total_frames}")
+    return written
+
+
+def _condition_on_motion(stages: WindowStages, condition: Any, template: Any, window: Window,
+                         tail: np.ndarray | None, options: LongClipOptions) -> tuple[Any, KnownLatents | None]:
+    """Window ``k ≥ 1``'s condition and pinned latents from the previous window's tail (its motion frames)."""
+    if tail is None or len(tail) != window.overlap:
+        raise RuntimeError(f"window {window.index + 1}: the previous window's {window.overlap} motion frames "
+                           "are missing")
+    n_known = window.known_latent_frames
+    reanchor = options.reanchor_every > 0 and window.index % options.reanchor_every == 0
+    mask = condition.y[:, :4]
+    if options.overlap_mode == "y" and not reanchor:
+        latent = stages.encode_frames(tail, window.length)             # [1, 16, F, h, w] of [motion; zeros]
+        mask = mask.clone()
+        mask[:, :, :n_known] = 1.0
+        known = None
+    else:
+        motion = stages.encode_frames(tail, window.overlap)            # [1, 16, n_known, h, w], causal VAE
+        if reanchor:  # y keeps the start image; motion pinned after latent frame 0
+            latent = None
+            known = KnownLatents(motion[:, :, 1:n_known], first=1) if n_known > 1 else None
+        else:
+            latent = stages.encode_frames(tail[:1], window.length)     # first frame + zeros
+            known = KnownLatents(motion, first=0)
+    y = condition.y if latent is None else torch.cat([mask, latent.to(condition.y)], dim=1)
+    clip_fea = condition.clip_fea
+    if options.clip_reference == "window" and not reanchor:
+        clip_fea = stages.encode_image_tokens(tail[0]).to(condition.clip_fea)
+    return dataclasses.replace(condition, y=y, clip_fea=clip_fea), known

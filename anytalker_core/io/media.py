@@ -14,6 +14,7 @@ PyAV (``av``) is imported inside the functions so that ``import anytalker_core.m
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -282,49 +283,142 @@ def write_video(
     Returns:
         The written path.
     """
-    import av
+    rgb = _frames_to_uint8(frames)
+    wave = _check_wave(audio, sample_rate)
+    with VideoWriter(path, fps, crf=crf, preset=preset) as writer:
+        writer.write(rgb)
+        return writer.finish(wave, sample_rate)
 
-    path = Path(path)
-    rgb = _pad_even(_frames_to_uint8(frames))
-    rate = _fps_fraction(fps)
-    wave = None
-    if audio is not None:
-        sample_rate = check_sample_rate(sample_rate)
-        if isinstance(audio, torch.Tensor):
-            audio = audio.detach().cpu().float().numpy()
-        wave = np.asarray(audio, dtype=np.float32)
-        if wave.ndim == 2 and 1 in wave.shape:
-            wave = wave.reshape(-1)
-        if wave.ndim != 1:
-            raise InputError(f"write_video: audio must be a mono waveform [S], got shape {tuple(wave.shape)}")
-        if wave.size == 0:
-            raise InputError("write_video: audio is empty (0 samples); pass audio=None for a silent video")
-        if not np.isfinite(wave).all():
-            raise InputError("write_video: audio contains NaN or infinite values")
-        wave = np.clip(wave, -1.0, 1.0)
 
-    try:
-        with atomic_path(path, suffix=".tmp.mp4") as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
-            vstream = container.add_stream("libx264", rate=rate)
-            vstream.width = rgb.shape[2]
-            vstream.height = rgb.shape[1]
-            vstream.pix_fmt = "yuv420p"
-            vstream.options = {"crf": str(int(crf)), "preset": preset}
-            astream = None
-            if wave is not None:
-                astream = container.add_stream("aac", rate=sample_rate)
-                astream.layout = "mono"
+def _check_wave(audio: np.ndarray | torch.Tensor | None, sample_rate: int) -> np.ndarray | None:
+    if audio is None:
+        return None
+    check_sample_rate(sample_rate)
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu().float().numpy()
+    wave = np.asarray(audio, dtype=np.float32)
+    if wave.ndim == 2 and 1 in wave.shape:
+        wave = wave.reshape(-1)
+    if wave.ndim != 1:
+        raise InputError(f"write_video: audio must be a mono waveform [S], got shape {tuple(wave.shape)}")
+    if wave.size == 0:
+        raise InputError("write_video: audio is empty (0 samples); pass audio=None for a silent video")
+    if not np.isfinite(wave).all():
+        raise InputError("write_video: audio contains NaN or infinite values")
+    return np.clip(wave, -1.0, 1.0)
+
+
+class VideoWriter:
+    """Stream frames into an H.264 mp4 without holding them: ``write`` chunks as they come, then ``finish``
+    adds the audio and moves the file into place through :func:`~.atomic.atomic_path` (until then only
+    hidden ``.NAME.*.tmp.mp4`` files exist next to it, removed on any error or interruption, and on
+    ``close`` without ``finish``).
+
+    Use as a context manager::
+
+        with VideoWriter("out.mp4", 24) as w:
+            for chunk in chunks:        # uint8 [n, H, W, 3]
+                w.write(chunk)
+            w.finish(audio, 16000)      # audio [S] or None
+    """
+
+    def __init__(self, path: str | Path, fps: float, crf: int = 18, preset: str = "medium") -> None:
+        self.path = Path(path)
+        self.rate = _fps_fraction(fps)
+        self.crf, self.preset = int(crf), preset
+        self.frames = 0
+        self._container = None
+        self._stream = None
+        self._video: Path | None = None  # the video-only stream, before the audio is added
+        self._size: tuple[int, int] | None = None
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def write(self, frames: np.ndarray | torch.Tensor) -> None:
+        """Append ``[n, H, W, 3]`` frames (uint8, or float 0..1); every chunk must have the same size."""
+        import av
+
+        rgb = _pad_even(_frames_to_uint8(frames))
+        size = (rgb.shape[1], rgb.shape[2])
+        try:
+            if self._container is None and self._video is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # a scratch file for the video stream (never renamed: finish() copies it into the atomic file)
+                with tempfile.NamedTemporaryFile(prefix=f".{self.path.name}.", suffix=".video.tmp.mp4",
+                                                 dir=self.path.parent, delete=False) as scratch:
+                    name = scratch.name
+                self._video = Path(name)
+                self._container = av.open(name, mode="w", format="mp4")
+                self._stream = self._container.add_stream("libx264", rate=self.rate)
+                self._stream.height, self._stream.width = size
+                self._stream.pix_fmt = "yuv420p"
+                self._stream.options = {"crf": str(self.crf), "preset": self.preset}
+                self._size = size
+            elif self._container is None:
+                raise RuntimeError("write_video: write() after finish()")
+            elif size != self._size:
+                raise InputError(f"write_video: frames of {size[1]}x{size[0]} after frames of "
+                                 f"{self._size[1]}x{self._size[0]}; every frame must have the same size")
             for image in rgb:
-                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-                container.mux(vstream.encode(frame))
-            container.mux(vstream.encode(None))
-            if astream is not None:
-                _encode_audio(container, astream, wave, sample_rate)
-    except av.error.FFmpegError as exc:
-        raise InputError(f"write_video '{path}': FFmpeg could not encode the video ({exc})") from None
-    log.info("wrote %s (%d frames @ %.3f fps%s)", path, rgb.shape[0], float(rate),
-             ", with audio" if wave is not None else "")
-    return path
+                self._container.mux(self._stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        except av.error.FFmpegError as exc:
+            self.close()
+            raise InputError(f"write_video '{self.path}': FFmpeg could not encode the video ({exc})") from None
+        except BaseException:
+            self.close()
+            raise
+        self.frames += rgb.shape[0]
+
+    def finish(self, audio: np.ndarray | torch.Tensor | None = None, sample_rate: int = SAMPLE_RATE) -> Path:
+        """Flush the video, add ``audio`` (mono ``[S]``) and move the mp4 into place; returns its path."""
+        import av
+
+        if self._container is None:
+            raise InputError("write_video: no frames were written")
+        wave = _check_wave(audio, sample_rate)
+        try:
+            self._container.mux(self._stream.encode(None))
+            self._container.close()
+            self._container = None
+            with atomic_path(self.path, suffix=".tmp.mp4") as tmp:
+                # copy the video packets and encode the audio beside them
+                with av.open(str(self._video)) as src, av.open(str(tmp), mode="w", format="mp4") as dst:
+                    vin = src.streams.video[0]
+                    vout = dst.add_stream_from_template(vin)
+                    astream = None
+                    if wave is not None:
+                        astream = dst.add_stream("aac", rate=sample_rate)
+                        astream.layout = "mono"
+                    for packet in src.demux(vin):
+                        if packet.dts is None:
+                            continue
+                        packet.stream = vout
+                        dst.mux(packet)
+                    if astream is not None:
+                        _encode_audio(dst, astream, wave, sample_rate)
+        except av.error.FFmpegError as exc:
+            raise InputError(f"write_video '{self.path}': FFmpeg could not encode the video ({exc})") from None
+        finally:
+            self.close()
+        log.info("wrote %s (%d frames @ %.3f fps%s)", self.path, self.frames, float(self.rate),
+                 ", with audio" if wave is not None else "")
+        return self.path
+
+    def close(self) -> None:
+        """Abandon an unfinished file and remove the temporary video (no-op after :meth:`finish`)."""
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # already failing; the temporary file goes either way
+                pass
+            self._container = None
+        if self._video is not None:
+            self._video.unlink(missing_ok=True)
+            self._video = None
 
 
 def _encode_audio(container, stream, wave: np.ndarray, sample_rate: int) -> None:

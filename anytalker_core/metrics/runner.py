@@ -44,6 +44,7 @@ class VideoScore:
     sync: Any = None
     plot: np.ndarray | None = None
     sync_note: str = ""
+    drift: Any = None  # a .drift.DriftReport when requested
 
     @property
     def score(self) -> float | None:
@@ -135,6 +136,8 @@ def score_video(
     syncnet_model: Any = None,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    drift_spans: Sequence[tuple[int, int]] | None = None,
+    start_image: np.ndarray | None = None,
 ) -> VideoScore:
     """Interactivity (and SyncNet scores when weights and audio are given) of one clip.
 
@@ -150,6 +153,8 @@ def score_video(
         num_faces: faces every frame must show (2 for the benchmark).
         make_plot: also render the motion plot.
         progress / should_stop: ComfyUI-style callbacks (landmark extraction).
+        drift_spans: frame spans of the clip's windows (:func:`.drift.window_spans`): also compute the
+            per-window drift report (:mod:`.drift`) against ``start_image`` (default: the first frame).
     Returns:
         :class:`VideoScore`.
     """
@@ -169,10 +174,19 @@ def score_video(
     landmarker = make_landmarker(landmark_backend, insightface_dir) if own else landmark_backend
     try:
         observations = observe_frames(frames, landmarker, progress=progress, should_stop=should_stop)
+        start = frames[0] if start_image is None else np.asarray(start_image)
+        start_faces = landmarker.detect(start) if drift_spans is not None else []
     finally:
         if own:
             landmarker.close()
     result = compute_interactivity(observations, float(fps), intervals, frames.shape[1:3], num_faces=num_faces)
+    drift = None
+    if drift_spans is not None:
+        from .drift import drift_report
+
+        wave = None if audio is None else (audio.detach().cpu().numpy() if hasattr(audio, "detach") else audio)
+        drift = drift_report(frames, float(fps), start, observations, start_faces, drift_spans, audio=wave,
+                             sample_rate=int(sample_rate), intervals=intervals, num_faces=num_faces)
 
     sync, note = None, ""
     if syncnet_model is None and syncnet_path is None:
@@ -194,7 +208,7 @@ def score_video(
     if make_plot:
         from .plots import plot_motion
         plot = plot_motion(result, title=name)
-    return VideoScore(name=name, interactivity=result, sync=sync, plot=plot, sync_note=note)
+    return VideoScore(name=name, interactivity=result, sync=sync, plot=plot, sync_note=note, drift=drift)
 
 
 # ------------------------------------------------------------------------------------------ folder runs
@@ -277,6 +291,20 @@ def write_tables(rows: list[dict[str, Any]], overall: dict[str, Any], out_dir: P
     return csv_path, md_path
 
 
+def _start_image(folder: str | Path | None, stem: str) -> np.ndarray | None:
+    if folder is None:
+        return None
+    from ..generation.pipeline import load_image
+
+    for ext in (".png", ".jpg", ".jpeg", ".webp"):
+        path = Path(folder) / f"{stem}{ext}"
+        if path.is_file():
+            return load_image(path)
+    log.warning("no start image %s/%s.png (or .jpg): the drift report of '%s' compares with its first frame",
+                folder, stem, stem)
+    return None
+
+
 def evaluate_folder(
     video_dir: str | Path,
     intervals_path: str | Path | None,
@@ -288,6 +316,9 @@ def evaluate_folder(
     num_faces: int = 2,
     plots: bool = True,
     progress: ProgressFn | None = None,
+    drift_window_frames: int | None = None,
+    drift_overlap_frames: int | None = None,
+    start_images: str | Path | None = None,
 ) -> FolderReport:
     """Score every video in ``video_dir`` and write ``results.csv``, ``results.md``, ``plots/<clip>.png``
     and ``traces/<clip>.csv`` (per-frame motion, counted and speaking flags of each face).
@@ -295,6 +326,11 @@ def evaluate_folder(
     A clip's intervals are looked up by file name (then by stem); a clip without an entry is scored with
     nobody speaking (as the reference does) and a warning. The overall row averages each column over the
     clips that have a value (invalid clips are excluded from the Interactivity mean, as in the reference).
+
+    ``drift_window_frames`` (with ``drift_overlap_frames``: the settings the clips were generated with) adds
+    the per-window drift report of each clip (:mod:`.drift`) as ``drift/<clip>.csv|.md|.png``; the start
+    image of a clip is ``start_images/<clip stem>.png`` (or .jpg, .jpeg, .webp) when that folder is given,
+    else the clip's first frame.
     """
     from ..io.media import read_video
 
@@ -325,9 +361,18 @@ def evaluate_folder(
                 log.warning("no speaking intervals for '%s': every face counts as listening", video.name)
             clip = read_video(video)
             log.info("scoring %s (%d frames @ %.3f fps)", video.name, clip.num_frames, clip.fps)
+            spans = start = None
+            if drift_window_frames is not None:
+                from .drift import window_spans
+
+                spans = window_spans(clip.num_frames, drift_window_frames, drift_overlap_frames)
+                start = _start_image(start_images, video.stem)
             score = score_video(clip.frames, clip.fps, intervals, landmarker, audio=clip.audio,
                                 sample_rate=clip.sample_rate, num_faces=num_faces, make_plot=plots,
-                                name=video.name, syncnet_model=model, device=device)
+                                name=video.name, syncnet_model=model, device=device, drift_spans=spans,
+                                start_image=start)
+            if score.drift is not None:
+                score.drift.write(out_dir / "drift", video.stem)
             if model is not None and clip.audio is None:
                 log.warning("'%s' has no audio track: SyncNet scores left empty", video.name)
             rows.append(score.row())

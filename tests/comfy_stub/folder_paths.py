@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 models_dir = os.path.join(os.getcwd(), "models")
+output_directory = os.path.join(os.getcwd(), "output")
 EXTENSIONS = {".safetensors", ".pth", ".pt", ".ckpt", ".bin", ".pkl", ".sft"}
 CORE_FOLDERS = ("checkpoints", "diffusion_models", "text_encoders", "clip_vision", "vae", "audio_encoders",
                 "model_patches", "loras")
@@ -46,3 +47,7 @@ def get_full_path_or_raise(folder_name: str, filename: str) -> str:
     if path is None:
         raise FileNotFoundError(f"Model in folder '{folder_name}' with filename '{filename}' not found.")
     return path
+
+
+def get_output_directory() -> str:
+    return output_directory
