@@ -6,6 +6,8 @@ import logging
 import os
 
 import torch
+
+from anytalker_core.model.precision import auto_dtype
 from comfy_api.latest import io
 
 from ._bridge import AnyTalkerModel
@@ -21,13 +23,10 @@ ATTENTION = ["sdpa", "flash_attn", "sage"]
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 (else fp16) on a GPU, fp32 on the CPU (CPU half-precision matmuls are slow)."""
+    """``auto``: bf16 where the hardware runs it fast (a bf16 GPU, a CPU with AVX512-BF16/AMX), fp16 on
+    other GPUs, else fp32 (:func:`anytalker_core.model.precision.auto_dtype`)."""
     dtype = DTYPES[name]
-    if dtype is not None:
-        return dtype
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return dtype if dtype is not None else auto_dtype(device)
 
 
 class AnyTalkerModelLoader(io.ComfyNode):

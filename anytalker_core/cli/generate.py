@@ -152,12 +152,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, mps ...")
     runtime.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-                         help="DiT dtype (auto: bfloat16 on GPU, float32 on CPU)")
+                         help="DiT dtype (auto: bfloat16 where the hardware has bf16 matrix units -- a bf16 GPU, "
+                              "a CPU with AVX512-BF16/AMX -- float16 on other GPUs, else float32)")
     runtime.add_argument("--block-storage", choices=("same", "fp8"), default="same",
                          help="fp8: store the DiT's transformer-block weights in 8 bits, computed in --dtype "
                               "(about half the memory: the 14B release needs ~20 GiB instead of 39)")
     runtime.add_argument("--offload", action="store_true",
                          help="keep models on the CPU and move each to the device only while it runs")
+    speed = parser.add_argument_group("speed (exact savings; see BENCHMARKS.md)")
+    speed.add_argument("--no-kv-cache", action="store_true",
+                       help="do not keep every block's text/image/face/audio keys and values for the whole run "
+                            "(saves ~1 GiB per speaker at the 1.3B size, 81 frames, fp32; each step recomputes them)")
+    speed.add_argument("--cfg-batch", choices=("auto", "on", "off"), default="auto",
+                       help="run the guidance branches (cond/uncond) as one batched forward: auto = when the "
+                            "extra activations fit the free memory")
+    speed.add_argument("--compile", action="store_true",
+                       help="torch.compile the transformer blocks (the first step compiles: minutes on a CPU)")
 
 
 # ---------------------------------------------------------------------------------------- batch file
@@ -314,6 +324,15 @@ def _resolve_device(name: str):
     return torch.device("cpu")
 
 
+def _apply_speed(pipe, args: argparse.Namespace) -> None:
+    from ..generation.guided import SpeedOptions
+
+    pipe.speed = SpeedOptions(kv_cache=not args.no_kv_cache,
+                              cfg_batch={"auto": "auto", "on": True, "off": False}[args.cfg_batch])
+    if args.compile:
+        pipe.dit.compile_blocks()
+
+
 def _block_storage(args: argparse.Namespace):
     import torch
 
@@ -324,7 +343,9 @@ def _resolve_dtype(name: str, device):
     import torch
 
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        from ..model.precision import auto_dtype
+
+        return auto_dtype(device)
     return getattr(torch, name)
 
 
@@ -423,6 +444,7 @@ def _run(args: argparse.Namespace) -> int:
                                                 face_backend="mediapipe" if args.face_backend == "auto"
                                                 else args.face_backend,
                                                 block_weight_dtype=_block_storage(args))
+            _apply_speed(pipe, args)
             audio = [load_audio(p) for p in (args.audio or inputs.audio)]
             image = load_image(args.image) if args.image is not None else inputs.image
             if args.max_area is None:
@@ -467,6 +489,7 @@ def _run(args: argparse.Namespace) -> int:
     paths = resolve_model_paths(args.models_dir, overrides, dit_config=args.dit_config)
     pipe = AnyTalkerPipeline.from_paths(paths, device=device, dtype=dtype, offload=args.offload,
                                         face_backend=args.face_backend, block_weight_dtype=_block_storage(args))
+    _apply_speed(pipe, args)
 
     if not args.batch:
         task = tasks[0]

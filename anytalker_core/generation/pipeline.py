@@ -34,6 +34,7 @@ from ..constants import FPS, MAX_AREA, MAX_SPEAKERS, SAMPLE_RATE
 from ..errors import InputError, Interrupted
 from . import stages
 from .inputs import check_image, check_tracks, detect_faces_for_preview, fit_length, load_image, make_face_detector
+from .guided import SpeedOptions
 from .stages import Placement
 from .types import (Condition, Conditioning, GenerationRequest, GenerationResult, ProgressFn, PromptEmbeds, StopFn,
                     VideoPlan)
@@ -83,6 +84,7 @@ class AnyTalkerPipeline:
         self.wav2vec = wav2vec
         self.face_detector = face_detector
         self.placement = Placement(device=torch.device(device), dtype=dtype, offload=offload)
+        self.speed = SpeedOptions()  # exact savings of the sampling loop (kv cache, batched guidance)
 
     @property
     def device(self) -> torch.device:
@@ -170,8 +172,9 @@ class AnyTalkerPipeline:
 
     def denoise(self, condition: Conditioning, **sampling: Any) -> torch.Tensor:
         """:func:`.stages.denoise` with this pipeline's DiT (``steps``, ``shift``, ``sampler``, ``guidance``,
-        ``text_guidance``, ``audio_guidance``, ``seed``, ``progress``, ``should_stop``, ``known``)."""
-        return stages.denoise(self.dit, condition, placement=self.placement, **sampling)
+        ``text_guidance``, ``audio_guidance``, ``seed``, ``progress``, ``should_stop``, ``known``), with this
+        pipeline's :attr:`speed` options."""
+        return stages.denoise(self.dit, condition, placement=self.placement, speed=self.speed, **sampling)
 
     def decode(self, latent: torch.Tensor) -> np.ndarray:
         """:func:`.stages.decode` with this pipeline's VAE."""

@@ -34,6 +34,7 @@ import torch
 from ..constants import FPS, MAX_AREA
 from ..errors import InputError
 from ..model.speaker import Speaker
+from .guided import GuidedDenoiser, SpeedOptions
 from .inputs import check_image, check_tracks, to_uint8_frames
 from .types import Conditioning, PromptEmbeds, ProgressFn, StopFn, VideoPlan
 
@@ -270,15 +271,19 @@ def encode_image_tokens(clip_vision: Any, frame: np.ndarray, placement: Placemen
 def denoise(dit: torch.nn.Module, conditioning: Conditioning, *, steps: int = 40, shift: float | None = None,
             sampler: str = "unipc", guidance: float = 4.5, text_guidance: float | None = None,
             audio_guidance: float | None = None, seed: int = 42, progress: ProgressFn | None = None,
-            should_stop: StopFn | None = None, placement: Placement = Placement(), known: Any = None) -> torch.Tensor:
+            should_stop: StopFn | None = None, placement: Placement = Placement(), known: Any = None,
+            speed: SpeedOptions = SpeedOptions()) -> torch.Tensor:
     """Sample the latent ``[1, 16, F_lat, lat_h, lat_w]`` (float32).
+
+    The DiT runs through :class:`~.guided.GuidedDenoiser`: conditioning prepared once, guidance branches
+    batched (``speed``, :class:`~.guided.SpeedOptions`).
 
     Guidance: ``guidance`` alone is the reference's single scale (uncond = negative prompt + zeroed
     audio); ``text_guidance`` with ``audio_guidance`` gives separate scales. ``should_stop``
     returning True raises :class:`~anytalker_core.errors.Interrupted` before the next step. ``known``
     (:class:`.windows.KnownLatents`) pins latent frames (long clips' motion frames).
     """
-    from ..sampling import Guidance, default_shift, make_noise, make_scheduler, per_branch, sample
+    from ..sampling import Guidance, default_shift, make_noise, make_scheduler, sample
 
     if (text_guidance is None) != (audio_guidance is None):
         raise InputError("text_guidance and audio_guidance go together: give both, or neither and use guidance")
@@ -291,17 +296,12 @@ def denoise(dit: torch.nn.Module, conditioning: Conditioning, *, steps: int = 40
     log.info("sampling: %s, %d steps, shift %.2f, guidance %s, seed %d, %dx%d, %d frames", sampler, steps,
              shift, cfg, seed, video.width, video.height, video.frame_num)
 
-    def one_branch(latent: torch.Tensor, t: torch.Tensor, branch: str) -> torch.Tensor:
-        context, speakers = conditioning.branch_inputs(branch)
-        return dit(placement.dit_tensor(latent), t.expand(latent.shape[0]), context, conditioning.clip_fea,
-                   conditioning.y, speakers)
-
-    denoiser = per_branch(one_branch)
-    if known is not None:
-        from .windows import pin_known_latents
-
-        denoiser = pin_known_latents(denoiser, known, scheduler.sigmas)
     with placement.use(dit), torch.no_grad():
+        denoiser = GuidedDenoiser(dit, conditioning.branch_inputs, conditioning.clip_fea, conditioning.y, speed)
+        if known is not None:
+            from .windows import pin_known_latents
+
+            denoiser = pin_known_latents(denoiser, known, scheduler.sigmas)
         return sample(denoiser, noise, scheduler, cfg, progress=progress, should_stop=should_stop)
 
 

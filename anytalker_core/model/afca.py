@@ -7,36 +7,25 @@ Visibility rule (both variants): the queries of latent frame ``j`` see the ident
 tokens plus the audio tokens of *their own* video frames. Latent frame 0 (video frame 0) sees every
 audio frame in the fused variant. The reference materialises this as a dense boolean mask
 ``[B, 1, L_video, 257 + 32*T]`` per identity per layer; here it is computed frame by frame, so memory
-and time grow linearly with clip length and with the number of identities.
+and time grow linearly with clip length and with the number of identities. The faces, which every
+query sees, are attended once for all queries and merged with each frame's audio attention through
+the log-sum-exp of both (exact up to rounding), so face keys are never copied per frame.
 :func:`dense_fused_afca` keeps the reference's dense-mask formulation for benchmarks and
 equivalence tests.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from .attention import attention
+from .attention import attention, attention_with_lse, merge_attention
 from .layout import group_by_frame
+from .prepared import KV, IdentityKV, IdentityTokens, branch_row
 from .quantization import linear_compute_dtype
 
-
-@dataclass
-class IdentityTokens:
-    """One identity's tokens in DiT width, computed once per forward and shared by all blocks.
-
-    audio: fused ``[B, T_video, tokens, dim]`` (per video frame) or legacy
-           ``[B, F_lat, tokens, audio_dim]`` (per latent frame).
-    face:  ``[B, 257, dim]`` face tokens (``audio_ref_emb`` of the face CLIP tokens).
-    mask:  ``[B, S, 1]`` soft token mask in token order.
-    """
-
-    audio: torch.Tensor
-    face: torch.Tensor
-    mask: torch.Tensor
+__all__ = ["IdentityTokens", "fused_afca", "dense_fused_afca", "fused_afca_sum", "fused_visibility_mask",
+           "per_frame_attention", "project_fused_identities", "LegacyAudioCrossAttention"]
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -49,40 +38,60 @@ def per_frame_attention(q_frames: torch.Tensor, face_k: torch.Tensor, face_v: to
     """Each frame's queries attend to ``[face tokens; that frame's audio tokens]``.
 
     q_frames ``[B, F, S_f, H, D]``, face_k/v ``[B, 257, H, D]``, audio_k/v ``[B, F, Ta, H, D]``
-    -> ``[B, F, S_f, H, D]``. One batched attention call over ``B*F`` frames.
+    -> ``[B, F, S_f, H, D]``. The face keys are not copied per frame: one attention of all queries
+    over the faces and one batched attention of each frame over its audio, merged exactly through
+    their log-sum-exps (:func:`~anytalker_core.attention.merge_attention`).
     """
     b, f, s_f, h, d = q_frames.shape
-    face_k = face_k[:, None].expand(b, f, *face_k.shape[1:])
-    face_v = face_v[:, None].expand(b, f, *face_v.shape[1:])
-    k = torch.cat([face_k, audio_k], dim=2).flatten(0, 1)
-    v = torch.cat([face_v, audio_v], dim=2).flatten(0, 1)
-    out = attention(q_frames.flatten(0, 1), k, v)
-    return out.reshape(b, f, s_f, h, d)
+    face = attention_with_lse(q_frames.reshape(b, f * s_f, h, d), face_k, face_v)
+    out_a, lse_a = attention_with_lse(q_frames.flatten(0, 1), audio_k.flatten(0, 1), audio_v.flatten(0, 1))
+    audio = out_a.reshape(b, f * s_f, h, d), lse_a.reshape(b, f * s_f, h)
+    return merge_attention([face, audio]).reshape(b, f, s_f, h, d)
 
 
-def fused_afca(q: torch.Tensor, face_k: torch.Tensor, face_v: torch.Tensor, audio_k: torch.Tensor,
-               audio_v: torch.Tensor, frames: int, vae_scale: int = 4) -> torch.Tensor:
+def _audio_part(q: torch.Tensor, audio: KV, frames: int, vae_scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, lse)`` of the audio keys each query may see (fused rule), ``[B, S, H, D]`` / ``[B, S, H]``."""
+    b, s, h, d = q.shape
+    s_f = s // frames
+    t = vae_scale * (frames - 1) + 1
+    ak, av = audio.k, audio.v
+    if ak.shape[1] == 1:
+        # zero audio: every video frame has the same tokens; attending to n copies of a key set is
+        # attending to one copy with lse + log(n) (n = t for latent frame 0, vae_scale after it)
+        out, lse = attention_with_lse(q, ak[:, 0], av[:, 0])
+        counts = torch.full((frames,), float(vae_scale), device=q.device)
+        counts[0] = float(t)
+        offset = torch.log(counts).repeat_interleave(s_f)[None, :, None]
+        return out, lse + offset
+    if ak.shape[1] != t:
+        raise ValueError(f"audio covers {ak.shape[1]} video frames but the latent has {frames} frames "
+                         f"(expected {t})")
+    n_tok = ak.shape[2]
+    out0, lse0 = attention_with_lse(q[:, :s_f], ak.flatten(1, 2), av.flatten(1, 2))
+    if frames == 1:
+        return out0, lse0
+    q_rest = q[:, s_f:].reshape(b * (frames - 1), s_f, h, d)
+    grouped_k = ak[:, 1:].reshape(b * (frames - 1), vae_scale * n_tok, h, d)
+    grouped_v = av[:, 1:].reshape(b * (frames - 1), vae_scale * n_tok, h, d)
+    out_r, lse_r = attention_with_lse(q_rest, grouped_k, grouped_v)
+    out = torch.cat([out0, out_r.reshape(b, -1, h, d)], dim=1)
+    lse = torch.cat([lse0, lse_r.reshape(b, -1, h)], dim=1)
+    return out, lse
+
+
+def fused_afca(q: torch.Tensor, face: KV, audio: KV, frames: int, vae_scale: int = 4,
+               face_part: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Frame-local fused AFCA for one identity.
 
-    q ``[B, S, H, D]`` (shared cross-attention query), face_k/v ``[B, 257, H, D]``,
-    audio_k/v ``[B, T, tokens, H, D]`` with ``T = vae_scale*(frames-1)+1`` video frames
-    -> ``[B, S, H, D]``. Latent frame 0 sees all audio; frame j>=1 sees video frames
-    ``vae_scale*(j-1)+1 .. vae_scale*j``.
+    q ``[B, S, H, D]`` (shared cross-attention query), face k/v ``[B, 257, H, D]``,
+    audio k/v ``[B, T, tokens, H, D]`` with ``T = vae_scale*(frames-1)+1`` video frames, or ``T = 1``
+    for audio equal in every frame (zero audio) -> ``[B, S, H, D]``. Latent frame 0 sees all audio;
+    frame j>=1 sees video frames ``vae_scale*(j-1)+1 .. vae_scale*j``; every query sees the faces.
+    ``face_part``: the ``(out, lse)`` of q over the faces when already computed (shared branches).
     """
-    b, t, n_tok, h, d = audio_k.shape
-    if t != vae_scale * (frames - 1) + 1:
-        raise ValueError(f"audio covers {t} video frames but the latent has {frames} frames "
-                         f"(expected {vae_scale * (frames - 1) + 1})")
-    qf = group_by_frame(q, frames)
-    k0 = torch.cat([face_k, audio_k.flatten(1, 2)], dim=1)
-    v0 = torch.cat([face_v, audio_v.flatten(1, 2)], dim=1)
-    out0 = attention(qf[:, 0], k0, v0)[:, None]
-    if frames == 1:
-        return out0.flatten(1, 2)
-    grouped_k = audio_k[:, 1:].reshape(b, frames - 1, vae_scale * n_tok, h, d)
-    grouped_v = audio_v[:, 1:].reshape(b, frames - 1, vae_scale * n_tok, h, d)
-    rest = per_frame_attention(qf[:, 1:], face_k, face_v, grouped_k, grouped_v)
-    return torch.cat([out0, rest], dim=1).flatten(1, 2)
+    if face_part is None:
+        face_part = attention_with_lse(q, face.k, face.v)
+    return merge_attention([face_part, _audio_part(q, audio, frames, vae_scale)])
 
 
 def fused_visibility_mask(frames: int, tokens_per_frame: int, video_frames: int, audio_tokens: int,
@@ -99,38 +108,77 @@ def fused_visibility_mask(frames: int, tokens_per_frame: int, video_frames: int,
     return torch.cat([face_ok, audio_ok], dim=1)
 
 
-def dense_fused_afca(q: torch.Tensor, face_k: torch.Tensor, face_v: torch.Tensor, audio_k: torch.Tensor,
-                     audio_v: torch.Tensor, frames: int, vae_scale: int = 4) -> torch.Tensor:
+def dense_fused_afca(q: torch.Tensor, face: KV, audio: KV, frames: int, vae_scale: int = 4,
+                     face_part: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The reference formulation: one attention over all keys with a dense boolean mask.
 
-    Same inputs/outputs as :func:`fused_afca`; memory grows with ``S x (257 + tokens*T)``.
-    Kept for benchmarks and equivalence tests only.
+    Same inputs/outputs as :func:`fused_afca` (``face_part`` is ignored); memory grows with
+    ``S x (257 + tokens*T)``. Kept for benchmarks and equivalence tests only.
     """
-    b, t, n_tok = audio_k.shape[:3]
-    mask = fused_visibility_mask(frames, q.shape[1] // frames, t, n_tok, face_k.shape[1], vae_scale, q.device)
-    k = torch.cat([face_k, audio_k.flatten(1, 2)], dim=1)
-    v = torch.cat([face_v, audio_v.flatten(1, 2)], dim=1)
+    t = vae_scale * (frames - 1) + 1
+    ak, av = audio.k, audio.v
+    if ak.shape[1] == 1:
+        ak, av = ak.expand(-1, t, *ak.shape[2:]), av.expand(-1, t, *av.shape[2:])
+    n_tok = ak.shape[2]
+    mask = fused_visibility_mask(frames, q.shape[1] // frames, t, n_tok, face.k.shape[1], vae_scale, q.device)
+    k = torch.cat([face.k, ak.flatten(1, 2)], dim=1)
+    v = torch.cat([face.v, av.flatten(1, 2)], dim=1)
     return attention(q, k, v, mask=mask[None, None])
 
 
-def fused_afca_sum(q: torch.Tensor, identities: list[IdentityTokens], k_audio: nn.Linear, v_audio: nn.Linear,
-                   k_face: nn.Linear, v_face: nn.Linear, norm_k_audio: nn.Module, norm_k_face: nn.Module,
-                   heads: int, frames: int, vae_scale: int, impl=fused_afca) -> torch.Tensor | None:
-    """``Σ_i mask_i ⊙ AFCA_i`` as ``[B, S, dim]``, or None without identities.
+def project_fused_identities(identities: list[IdentityTokens], k_audio: nn.Module, v_audio: nn.Module,
+                             k_face: nn.Module, v_face: nn.Module, norm_k_audio: nn.Module,
+                             norm_k_face: nn.Module, heads: int) -> list[IdentityKV]:
+    """One block's fused-AFCA keys/values: ``K = norm_k(k(tokens))``, ``V = v(tokens)`` per identity.
 
-    q ``[B, S, H, D]`` is the normed cross-attention query shared with text and image attention.
+    An audio tensor shared by several branches (or identities) is projected once.
     """
-    total = None
+    done: dict[int, KV] = {}
+
+    def audio_kv(audio: torch.Tensor) -> KV:
+        if id(audio) not in done:
+            a = audio.to(linear_compute_dtype(k_audio))
+            done[id(audio)] = KV(_heads(norm_k_audio(k_audio(a)), heads), _heads(v_audio(a), heads))
+        return done[id(audio)]
+
+    out = []
     for ident in identities:
         face = ident.face.to(linear_compute_dtype(k_face))
-        audio = ident.audio.to(linear_compute_dtype(k_audio))
-        fk = _heads(norm_k_face(k_face(face)), heads)
-        fv = _heads(v_face(face), heads)
-        ak = _heads(norm_k_audio(k_audio(audio)), heads)
-        av = _heads(v_audio(audio), heads)
-        out = impl(q, fk, fv, ak, av, frames, vae_scale).flatten(2) * ident.mask.to(q.dtype)
-        total = out if total is None else total + out
-    return total
+        out.append(IdentityKV(face=KV(_heads(norm_k_face(k_face(face)), heads), _heads(v_face(face), heads)),
+                              audio=[audio_kv(a) for a in ident.audio], mask=ident.mask))
+    return out
+
+
+def fused_afca_sum(q: torch.Tensor, identities: list[IdentityKV], branches: int, frames: int, vae_scale: int,
+                   impl=fused_afca) -> torch.Tensor | None:
+    """``Σ_i mask_i ⊙ AFCA_i`` as ``[K, S, dim]`` for ``K = branches`` rows, or None without identities.
+
+    q ``[1 or K, S, H, D]`` is the normed cross-attention query shared with text and image attention
+    (batch 1: the same for every branch, as in the first block of a guided step). Work shared by
+    branches (the same query and face, or the same audio) is done once.
+    """
+    if not identities:
+        return None
+    face_parts: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    results: dict[tuple[int, int, int], torch.Tensor] = {}
+    rows = []
+    for b in range(branches):
+        qi = 0 if q.shape[0] == 1 else b
+        qb = branch_row(q, b)
+        total = None
+        for i, ident in enumerate(identities):
+            fi = 0 if ident.face.k.shape[0] == 1 else b
+            key = (qi, i, id(ident.audio[b]))
+            if key not in results:
+                face = KV(branch_row(ident.face.k, b), branch_row(ident.face.v, b))
+                if impl is fused_afca and (qi, fi, i) not in face_parts:
+                    face_parts[(qi, fi, i)] = attention_with_lse(qb, face.k, face.v)
+                results[key] = impl(qb, face, ident.audio[b], frames, vae_scale,
+                                    face_part=face_parts.get((qi, fi, i))).flatten(2)
+            out = results[key] * branch_row(ident.mask, b).to(q.dtype)
+            total = out if total is None else total + out
+        rows.append(total)
+    return torch.cat(rows) if branches > 1 else rows[0]
 
 
 class LegacyAudioCrossAttention(nn.Module):
@@ -151,16 +199,33 @@ class LegacyAudioCrossAttention(nn.Module):
         self.k_face = nn.Linear(dim, dim, **kw)
         self.v_face = nn.Linear(dim, dim, **kw)
 
-    def forward(self, x: torch.Tensor, identities: list[IdentityTokens], frames: int) -> torch.Tensor:
-        """x ``[B, S, dim]`` (already ``norm_x``-ed) -> ``[B, S, dim]``."""
-        dtype = linear_compute_dtype(self.q_linear)
-        q = group_by_frame(_heads(self.q_linear(x.to(dtype)), self.heads), frames)
-        total = None
+    def project(self, identities: list[IdentityTokens]) -> list[IdentityKV]:
+        """This sublayer's keys/values: ``k_face/v_face`` of the faces, ``kv_linear`` of each audio tensor."""
+        dtype = linear_compute_dtype(self.kv_linear)
+        done: dict[int, KV] = {}
+        out = []
         for ident in identities:
             face = ident.face.to(dtype)
-            fk, fv = _heads(self.k_face(face), self.heads), _heads(self.v_face(face), self.heads)
-            ak, av = self.kv_linear(ident.audio.to(dtype)).chunk(2, dim=-1)
-            out = per_frame_attention(q, fk, fv, _heads(ak, self.heads), _heads(av, self.heads))
-            out = out.flatten(1, 2).flatten(2) * ident.mask.to(dtype)
-            total = out if total is None else total + out
-        return self.proj(total)
+            for audio in ident.audio:
+                if id(audio) not in done:
+                    ak, av = self.kv_linear(audio.to(dtype)).chunk(2, dim=-1)
+                    done[id(audio)] = KV(_heads(ak, self.heads), _heads(av, self.heads))
+            out.append(IdentityKV(face=KV(_heads(self.k_face(face), self.heads), _heads(self.v_face(face), self.heads)),
+                                  audio=[done[id(a)] for a in ident.audio], mask=ident.mask))
+        return out
+
+    def forward(self, x: torch.Tensor, identities: list[IdentityKV], frames: int) -> torch.Tensor:
+        """x ``[K, S, dim]`` (already ``norm_x``-ed), keys/values from :meth:`project` -> ``[K, S, dim]``."""
+        dtype = linear_compute_dtype(self.q_linear)
+        q = group_by_frame(_heads(self.q_linear(x.to(dtype)), self.heads), frames)
+        rows = []
+        for b in range(x.shape[0]):
+            total = None
+            for ident in identities:
+                fk, fv = branch_row(ident.face.k, b), branch_row(ident.face.v, b)
+                audio = ident.audio[b]
+                out = per_frame_attention(q[b:b + 1], fk, fv, audio.k, audio.v)
+                out = out.flatten(1, 2).flatten(2) * branch_row(ident.mask, b).to(dtype)
+                total = out if total is None else total + out
+            rows.append(total)
+        return self.proj(torch.cat(rows))

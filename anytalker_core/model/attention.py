@@ -1,6 +1,8 @@
 """The one attention dispatch point.
 
-Every attention in the DiT (self, text, image, AFCA) calls :func:`attention` with tensors laid out
+Every attention in the DiT (self, text, image, AFCA) calls :func:`attention` (or
+:func:`attention_with_lse`, which also returns the log-sum-exp of the scores so that attentions over
+disjoint key sets can be merged exactly, :func:`merge_attention`) with tensors laid out
 ``[B, S, heads, head_dim]``. The backend is PyTorch SDPA unless a model selects another
 (``AnyTalkerDiT.attention_backend``, applied with :func:`use_attention_backend` for the duration of its
 forward): ``flash_attn`` (FlashAttention 2/3) or ``sage`` (SageAttention), used only for unmasked
@@ -86,3 +88,40 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.to(q.dtype).transpose(1, 2), v.to(q.dtype).transpose(1, 2), attn_mask=mask)
     return out.transpose(1, 2)
+
+
+def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unmasked attention and the log-sum-exp of its scaled scores.
+
+    q ``[B, Sq, H, D]``, k/v ``[B, Sk, H, D]`` -> out ``[B, Sq, H, D]`` (q's dtype) and lse
+    ``[B, Sq, H]`` float32. PyTorch's fused kernels (CPU flash, CUDA flash/efficient) return the lse
+    without materialising the scores; other cases compute it explicitly.
+    """
+    qt, kt, vt = q.transpose(1, 2), k.to(q.dtype).transpose(1, 2), v.to(q.dtype).transpose(1, 2)
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt)
+    elif q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt)[:2]
+    elif q.is_cuda:
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(qt, kt, vt, None, True)[:2]
+        lse = lse[..., : q.shape[1]]  # the kernel pads the query length
+    else:
+        scores = (qt.float() @ kt.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+        lse = torch.logsumexp(scores, dim=-1)
+        out = (torch.softmax(scores, dim=-1) @ vt.float()).to(q.dtype)
+    return out.transpose(1, 2), lse.transpose(1, 2).float()
+
+
+def merge_attention(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Attention over the union of disjoint key sets from each set's ``(out, lse)``.
+
+    ``softmax`` over the concatenated keys equals the lse-weighted mean of the per-set outputs:
+    ``out = sum_i exp(lse_i - lse) * out_i`` with ``lse = logsumexp_i lse_i``. Shapes as
+    :func:`attention_with_lse`; the parts broadcast against each other.
+    """
+    lse = torch.logsumexp(torch.stack(torch.broadcast_tensors(*(l for _, l in parts))), dim=0)
+    total = None
+    for out, part_lse in parts:
+        term = out.float() * torch.exp(part_lse - lse).unsqueeze(-1)
+        total = term if total is None else total + term
+    return total.to(parts[0][0].dtype)

@@ -151,7 +151,18 @@ def build_dit(sd: Mapping[str, torch.Tensor], config: AnyTalkerConfig, path: Pat
         model = model.to(device=device)
     else:
         model = model.to(device=device, dtype=dtype)
+    _own_memory(model, sd)
     return model.eval().requires_grad_(False)
+
+
+def _own_memory(model: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> None:
+    """Give every tensor that still lives in the checkpoint's storage (a memory map of the file, or a
+    reader's buffer at an arbitrary alignment) its own allocation, so that no map outlives the load
+    and the matmul kernels see aligned weights (their rounding, and speed, depend on the alignment)."""
+    source = {t.untyped_storage().data_ptr() for t in sd.values() if t.device.type != "meta"}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.device.type == "cpu" and tensor.untyped_storage().data_ptr() in source:
+            tensor.data = tensor.data.clone()
 
 
 def load_dit(path: str | Path, config_path: str | Path | None = None, device: torch.device | str = "cpu",

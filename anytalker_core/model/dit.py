@@ -17,18 +17,24 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .afca import IdentityTokens, LegacyAudioCrossAttention, fused_afca_sum
+from .afca import LegacyAudioCrossAttention, fused_afca_sum, project_fused_identities
 from .attention import attention, check_attention_backend, use_attention_backend
 from .speaker import Speaker
 from .config import AnyTalkerConfig
-from .embeddings import apply_rope, rope_angles, rope_cos_sin, sinusoidal_embedding
+from .embeddings import apply_rope, rope_angles, rope_rotation, sinusoidal_embedding
 from ..errors import InputError
 from .layout import audio_window_for_latent_frames, flatten_token_mask, unpatchify
 from .norms import FP32LayerNorm, RMSNorm
+from .prepared import KV, BlockKV, PreparedConditioning, IdentityTokens
 from .projections import AudioProjection, LegacyAudioProjection, MLPProj
 from .quantization import linear_compute_dtype
 
 log = logging.getLogger(__name__)
+
+# Tokens per FFN piece (Block._ffn): bounds the hidden layer at 1024 x ffn_dim (35 MiB at the 1.3B width in
+# fp32) whatever the clip length or the number of batched guidance branches; matmuls of 1024 rows still
+# run at full speed on CPUs and GPUs.
+FFN_CHUNK_TOKENS = 1024
 
 
 def _norm_or_identity(enabled: bool, dim: int, eps: float, **kw) -> nn.Module:
@@ -47,13 +53,13 @@ class SelfAttention(nn.Module):
         self.norm_q = _norm_or_identity(cfg.qk_norm, dim, cfg.eps, **kw)
         self.norm_k = _norm_or_identity(cfg.qk_norm, dim, cfg.eps, **kw)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """x ``[B, S, dim]`` -> ``[B, S, dim]``."""
+    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+        """x ``[B, S, dim]``, rope ``[S, 1, head_dim/2]`` complex rotations -> ``[B, S, dim]``."""
         x = x.to(linear_compute_dtype(self.q))
         q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, -1))
         k = self.norm_k(self.k(x)).unflatten(-1, (self.heads, -1))
         v = self.v(x).unflatten(-1, (self.heads, -1))
-        out = attention(apply_rope(q, *rope), apply_rope(k, *rope), v)
+        out = attention(apply_rope(q, rope), apply_rope(k, rope), v)
         return self.o(out.flatten(2))
 
 
@@ -84,19 +90,38 @@ class CrossAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, -1))
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, image: torch.Tensor,
-                identities: list[IdentityTokens], frames: int) -> torch.Tensor:
-        """x ``[B, S, dim]``, text ``[B, Lt, dim]``, image ``[B, 257, dim]`` -> ``[B, S, dim]``."""
+    def project(self, cond: PreparedConditioning) -> BlockKV:
+        """This block's keys/values of the text, image and (fused AFCA) identity tokens."""
+        dtype = linear_compute_dtype(self.k)
+        text = cond.text.to(dtype)
+        text_kv = KV(self._heads(self.norm_k(self.k(text))), self._heads(self.v(text)))
+        image = cond.image.to(linear_compute_dtype(self.k_img))
+        image_kv = KV(self._heads(self.norm_k_img(self.k_img(image))), self._heads(self.v_img(image)))
+        identities = None
+        if self.has_afca:
+            identities = project_fused_identities(cond.identities, self.k_audio, self.v_audio, self.k_face,
+                                                  self.v_face, self.norm_k_audio, self.norm_k_face, self.heads)
+        return BlockKV(text=text_kv, image=image_kv, identities=identities or [])
+
+    def forward(self, x: torch.Tensor, kv: BlockKV, frames: int) -> torch.Tensor:
+        """x ``[1 or K, S, dim]``, keys/values of ``K`` branches -> ``[K, S, dim]``.
+
+        x with batch 1 is shared by every branch (first block of a guided step): its query, its image
+        attention and its face attention are computed once.
+        """
         dtype = linear_compute_dtype(self.q)
-        x, text, image = x.to(dtype), text.to(dtype), image.to(dtype)
-        q = self._heads(self.norm_q(self.q(x)))
-        out = attention(q, self._heads(self.norm_k(self.k(text))), self._heads(self.v(text))).flatten(2)
-        out = out + attention(q, self._heads(self.norm_k_img(self.k_img(image))),
-                              self._heads(self.v_img(image))).flatten(2)
-        if self.has_afca and identities:
-            out = out + fused_afca_sum(q, identities, self.k_audio, self.v_audio, self.k_face, self.v_face,
-                                       self.norm_k_audio, self.norm_k_face, self.heads, frames,
-                                       self.vae_scale)
+        branches = kv.text.k.shape[0]
+        q = self._heads(self.norm_q(self.q(x.to(dtype))))
+        q_all = q.expand(branches, *q.shape[1:]) if q.shape[0] != branches else q
+        out = attention(q_all, kv.text.k, kv.text.v).flatten(2)
+        image = kv.image
+        if image.k.shape[0] != q.shape[0]:
+            image = KV(image.k.expand(branches, *image.k.shape[1:]), image.v.expand(branches, *image.v.shape[1:]))
+            out = out + attention(q_all, image.k, image.v).flatten(2)
+        else:
+            out = out + attention(q, image.k, image.v).flatten(2)
+        if self.has_afca and kv.identities:
+            out = out + fused_afca_sum(q, kv.identities, branches, frames, self.vae_scale)
         return self.o(out)
 
 
@@ -120,18 +145,40 @@ class Block(nn.Module):
             self.norm_x = FP32LayerNorm(dim, eps, elementwise_affine=True, **kw)
             self.audio_cross_attn = LegacyAudioCrossAttention(dim, cfg.num_heads, cfg.audio_output_dim, **kw)
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                text: torch.Tensor, image: torch.Tensor, identities: list[IdentityTokens],
+    def project(self, cond: PreparedConditioning) -> BlockKV:
+        """Keys/values of everything this block reads besides the video tokens (see :mod:`.prepared`)."""
+        kv = self.cross_attn.project(cond)
+        if self.legacy:
+            kv.identities = self.audio_cross_attn.project(cond.identities)
+        return kv
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor, rope: torch.Tensor, kv: BlockKV,
                 frames: int) -> torch.Tensor:
-        """x ``[B, S, dim]`` float32 residual stream; e ``[B, 6, dim]`` float32 time projection."""
+        """x ``[1 or K, S, dim]`` float32 residual stream; e ``[1 or K, 6, dim]`` float32 time projection;
+        ``kv`` of ``K`` branches -> ``[K, S, dim]``. A batch-1 ``x`` is shared by every branch up to
+        the cross-attention, where the branches' conditioning first differs."""
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e).chunk(6, dim=1)
         y = self.self_attn(self.norm1(x).float() * (1 + scale1) + shift1, rope)
         x = x + y.float() * gate1
-        x = x + self.cross_attn(self.norm3(x), text, image, identities, frames).float()
-        if self.legacy and identities:
-            x = x + self.audio_cross_attn(self.norm_x(x), identities, frames).float()
-        y = self.ffn((self.norm2(x).float() * (1 + scale2) + shift2).to(linear_compute_dtype(self.ffn[0])))
+        x = x + self.cross_attn(self.norm3(x), kv, frames).float()
+        if self.legacy and kv.identities:
+            x = x + self.audio_cross_attn(self.norm_x(x), kv.identities, frames).float()
+        y = self._ffn((self.norm2(x).float() * (1 + scale2) + shift2).to(linear_compute_dtype(self.ffn[0])))
         return x + y.float() * gate2
+
+    def _ffn(self, h: torch.Tensor) -> torch.Tensor:
+        """The FFN over ``[B, S, dim]`` in pieces of at most :data:`FFN_CHUNK_TOKENS` tokens of one row.
+
+        The FFN acts on each token alone, so the pieces give the same result while its
+        ``ffn_dim``-wide hidden layer (the largest activation of a block) exists for one piece at a time.
+        """
+        if h.shape[0] * h.shape[1] <= FFN_CHUNK_TOKENS:
+            return self.ffn(h)
+        rows = h.reshape(-1, h.shape[-1])
+        out = torch.empty(rows.shape[0], self.ffn[2].out_features, dtype=h.dtype, device=h.device)
+        for start in range(0, rows.shape[0], FFN_CHUNK_TOKENS):
+            out[start:start + FFN_CHUNK_TOKENS] = self.ffn(rows[start:start + FFN_CHUNK_TOKENS])
+        return out.reshape(*h.shape[:-1], -1)
 
 
 class Head(nn.Module):
@@ -196,10 +243,18 @@ class AnyTalkerDiT(nn.Module):
     def __call__(self, *args, **kwargs):
         with use_attention_backend(self._attention_backend):
             return super().__call__(*args, **kwargs)
-
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each block in the backward pass (training memory ~ one block's activations)."""
         self.gradient_checkpointing = enabled
+
+    def compile_blocks(self, **options) -> None:
+        """Compile every transformer block with ``torch.compile`` (``options`` are passed on, e.g.
+        ``mode="max-autotune"``). The first forward at a new size compiles (minutes on a CPU); later ones
+        reuse the kernels. Blocks see two input shapes in guided sampling (the shared batch-1 prefix of
+        the first block, K branches after it), so expect two compilations."""
+        for block in self.blocks:
+            block.compile(**options)
+        log.info("compiled %d blocks with torch.compile %s", len(self.blocks), options or "")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -209,15 +264,38 @@ class AnyTalkerDiT(nn.Module):
     def device(self) -> torch.device:
         return self.patch_embedding.weight.device
 
-    def embed_identity(self, speaker: Speaker) -> IdentityTokens:
-        """Project one speaker's audio and face tokens into DiT width (done once per forward)."""
+    def embed_identities(self, speakers: Sequence[Speaker], branches: int) -> list[IdentityTokens]:
+        """Project the speakers' audio and face tokens into DiT width, once for ``branches`` rows.
+
+        An all-zero audio row (the unconditional branch) is projected once and shared by every identity
+        and branch that has it; for the fused variant from a single video frame (``[1, 1, tokens, dim]``),
+        since every frame of zero features gives the same tokens.
+        """
         cfg = self.config
-        face = self.audio_ref_emb(speaker.face_clip)
-        if cfg.afca == "fused":
-            audio = self.audio_emb(speaker.audio)
-        else:
-            audio = self.audio_proj(*audio_window_for_latent_frames(speaker.audio, cfg.vae_scale))
-        return IdentityTokens(audio=audio, face=face, mask=flatten_token_mask(speaker.token_mask))
+        zero: dict[tuple, torch.Tensor] = {}
+        out = []
+        for s in speakers:
+            rows = []
+            for b in range(branches):
+                audio = s.audio if s.audio.shape[0] == 1 else s.audio[b:b + 1]
+                if not audio.any():
+                    key = tuple(audio.shape)
+                    if key not in zero:
+                        zero[key] = self._embed_audio(audio[:, :1] if cfg.afca == "fused" else audio)
+                    rows.append(zero[key])
+                elif s.audio.shape[0] == 1 and rows:
+                    rows.append(rows[0])
+                else:
+                    rows.append(self._embed_audio(audio))
+            out.append(IdentityTokens(audio=rows, face=self.audio_ref_emb(s.face_clip),
+                                      mask=flatten_token_mask(s.token_mask)))
+        return out
+
+    def _embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        """``[1, T, W, L, C]`` windowed features -> fused ``[1, T, tokens, dim]`` / legacy ``[1, F, tokens, d]``."""
+        if self.config.afca == "fused":
+            return self.audio_emb(audio)
+        return self.audio_proj(*audio_window_for_latent_frames(audio, self.config.vae_scale))
 
     def embed_time(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B]`` timesteps (0..1000) -> time embedding ``[B, dim]`` and projection ``[B, 6, dim]`` (float32)."""
@@ -231,6 +309,38 @@ class AnyTalkerDiT(nn.Module):
         context = torch.nn.functional.pad(context.to(self.dtype), (0, 0, 0, pad))
         return self.text_embedding(context)
 
+    def condition(self, context: torch.Tensor, clip_fea: torch.Tensor, speakers: Sequence[Speaker] = (),
+                  *, cache_kv: bool = False) -> PreparedConditioning:
+        """Prepare the conditioning of ``K = context.shape[0]`` branches (see :mod:`.prepared`).
+
+        context ``[K, L<=text_len, text_dim]``; clip_fea ``[1 or K, 257, clip_dim]``; each speaker's
+        audio ``[1 or K, T, W, L, C]``, face_clip and token_mask with batch 1 or K (batch 1 = the same
+        for every branch). ``cache_kv`` also computes every block's keys/values now, so that the
+        forward passes of a whole sampling run reuse them (:meth:`PreparedConditioning.nbytes` tells their size).
+        """
+        branches = context.shape[0]
+        text = self.embed_text(context)
+        image = self.img_emb(clip_fea)
+        if self.config.afca == "legacy":  # reference quirk: the text attention also sees the CLIP tokens
+            text = torch.cat([image.expand(branches, *image.shape[1:]), text], dim=1)
+        cond = PreparedConditioning(branches=branches, text=text, image=image,
+                            identities=self.embed_identities(speakers, branches))
+        if cache_kv:
+            cond.blocks = [block.project(cond) for block in self.blocks]
+            if not torch.is_grad_enabled():  # the blocks read only their keys/values now
+                cond.text = cond.image = None
+                cond.identities = []
+            log.debug("conditioning of %d branch(es) prepared: %.1f MiB", branches, cond.nbytes() / 2**20)
+        return cond
+
+    def rope(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+        """Complex RoPE rotations ``[F*h*w, 1, head_dim/2]`` of a token grid (kept for the last grid used)."""
+        key = (grid, str(device))
+        if getattr(self, "_rope_key", None) != key:
+            self._rope_value = rope_rotation(rope_angles(grid, self.config.head_dim, device=device))
+            self._rope_key = key
+        return self._rope_value
+
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, clip_fea: torch.Tensor,
                 y: torch.Tensor, speakers: Sequence[Speaker] = ()) -> torch.Tensor:
@@ -243,29 +353,47 @@ class AnyTalkerDiT(nn.Module):
         Returns ``[B, 16, F, H, W]`` float32.
         """
         self._check_inputs(x, t, context, clip_fea, y, speakers)
+        return self.forward_conditioned(x, t, y, self.condition(context, clip_fea, speakers))
+
+    def forward_conditioned(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                            cond: PreparedConditioning) -> torch.Tensor:
+        """The velocity of ``K = cond.branches`` rows from a prepared :class:`PreparedConditioning`.
+
+        x ``[1 or K, 16, F, H, W]`` (batch 1: one latent for every branch, as in guided sampling),
+        t ``[1]`` or ``[K]``, y ``[1 or K, 20, F, H, W]`` -> ``[K, 16, F, H, W]`` float32. A batch-1
+        x with a single t runs the first block's self-attention once for all branches.
+        """
+        with use_attention_backend(self._attention_backend):
+            return self._forward_conditioned(x, t, y, cond)
+
+    def _forward_conditioned(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                             cond: PreparedConditioning) -> torch.Tensor:
         cfg = self.config
-        b = x.shape[0]
-        h = self.patch_embedding(torch.cat([x, y], dim=1).to(self.dtype))
+        h = self.patch_embedding(torch.cat([x, y.expand(x.shape[0], *y.shape[1:])], dim=1).to(self.dtype))
         grid = tuple(h.shape[2:])
         frames = grid[0]
-        tokens = h.flatten(2).transpose(1, 2).float()  # [B, S, dim] float32 residual stream
-        rope = rope_cos_sin(rope_angles(grid, cfg.head_dim, device=x.device))
-
-        t = t.reshape(-1).expand(b) if t.numel() == 1 else t.reshape(b)
+        tokens = h.flatten(2).transpose(1, 2).contiguous().float()  # [B, S, dim] float32 residual stream
+        rope = self.rope(grid, x.device)
+        t = t.reshape(-1)
+        if t.numel() == 1 and x.shape[0] > 1:
+            t = t.expand(x.shape[0])
         e, e0 = self.embed_time(t)
-        text = self.embed_text(context)
-        image = self.img_emb(clip_fea)
-        if cfg.afca == "legacy":  # reference quirk: the text attention also sees the CLIP tokens
-            text = torch.cat([image, text], dim=1)
-        identities = [self.embed_identity(s) for s in speakers]
+        if t.numel() > tokens.shape[0]:  # one latent, per-branch timesteps
+            tokens = tokens.expand(t.numel(), *tokens.shape[1:])
 
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            kv = cond.blocks[i] if cond.blocks is not None else None
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                tokens = checkpoint(block, tokens, e0, rope, text, image, identities, frames, use_reentrant=False)
+                tokens = checkpoint(self._run_block, block, tokens, e0, rope, cond, kv, frames, use_reentrant=False)
             else:
-                tokens = block(tokens, e0, rope, text, image, identities, frames)
+                tokens = self._run_block(block, tokens, e0, rope, cond, kv, frames)
         out = self.head(tokens, e)
         return unpatchify(out, grid, cfg.patch_size, cfg.out_dim)
+
+    @staticmethod
+    def _run_block(block: Block, tokens: torch.Tensor, e0: torch.Tensor, rope: torch.Tensor, cond: PreparedConditioning,
+                   kv: BlockKV | None, frames: int) -> torch.Tensor:
+        return block(tokens, e0, rope, kv if kv is not None else block.project(cond), frames)
 
     def _check_inputs(self, x, t, context, clip_fea, y, speakers) -> None:
         """Clear errors for inconsistent inputs instead of shape errors deep inside torch."""

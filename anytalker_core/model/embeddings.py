@@ -37,14 +37,16 @@ def rope_angles(grid: tuple[int, int, int], head_dim: int, device: torch.device 
     return angles.reshape(f * h * w, -1)
 
 
-def rope_cos_sin(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 ``cos, sin`` of shape ``[S, 1, head_dim/2]`` ready to broadcast over heads."""
-    return torch.cos(angles).float()[:, None, :], torch.sin(angles).float()[:, None, :]
+def rope_rotation(angles: torch.Tensor) -> torch.Tensor:
+    """complex64 unit rotations ``exp(i*angle)`` of shape ``[S, 1, head_dim/2]``, broadcast over heads."""
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)[:, None, :]
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs ``(2i, 2i+1)`` of ``x [B, S, heads, head_dim]`` (math in float32)."""
-    xf = x.float().unflatten(-1, (-1, 2))
-    real, imag = xf[..., 0], xf[..., 1]
-    out = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
-    return out.flatten(-2).to(x.dtype)
+def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs ``(2i, 2i+1)`` of ``x [B, S, heads, head_dim]`` as complex numbers (float32 math).
+
+    One complex multiply per pair, as the reference does (``rope_apply``); ``rotation`` from
+    :func:`rope_rotation`.
+    """
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * rotation).flatten(-2).to(x.dtype)
