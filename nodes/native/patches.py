@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from anytalker_core.errors import InputError
-from anytalker_core.model.afca import IdentityTokens, fused_afca_sum
+from anytalker_core.model.afca import IdentityTokens, fused_afca_sum, project_fused_identities
 from anytalker_core.model.layout import (
     audio_window_for_latent_frames,
     flatten_token_mask,
@@ -95,7 +95,7 @@ def embed_identities(dm: nn.Module, speakers: Sequence[Speaker], enabled: torch.
             tokens = dm.audio_proj(*audio_window_for_latent_frames(audio, cfg.vae_scale))
         face = dm.audio_ref_emb(s.face_clip.to(device=device, dtype=dtype)).expand(b, -1, -1)
         mask = flatten_token_mask(s.token_mask.to(device=device, dtype=dtype)).expand(b, -1, -1)
-        out.append(IdentityTokens(audio=tokens, face=face, mask=mask))
+        out.append(IdentityTokens(audio=list(tokens.split(1)), face=face, mask=mask))  # audio per batch entry
     return out
 
 
@@ -138,8 +138,9 @@ def fused_cross_attention(ca: nn.Module, x: torch.Tensor, context: torch.Tensor,
     k_img, v_img = ca.norm_k_img(ca.k_img(context_img)), ca.v_img(context_img)
     img_x = optimized_attention(q, k_img, v_img, heads=ca.num_heads, transformer_options=transformer_options)
     out = optimized_attention(q, k, v, heads=ca.num_heads, transformer_options=transformer_options) + img_x
-    afca = fused_afca_sum(q.unflatten(-1, (ca.num_heads, -1)), state.identities, ca.k_audio, ca.v_audio,
-                          ca.k_face, ca.v_face, ca.norm_k_audio, ca.norm_k_face, ca.num_heads, state.frames,
+    kv = project_fused_identities(state.identities, ca.k_audio, ca.v_audio, ca.k_face, ca.v_face,
+                                  ca.norm_k_audio, ca.norm_k_face, ca.num_heads)
+    afca = fused_afca_sum(q.unflatten(-1, (ca.num_heads, -1)), kv, x.shape[0], state.frames,
                           getattr(state.model, CONFIG_ATTR).vae_scale)
     if afca is not None:
         out = out + afca.to(out.dtype)
@@ -205,7 +206,8 @@ class LegacyAudioPatch:
         if state is None or not state.identities:
             return x
         block = state.model.blocks[options["block_index"]]
-        return x + block.audio_cross_attn(block.norm_x(x), state.identities, state.frames).to(x.dtype)
+        layer = block.audio_cross_attn
+        return x + layer(block.norm_x(x), layer.project(state.identities), state.frames).to(x.dtype)
 
 
 # ------------------------------------------------------------------------------------ apply
