@@ -283,6 +283,31 @@ def progress_callback(total: int) -> Callable[[int, int], None]:
     return progress
 
 
+def sampling_progress(total: int) -> tuple[Callable[[int, int], None], Callable[[int, torch.Tensor], None]]:
+    """``(progress(done, total), on_step(index, latent))`` sharing one ComfyUI progress bar: ``progress`` moves it,
+    ``on_step`` sends a latent preview of the (normalised Wan2.1) latent after each step with ComfyUI's own
+    previewer — Latent2RGB or TAESD/TAEHV, as ``--preview-method`` and the UI's setting choose; none when off."""
+    import comfy.latent_formats
+    import comfy.model_management
+    import comfy.utils
+    import latent_preview
+
+    bar = comfy.utils.ProgressBar(total)
+    latent_format = comfy.latent_formats.Wan21()
+    previewer = latent_preview.get_previewer(comfy.model_management.get_torch_device(), latent_format)
+
+    def progress(done: int, total_now: int) -> None:
+        bar.update_absolute(done, total_now)
+
+    def on_step(index: int, latent: torch.Tensor) -> None:
+        if previewer is None:
+            return
+        raw = latent_format.process_out(latent.detach().float())
+        bar.update_absolute(bar.current, bar.total, previewer.decode_latent_to_preview_image("JPEG", raw))
+
+    return progress, on_step
+
+
 def stage_ticker(total: int) -> Callable[[], None]:
     """``tick()`` that advances ComfyUI's progress bar by one of ``total`` stages (e.g. each CLIP image and the
     VAE encode of the conditioning node), so long encodes do not sit at 0 %."""

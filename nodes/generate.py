@@ -168,9 +168,10 @@ def sampling_kwargs(seed: int, steps: int, sampler_name: str, cfg: float, shift:
     """The node settings as :func:`anytalker_core.generation.stages.denoise` keyword arguments (with ComfyUI's
     progress/cancel)."""
     separate = audio_cfg > 0
+    progress, on_step = bridge.sampling_progress(steps)  # the bar, with a latent preview after each step
     return dict(steps=steps, shift=shift or None, sampler=sampler_name, guidance=cfg,
                 text_guidance=cfg if separate else None, audio_guidance=audio_cfg if separate else None,
-                seed=seed, progress=bridge.progress_callback(steps), should_stop=bridge.interrupt_check)
+                seed=seed, progress=progress, on_step=on_step, should_stop=bridge.interrupt_check)
 
 
 @contextlib.contextmanager
@@ -356,7 +357,8 @@ class AnyTalkerLongSampler(io.ComfyNode):
                                   Placement(device, model.dtype))
             store = None
             if resume:
-                sampling = {k: v for k, v in kwargs.items() if k not in ("seed", "steps", "progress", "should_stop")}
+                sampling = {k: v for k, v in kwargs.items()
+                            if k not in ("seed", "steps", "progress", "on_step", "should_stop")}
                 key, described = run_key_for(pipe, condition, features, total, window_frames, options, steps, seed,
                                              sampling)
                 store = WindowStore(os.path.join(folder_paths.get_output_directory(), WORK_FOLDER), key, described)

@@ -32,7 +32,8 @@ from conftest import REPO
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 
 PARITY_ATOL = 5e-5
-SCENARIOS = ["parity", "fp8", "lora", "memory", "lowvram", "easycache", "preview_interrupt", "guider", "errors"]
+SCENARIOS = ["parity", "fp8", "lora", "memory", "lowvram", "easycache", "preview_interrupt", "pack_previews", "guider",
+             "errors"]
 if os.environ.get("ANYTALKER_TEST_COMPILE"):
     SCENARIOS.append("compile")
 
@@ -118,6 +119,13 @@ def test_easycache_skips_steps(measured):
     r = result(measured, "easycache")
     assert r["total_steps"] == 10 and r["skipped_steps"] >= 1, r
     assert 0 < r["max_abs_diff"] < 0.15 * r["scale"], r
+
+
+def test_pack_sampler_sends_latent_previews(measured):
+    """Issue 11: the pack's own AnyTalker Sampler shows ComfyUI's latent previews while it samples."""
+    r = result(measured, "pack_previews")
+    assert [p[:3] for p in r["previews"]] == [[0, 3, "JPEG"], [1, 3, "JPEG"], [2, 3, "JPEG"]]
+    assert all(p[3] == [8, 8] for p in r["previews"])  # Latent2RGB of the 8x8 latent
 
 
 def test_latent_previews_and_interrupt(measured):

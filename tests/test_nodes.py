@@ -155,12 +155,16 @@ def test_graph_audio_faces_conditioning_sampler_decode(world, people, tmp_path):
     assert cond.y.shape == (1, 20, f_lat, height // 8, width // 8)
     assert len(cond.speakers) == people
 
+    import latent_preview
+
     comfy.utils.UPDATES.clear()
+    latent_preview.PREVIEWS.clear()
     (latent,) = run(AnyTalkerSampler, model=model, conditioning=cond, seed=1, steps=2, sampler_name="unipc",
                     cfg=4.5, shift=0.0, audio_cfg=0.0 if people != 2 else 2.0)
     assert latent["samples"].shape == (1, 16, f_lat, height // 8, width // 8)
     assert torch.isfinite(latent["samples"]).all()
     assert comfy.utils.UPDATES[-1] == (2, 2)
+    assert latent_preview.PREVIEWS == [tuple(latent["samples"].shape)] * 2  # a latent preview after each step
     assert next(model.dit.parameters()).device.type == "cpu"  # back on the offload device
 
     video = vae_decode_node(world["vae"], latent)

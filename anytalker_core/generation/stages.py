@@ -26,7 +26,7 @@ import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -272,7 +272,8 @@ def denoise(dit: torch.nn.Module, conditioning: Conditioning, *, steps: int = 40
             sampler: str = "unipc", guidance: float = 4.5, text_guidance: float | None = None,
             audio_guidance: float | None = None, seed: int = 42, progress: ProgressFn | None = None,
             should_stop: StopFn | None = None, placement: Placement = Placement(), known: Any = None,
-            speed: SpeedOptions = SpeedOptions()) -> torch.Tensor:
+            speed: SpeedOptions = SpeedOptions(),
+            on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Sample the latent ``[1, 16, F_lat, lat_h, lat_w]`` (float32).
 
     The DiT runs through :class:`~.guided.GuidedDenoiser`: conditioning prepared once, guidance branches
@@ -281,7 +282,8 @@ def denoise(dit: torch.nn.Module, conditioning: Conditioning, *, steps: int = 40
     Guidance: ``guidance`` alone is the reference's single scale (uncond = negative prompt + zeroed
     audio); ``text_guidance`` with ``audio_guidance`` gives separate scales. ``should_stop``
     returning True raises :class:`~anytalker_core.errors.Interrupted` before the next step. ``known``
-    (:class:`.windows.KnownLatents`) pins latent frames (long clips' motion frames).
+    (:class:`.windows.KnownLatents`) pins latent frames (long clips' motion frames). ``on_step(index, latent)``
+    sees the float32 latent after each step (latent previews); it must not modify it.
     """
     from ..sampling import Guidance, default_shift, make_noise, make_scheduler, sample
 
@@ -302,7 +304,7 @@ def denoise(dit: torch.nn.Module, conditioning: Conditioning, *, steps: int = 40
             from .windows import pin_known_latents
 
             denoiser = pin_known_latents(denoiser, known, scheduler.sigmas)
-        return sample(denoiser, noise, scheduler, cfg, progress=progress, should_stop=should_stop)
+        return sample(denoiser, noise, scheduler, cfg, progress=progress, should_stop=should_stop, on_step=on_step)
 
 
 def decode(vae: Any, latent: torch.Tensor, placement: Placement = Placement()) -> np.ndarray:

@@ -331,6 +331,30 @@ def s_preview_interrupt(ctx) -> dict:
             "steps_before_interrupt": max(steps_seen) if steps_seen else 0}
 
 
+def s_pack_previews(ctx) -> dict:
+    """The pack's own AnyTalker Sampler sends ComfyUI latent previews (Latent2RGB here) after every step."""
+    from anytalker_pack.nodes._bridge import AnyTalkerModel
+    from anytalker_pack.nodes.generate import AnyTalkerSampler
+
+    dit = load_dit(ctx["ckpt"]["fused"])
+    cond = random_condition(dit.config)
+    previews = []
+    args.preview_method = LatentPreviewMethod.Latent2RGB
+
+    def hook(value, total, preview, node_id=None):
+        if preview is not None:
+            previews.append((value, total, preview[0], preview[1].size))
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        AnyTalkerSampler.execute(model=AnyTalkerModel(dit=dit, dtype=torch.float32, attention="sdpa", name="tiny"),
+                                 conditioning=cond, seed=SEED, steps=3, sampler_name="euler", cfg=CFG, shift=SHIFT)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+        args.preview_method = LatentPreviewMethod.NoPreviews
+    return {"previews": [[p[0], p[1], p[2], list(p[3])] for p in previews]}
+
+
 def custom_advanced(model, pos, neg, latent, text_cfg: float, audio_cfg: float) -> torch.Tensor:
     """SamplerCustomAdvanced with AnyTalker Text/Audio Guider, euler, simple schedule, RandomNoise(SEED)."""
     from comfy_extras.nodes_custom_sampler import (
@@ -423,7 +447,7 @@ def s_fp8(ctx) -> dict:
 
 
 SCENARIOS = {"parity": s_parity, "fp8": s_fp8, "lora": s_lora, "memory": s_memory, "lowvram": s_lowvram,
-             "easycache": s_easycache, "preview_interrupt": s_preview_interrupt, "guider": s_guider,
+             "easycache": s_easycache, "preview_interrupt": s_preview_interrupt, "pack_previews": s_pack_previews, "guider": s_guider,
              "compile": s_compile, "errors": s_errors}
 
 
