@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import errno
 import math
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -178,13 +177,12 @@ def _probe_writable(folder: Path, flag: str, shown: Path) -> None:
     if not existing.is_dir():
         raise OutputLocationError(f"{flag} '{shown}': '{existing}' is a file, not a folder")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".anytalker-write-test-", dir=existing)
+        with tempfile.TemporaryFile(prefix=".anytalker-write-test-", dir=existing):
+            pass  # created and removed at once
     except OSError as exc:
         reason = "read-only" if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else exc.strerror
         raise OutputLocationError(f"{flag} '{shown}': cannot write in '{existing}' ({reason}); "
                                   "choose a writable location") from None
-    os.close(fd)
-    os.unlink(probe)
 
 
 def check_output_file(path: str | Path, flag: str, suffix: str) -> Path:
