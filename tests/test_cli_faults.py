@@ -185,7 +185,7 @@ def test_preview_faces_into_unwritable_path(inputs, caplog, tmp_path):
     ("missing", "input file(s) not found: --audio #1"),
     ("empty", "--audio #1: audio file"),
     ("corrupt", "--audio #1: audio file"),
-    ("silent", "--audio #1 is silent"),
+    ("silent", "every audio track is silent"),
     ("image-missing", "input file(s) not found: --image"),
     ("image-not-an-image", "not a readable image (Pillow cannot identify it)"),
 ])

@@ -25,12 +25,10 @@ from pathlib import Path
 from ..constants import MAX_AREA
 from ..errors import InputError
 from .batch_file import BatchTask, load_batch_file
+from .long_clip import add_long_clip_arguments, long_clip_options, remove_work_folder, work_dir_for
 from .validate import parse_boxes
 
 __all__ = ["BatchTask", "add_arguments", "generate_to_file", "load_batch_file", "parse_boxes", "run"]
-
-from .long_clip import (add_long_clip_arguments, long_clip_options, remove_work_folder,
-                        work_dir_for)
 
 log = logging.getLogger(__name__)
 
