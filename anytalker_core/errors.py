@@ -7,7 +7,13 @@ CLI and the ComfyUI nodes can show it verbatim instead of a stack trace from dee
 
 
 class AnyTalkerError(Exception):
-    """Base class of all errors caused by user input or missing files."""
+    """Base class of all errors caused by user input or missing files.
+
+    ``exit_code`` is what the ``anytalker`` command exits with when this error stops it (see README
+    "Exit codes"): 2 for bad input, 130 for an interruption, 1 for a run that failed on the way.
+    """
+
+    exit_code = 2
 
 
 class CheckpointError(AnyTalkerError):
@@ -23,4 +29,20 @@ class MissingModelError(AnyTalkerError, FileNotFoundError):
 
 
 class Interrupted(AnyTalkerError):
-    """A long job (sampling, training, preparation) was cancelled through its callback."""
+    """A long job (sampling, training, preparation) was cancelled through its callback or a signal."""
+
+    exit_code = 130
+
+
+class OutputLocationError(InputError):
+    """The output path cannot be written: an existing folder, a read-only location, a full disk."""
+
+
+class DeviceError(InputError):
+    """The requested torch device does not exist in this torch build or on this machine."""
+
+
+class NonFiniteError(AnyTalkerError):
+    """A model produced NaN or infinite values; the message names the stage or step (often bad weights)."""
+
+    exit_code = 1

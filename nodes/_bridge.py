@@ -9,6 +9,7 @@ and call the native models.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,9 +21,22 @@ import torch
 from anytalker_core.constants import FPS as FPS  # noqa: F401 - re-exported: bridge.FPS
 from anytalker_core.constants import SAMPLE_RATE
 from anytalker_core.errors import InputError
+from anytalker_core.input_names import NODE_NAMES, input_names
 
 log = logging.getLogger(__name__)
 
+
+
+def comfyui_messages(execute: Callable) -> Callable:
+    """Decorate a node's ``execute`` (below ``@classmethod``) so core errors name the node inputs
+    (``frame_count``, the ``boxes``/``masks`` inputs) instead of the CLI's flags or API arguments."""
+
+    @functools.wraps(execute)
+    def wrapper(*args, **kwargs):
+        with input_names(NODE_NAMES):
+            return execute(*args, **kwargs)
+
+    return wrapper
 
 
 # ------------------------------------------------------------------------------------ payload types

@@ -74,6 +74,7 @@ class AnyTalkerConditioning(io.ComfyNode):
         )
 
     @classmethod
+    @bridge.comfyui_messages
     def execute(cls, positive, negative, clip_vision, vae, start_image, faces, audio_features,
                 max_pixels: int = MAX_AREA_480P, window_frames: int = WINDOW_FRAMES) -> io.NodeOutput:
         from anytalker_core.generation import stages
@@ -232,6 +233,7 @@ class AnyTalkerSampler(io.ComfyNode):
         )
 
     @classmethod
+    @bridge.comfyui_messages
     def execute(cls, model, conditioning, seed: int = 42, steps: int = 40, sampler_name: str = "unipc",
                 cfg: float = 4.5, shift: float = 0.0, audio_cfg: float = 0.0) -> io.NodeOutput:
         import comfy.latent_formats
@@ -315,6 +317,7 @@ class AnyTalkerLongSampler(io.ComfyNode):
         )
 
     @classmethod
+    @bridge.comfyui_messages
     def execute(cls, model, conditioning, vae, clip_vision, window_frames: int = WINDOW_FRAMES, seed: int = 42,
                 steps: int = 40, sampler_name: str = "unipc", cfg: float = 4.5, shift: float = 0.0,
                 audio_cfg: float = 0.0, overlap_frames: int = 0, colour_match: bool = True,

@@ -69,6 +69,7 @@ class AnyTalkerAudioEncode(io.ComfyNode):
         )
 
     @classmethod
+    @bridge.comfyui_messages
     def execute(cls, speakers: dict, wav2vec=None, audio_encoder=None, mode: str = "pad", frame_count: int = 0,
                 normalize_loudness: bool = False) -> io.NodeOutput:
         import comfy.model_management as mm
@@ -167,6 +168,7 @@ class AnyTalkerFaceMasks(io.ComfyNode):
         )
 
     @classmethod
+    @bridge.comfyui_messages
     def execute(cls, image, people: int = 1, detector: str = "auto", masks=None, boxes: str = "") -> io.NodeOutput:
         from anytalker_core.faces import draw_preview
 

@@ -166,7 +166,7 @@ def test_loudness_normalisation(speech, encoder):
 
 def test_errors(speech, encoder, tmp_path):
     a = speech["a"]
-    with pytest.raises(InputError, match="audio track 1 is empty"):
+    with pytest.raises(InputError, match="audio track 2 is empty"):
         build_audio_conditioning([a, torch.zeros(0)], fps=FPS, encoder=encoder)
     with pytest.raises(InputError, match="every audio track is silent"):
         build_audio_conditioning([torch.full((32000,), 1e-6)], fps=FPS, encoder=encoder)

@@ -226,7 +226,8 @@ def test_errors_reach_the_history(server):
     assert entry["status"]["status_str"] == "error"
     error = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
     assert error["node_type"] == "AnyTalkerFaceMasks" and error["exception_type"].endswith("InputError")
-    assert "1 face box(es) given for 2 audio track(s)" in error["exception_message"]
+    # in the node's own words: its 'boxes' input, audio inputs (not --boxes / audio tracks)
+    assert "the 'boxes' input: 1 face box(es) given for 2 audio input(s)" in error["exception_message"]
     # the server keeps serving after an error
     assert server.get("/system_stats")
 

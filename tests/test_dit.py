@@ -378,7 +378,7 @@ def test_error_pickle_with_objects(tmp_path):
 def test_error_wrong_audio_length(model):
     x, t, ctx, clip, y, speakers = make_inputs(model.config, 1)
     short = speakers[0].with_audio(speakers[0].audio[:, :-1])
-    with pytest.raises(InputError, match="speaker 0: audio must be"):
+    with pytest.raises(InputError, match="speaker 1: audio must be"):
         model(x, t, ctx, clip, y, [short])
 
 

@@ -209,7 +209,7 @@ def test_error_no_face():
 def test_error_fewer_faces_than_voices():
     with pytest.raises(InputError) as err:
         select_faces([[10, 10, 50, 50]], 2)
-    assert str(err.value) == "found 1 face but 2 audio tracks were given; draw one mask per person or pass boxes"
+    assert str(err.value) == "found 1 face but 2 audio tracks were given; pass boxes or masks (one per person)"
     with pytest.raises(InputError, match="found 2 faces but 3 audio tracks were given"):
         select_faces([[10, 10, 50, 50], [60, 10, 90, 50]], 3)
 

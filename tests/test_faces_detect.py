@@ -105,7 +105,7 @@ def test_more_faces_than_voices_keeps_largest(detector):
 def test_detection_errors_on_real_photos(detector):
     with pytest.raises(InputError) as err:
         prepare_faces(astronaut(), 2, (64, 64), 3, detector=detector)
-    assert str(err.value) == "found 1 face but 2 audio tracks were given; draw one mask per person or pass boxes"
+    assert str(err.value) == "found 1 face but 2 audio tracks were given; pass boxes or masks (one per person)"
     grey = np.full((256, 256, 3), 128, np.uint8)
     with pytest.raises(InputError, match=r"no face found in the reference image \(detector 'mediapipe'\)"):
         prepare_faces(grey, 1, (32, 32), 3, detector=detector)

@@ -30,6 +30,7 @@ import torch
 
 from ..constants import FPS
 from ..errors import InputError, Interrupted
+from ..input_names import name as input_name
 from ..io.media import check_sample_rate, load_audio, resample
 from .wav2vec import SAMPLE_RATE, Wav2VecEncoder, video_frames_for_samples, window_features
 
@@ -133,21 +134,35 @@ def frame_num_from_audio(num_samples: Sequence[int], fps: float, mode: Mode,
 def check_frame_num(frame_num: int, available: int, mode: str, fps: float) -> int:
     """Validate a user-given frame count: ``4n+1``, ≥ 5, and not longer than the audio allows."""
     if isinstance(frame_num, bool) or not isinstance(frame_num, (int, np.integer)):
-        raise InputError(f"frame_num must be an integer of the form 4n+1 (5, 9, ..., 81), got {frame_num!r}")
+        raise InputError(f"{input_name('frame_num')} must be an integer of the form 4n+1 (5, 9, ..., 81), "
+                         f"got {frame_num!r}")
     frame_num = int(frame_num)
     if frame_num < MIN_FRAMES or (frame_num - 1) % 4:
         lower = max(MIN_FRAMES, largest_4n1(max(frame_num, 1)))
         raise InputError(
-            f"frame_num must be of the form 4n+1 and at least {MIN_FRAMES} "
+            f"{input_name('frame_num')} must be of the form 4n+1 and at least {MIN_FRAMES} "
             f"(e.g. {lower} or {lower + 4}), got {frame_num}"
         )
     if frame_num > available:
         what = "the longest track" if mode == "pad" else "all tracks one after another"
         raise InputError(
-            f"frame_num {frame_num} exceeds the audio: {what} covers at most {available} frames (4n+1) at {fps} fps; "
-            f"use frame_num <= {available} or longer audio"
+            f"{input_name('frame_num')} {frame_num} exceeds the audio: {what} covers at most {available} frames (4n+1) "
+            f"at {fps:g} fps; use {input_name('frame_num')} <= {available} or longer audio"
         )
     return frame_num
+
+
+def check_timeline(tracks: Sequence[torch.Tensor | np.ndarray | str | Path], mode: str, fps: float,
+                   frame_num: int | None = None, sample_rate: int = SAMPLE_RATE) -> int:
+    """The checks :func:`build_audio_conditioning` makes before encoding, without an encoder: every track
+    usable, ``mode`` known, ``frame_num`` valid for the audio. Returns the clip's frame count (``4n+1``)."""
+    if mode not in ("pad", "concat"):
+        raise InputError(
+            f"mode must be 'pad' (people talk at the same time) or 'concat' (they take turns), got {mode!r}")
+    fps = _check_fps(fps)
+    waves = _prepare_tracks(tracks, check_sample_rate(sample_rate), fps)
+    available = frame_num_from_audio([w.numel() for w in waves], fps, mode)
+    return available if frame_num is None else check_frame_num(frame_num, available, mode, fps)
 
 
 # ----------------------------------------------------------------------------- loudness and VAD
@@ -239,9 +254,9 @@ def _prepare_tracks(tracks: Sequence[torch.Tensor | np.ndarray | str | Path], sa
         raise InputError("no audio tracks given (need one per person)")
     out = []
     for i, track in enumerate(tracks):
-        name = f"audio track {i}"
+        name = input_name("audio_n", i + 1)
         if isinstance(track, (str, Path)):
-            name = f"audio track {i} ('{track}')"
+            name = f"{name} ('{track}')"
             wave = load_audio(track, SAMPLE_RATE)
         else:
             wave = track.detach().cpu().float() if isinstance(track, torch.Tensor) else torch.as_tensor(

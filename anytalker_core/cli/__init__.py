@@ -1,7 +1,8 @@
 """The ``anytalker`` command: one entry point, one module per sub-command.
 
 Each sub-command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; this file only
-routes. Modules are imported when their command runs, so ``anytalker --help`` stays fast.
+routes, through :func:`~.guard.run_guarded` (exit codes, SIGTERM, one line per error). Modules are
+imported when their command runs, so ``anytalker --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import importlib
 import logging
 import sys
 
-from ..errors import AnyTalkerError
+from ..input_names import CLI_NAMES, input_names
+from .guard import run_guarded
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -30,6 +32,9 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
         sub_parser.set_defaults(_module=module_name)
+        # --verbose also after the command name (``anytalker generate ... --verbose``)
+        sub_parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                help="debug logging, and the traceback of an unexpected error")
         if name == selected:
             importlib.import_module(module_name).add_arguments(sub_parser)
     return parser
@@ -45,11 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     module = importlib.import_module(args._module)
-    try:
-        return int(module.run(args) or 0)
-    except AnyTalkerError as exc:
-        logging.getLogger("anytalker").error("%s", exc)
-        return 2
+    with input_names(CLI_NAMES):  # core messages name the flags (--boxes, --frame-num, ...)
+        return run_guarded(lambda: module.run(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

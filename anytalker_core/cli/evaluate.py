@@ -51,10 +51,22 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..generation.window_plan import check_overlap_frames, check_window_frames
+    from ..errors import InputError
     from ..io.model_paths import default_models_dir
     from ..metrics.runner import evaluate_folder
     from ..metrics.syncnet import default_syncnet_path
+    from .validate import check_device, check_output_dir
 
+    if not Path(args.videos).is_dir():
+        raise InputError(f"--videos '{args.videos}': no such folder")
+    if args.intervals is not None and not Path(args.intervals).is_file():
+        raise InputError(f"--intervals '{args.intervals}': no such file")
+    if args.syncnet is not None and not Path(args.syncnet).is_file():
+        raise InputError(f"--syncnet '{args.syncnet}': no such file")
+    if not 1 <= args.faces <= 8:
+        raise InputError(f"--faces must be between 1 and 8, got {args.faces}")
+    check_output_dir(Path(args.out), "--out")
+    device = str(check_device(args.device))
     if args.drift:
         check_window_frames(args.window_frames, "--window-frames")
         if args.overlap_frames is not None:
@@ -67,10 +79,13 @@ def run(args: argparse.Namespace) -> int:
     insightface_dir = args.insightface_dir or models_dir / "insightface"
     report = evaluate_folder(args.videos, args.intervals, args.out, landmark_backend=args.landmarks,
                              insightface_dir=insightface_dir, syncnet_path=syncnet,
-                             device=args.device, num_faces=args.faces, plots=not args.no_plots,
+                             device=device, num_faces=args.faces, plots=not args.no_plots,
                              drift_window_frames=args.window_frames if args.drift else None,
                              drift_overlap_frames=args.overlap_frames, start_images=args.start_images)
     print(report.markdown_path.read_text(), end="")
     print(f"wrote {report.csv_path}, {report.markdown_path} and {len(report.plot_paths)} plot(s)"
           + (f"; drift reports in {Path(args.out) / 'drift'}" if args.drift else ""))
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} unreadable video(s):\n  " + "\n  ".join(report.skipped))
+        return 2
     return 0

@@ -17,37 +17,24 @@ this module); torch and the pipeline are imported inside :func:`run`.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..constants import MAX_AREA
 from ..errors import InputError
+from .batch_file import BatchTask, load_batch_file
+from .long_clip import add_long_clip_arguments, long_clip_options, remove_work_folder, work_dir_for
+from .validate import parse_boxes
 
-from .long_clip import (add_long_clip_arguments, check_long_clip_args, long_clip_options, remove_work_folder,
-                        work_dir_for)
+__all__ = ["BatchTask", "add_arguments", "generate_to_file", "load_batch_file", "parse_boxes", "run"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_AREA = MAX_AREA
 DEMO_MAX_AREA = 128 * 256  # --demo defaults: small enough for a CPU in about a minute
 DEMO_FRAMES = 33
-
-
-@dataclass
-class BatchTask:
-    """One clip of a batch file. Paths are absolute (resolved against the JSON's folder)."""
-
-    name: str
-    image: Path
-    audio: list[Path]
-    prompt: str
-    audio_mode: str | None = None
-    negative_prompt: str | None = None
-    seed: int | None = None
-    boxes: list[list[float]] | None = None
 
 
 # --------------------------------------------------------------------------------------------- args
@@ -66,26 +53,6 @@ def _parse_area(text: str) -> int:
     if len(parts) > 2 or area < 32 * 32:
         raise argparse.ArgumentTypeError(f"--max-area: expected at least 32*32 pixels as N or WxH, got {text!r}")
     return area
-
-
-def parse_boxes(text: str) -> list[list[float]]:
-    """``"x1,y1,x2,y2;x1,y1,x2,y2"`` (pixels of the input image, one box per person) -> list of boxes."""
-    boxes = []
-    for chunk in text.replace(" ", "").split(";"):
-        if not chunk:
-            continue
-        try:
-            vals = [float(v) for v in chunk.split(",")]
-        except ValueError:
-            raise InputError(f"--boxes: '{chunk}' is not four numbers x1,y1,x2,y2") from None
-        if len(vals) != 4:
-            raise InputError(f"--boxes: '{chunk}' has {len(vals)} numbers, expected x1,y1,x2,y2")
-        if vals[2] <= vals[0] or vals[3] <= vals[1]:
-            raise InputError(f"--boxes: '{chunk}' is empty; expected x2 > x1 and y2 > y1")
-        boxes.append(vals)
-    if not boxes:
-        raise InputError("--boxes: no box given; expected 'x1,y1,x2,y2;x1,y1,x2,y2' (one per person)")
-    return boxes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -170,158 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="torch.compile the transformer blocks (the first step compiles: minutes on a CPU)")
 
 
-# ---------------------------------------------------------------------------------------- batch file
-
-
-def _as_path(value, base: Path, what: str) -> Path:
-    if not isinstance(value, str) or not value.strip():
-        raise InputError(f"{what}: expected a file path string, got {value!r}")
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base / path)
-
-
-def _parse_task(name: str, data: dict, base: Path, where: str) -> BatchTask:
-    """One task in either accepted style (see :func:`load_batch_file`)."""
-    if not isinstance(data, dict):
-        raise InputError(f"{where}: expected an object with the image, audio and prompt, got {type(data).__name__}")
-    image_value = data.get("image_path", data.get("cond_image", data.get("image")))
-    if image_value is None:
-        raise InputError(f"{where}: no image; expected 'image_path' (or 'cond_image')")
-    image = _as_path(image_value, base, f"{where}.image_path")
-
-    if "audio_list" in data:
-        audio_values = data["audio_list"]
-        if not isinstance(audio_values, list):
-            raise InputError(f"{where}.audio_list: expected a list of audio paths, left to right")
-    elif "cond_audio" in data:
-        cond = data["cond_audio"]
-        if not isinstance(cond, dict):
-            raise InputError(f"{where}.cond_audio: expected {{'person1': path, 'person2': path, ...}}")
-
-        def person_index(key: str) -> int:
-            digits = "".join(ch for ch in key if ch.isdigit())
-            if not digits:
-                raise InputError(f"{where}.cond_audio: key '{key}' should be person1, person2, ... (left to right)")
-            return int(digits)
-
-        audio_values = [cond[k] for k in sorted(cond, key=person_index)]
-    elif "audio_left" in data or "audio_right" in data:
-        audio_values = [data[k] for k in ("audio_left", "audio_right") if data.get(k)]
-    elif "audio" in data:
-        audio_values = data["audio"] if isinstance(data["audio"], list) else [data["audio"]]
-    else:
-        raise InputError(f"{where}: no audio; expected 'audio_list' (one path per person, left to right) "
-                         "or 'cond_audio' {'person1': ..., 'person2': ...}")
-    if not audio_values:
-        raise InputError(f"{where}: the audio list is empty; expected one audio file per person")
-    audio = [_as_path(v, base, f"{where}.audio[{i}]") for i, v in enumerate(audio_values)]
-
-    # the reference prefers enhance_caption over caption when both are set
-    prompt = data.get("enhance_caption") or data.get("caption") or data.get("prompt") or ""
-    if not isinstance(prompt, str):
-        raise InputError(f"{where}: the prompt must be a string, got {type(prompt).__name__}")
-    mode = data.get("audio_type", data.get("mode"))
-    if mode is not None and mode not in ("pad", "concat", "add", "para"):
-        raise InputError(f"{where}.audio_type: expected 'pad' or 'concat', got {mode!r}")
-    mode = {"add": "concat", "para": "pad"}.get(mode, mode)  # MultiTalk's names for the same two modes
-    seed = data.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise InputError(f"{where}.seed: expected an integer, got {seed!r}")
-    boxes = data.get("boxes")
-    if boxes is not None:
-        if not (isinstance(boxes, list) and all(isinstance(b, list) and len(b) == 4 for b in boxes)):
-            raise InputError(f"{where}.boxes: expected [[x1, y1, x2, y2], ...] (one per person)")
-    known = {"image_path", "cond_image", "image", "audio_list", "cond_audio", "audio_left", "audio_right", "audio",
-             "enhance_caption", "caption", "prompt", "audio_type", "mode", "seed", "boxes", "negative_prompt"}
-    ignored = sorted(k for k in data if k not in known)
-    if ignored:
-        log.warning("%s: ignoring unknown key(s) %s", where, ", ".join(ignored))
-    return BatchTask(
-        name=name, image=image, audio=audio, prompt=prompt, audio_mode=mode,
-        negative_prompt=data.get("negative_prompt"), seed=seed, boxes=boxes,
-    )
-
-
-def load_batch_file(path: str | Path) -> list[BatchTask]:
-    """Read a batch JSON. Two styles are accepted (relative paths are relative to the JSON's folder):
-
-    * the reference's ``input_example/customize_your_input_here.json``: an object
-      ``{"name": {"image_path": ..., "caption": ..., "enhance_caption": ..., "audio_list": [left, right]}}``
-      (``audio_left``/``audio_right`` also accepted; ``enhance_caption`` wins over ``caption``);
-    * MultiTalk-style tasks: ``{"prompt": ..., "cond_image": ..., "cond_audio": {"person1": ..., "person2": ...},
-      "audio_type": "pad"|"concat"}``, one such object or a list of them (named ``task_000``, ...
-      unless they carry a ``"name"``).
-
-    Optional per task: ``audio_type``/``mode``, ``negative_prompt``, ``seed``, ``boxes``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"--batch '{path}': no such file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"--batch '{path}': not valid JSON ({exc})") from None
-    base = path.resolve().parent
-    tasks: list[BatchTask] = []
-    if isinstance(data, dict) and any(k in data for k in ("cond_image", "image_path", "cond_audio")):
-        data = [data]
-    if isinstance(data, dict):
-        for name, item in data.items():
-            tasks.append(_parse_task(str(name), item, base, f"{path.name}['{name}']"))
-    elif isinstance(data, list):
-        for i, item in enumerate(data):
-            name = item.get("name", f"task_{i:03d}") if isinstance(item, dict) else f"task_{i:03d}"
-            tasks.append(_parse_task(str(name), item, base, f"{path.name}[{i}]"))
-    else:
-        raise InputError(f"--batch '{path}': expected an object of named tasks or a list of tasks")
-    if not tasks:
-        raise InputError(f"--batch '{path}': contains no tasks")
-    names = [t.name for t in tasks]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise InputError(f"--batch '{path}': task names must be unique (they name the mp4 files); repeated: {dupes}")
-    for t in tasks:
-        if "/" in t.name or "\\" in t.name or t.name in ("", ".", ".."):
-            raise InputError(f"--batch '{path}': task name {t.name!r} cannot be used as a file name")
-    return tasks
-
-
 # ------------------------------------------------------------------------------------------------ run
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    if args.demo and args.batch:
-        raise InputError("--demo and --batch cannot be combined")
-    if not args.demo and not args.batch and args.image is None:
-        raise InputError("--image is required (or use --batch FILE.json, or --demo)")
-    if not args.demo and not args.batch and not args.audio and args.preview_faces is None:
-        raise InputError("--audio is required: one audio file per person, left to right")
-    if args.batch and (args.image is not None or args.audio):
-        raise InputError("--batch takes its images and audio from the JSON; drop --image/--audio")
-    if (args.text_guidance is None) != (args.audio_guidance is None):
-        raise InputError("--text-guidance and --audio-guidance go together; give both or neither (then --guidance)")
-    if args.steps is not None and args.steps < 1:
-        raise InputError(f"--steps must be at least 1, got {args.steps}")
-    if args.frame_num is not None and (args.frame_num < 1 or (args.frame_num - 1) % 4):
-        raise InputError(f"--frame-num must be 4n+1 (5, 9, 13, ..., 81), got {args.frame_num}")
-    if args.fps < 1:
-        raise InputError(f"--fps must be positive, got {args.fps}")
-    check_long_clip_args(args)
-    if args.out is not None and args.out.suffix.lower() != ".mp4" and not args.batch:
-        raise InputError(f"--out '{args.out}': expected an .mp4 file name")
-
-
-def _resolve_device(name: str):
-    import torch
-
-    if name != "auto":
-        try:
-            return torch.device(name)
-        except RuntimeError:
-            raise InputError(f"--device: unknown torch device {name!r} (try cpu, cuda, cuda:0, mps)") from None
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def _apply_speed(pipe, args: argparse.Namespace) -> None:
@@ -349,16 +165,15 @@ def _resolve_dtype(name: str, device):
     return getattr(torch, name)
 
 
-def _build_request(args: argparse.Namespace, image, audio: list, prompt: str, mode: str,
-                   negative_prompt: str | None, seed: int, boxes):
+def _build_request(args: argparse.Namespace, clip, seed: int):
     from ..generation.pipeline import GenerationRequest
 
     return GenerationRequest(
-        image=image,
-        audio=audio,
-        prompt=prompt,
-        negative_prompt=negative_prompt,
-        audio_mode=mode,
+        image=clip.image,
+        audio=clip.audio,
+        prompt=clip.prompt,
+        negative_prompt=clip.negative_prompt,
+        audio_mode=clip.audio_mode,
         steps=args.steps if args.steps is not None else (4 if args.demo else 40),
         shift=args.shift,
         sampler=args.sampler,
@@ -366,13 +181,19 @@ def _build_request(args: argparse.Namespace, image, audio: list, prompt: str, mo
         text_guidance=args.text_guidance,
         audio_guidance=args.audio_guidance,
         seed=seed,
-        max_area=args.max_area if args.max_area is not None else DEFAULT_MAX_AREA,
-        frame_num=args.frame_num,
+        max_area=_max_area(args),
+        frame_num=clip.frame_num,
         fps=args.fps,
-        boxes=boxes,
+        boxes=clip.boxes,
         window_frames=args.window_frames,
         long_clip=long_clip_options(args),
     )
+
+
+def _max_area(args: argparse.Namespace) -> int:
+    if args.max_area is not None:
+        return args.max_area
+    return DEMO_MAX_AREA if args.demo else DEFAULT_MAX_AREA
 
 
 def _seed(value: int) -> int:
@@ -382,16 +203,46 @@ def _seed(value: int) -> int:
     return value
 
 
+def _audio_labels(task: BatchTask) -> list[str]:
+    return task.audio_labels or [f"--audio #{i + 1}" for i in range(len(task.audio))]
+
+
+def _check_files_exist(args: argparse.Namespace, task: BatchTask) -> None:
+    if task.problem:
+        raise InputError(task.problem)
+    labels = _audio_labels(task)
+    missing = [f"{label} '{path}'" for label, path in zip([task.image_label, *labels], [task.image, *task.audio])
+               if not isinstance(path, Path) or not path.is_file()]
+    if missing:
+        where = " (relative paths are looked up beside the batch file, then in the current folder)" \
+            if args.batch else ""
+        raise InputError("input file(s) not found: " + "; ".join(missing) + where)
+
+
+def _check_task(args: argparse.Namespace, task: BatchTask, out: Path, detector, frame_num: int | None = None):
+    """One task's inputs decoded and checked (:func:`.validate.check_clip`), labelled as the user wrote them."""
+    from .validate import check_clip
+
+    _check_files_exist(args, task)
+    labels = _audio_labels(task)
+    return check_clip(
+        name=task.name, image=task.image, audio=task.audio, prompt=task.prompt,
+        audio_mode=task.audio_mode or args.audio_mode, negative_prompt=task.negative_prompt or args.negative_prompt,
+        seed=task.seed, boxes=task.boxes, out=out, frame_num=frame_num if frame_num is not None else args.frame_num,
+        fps=args.fps, max_area=_max_area(args), detector=detector, image_label=task.image_label,
+        audio_labels=labels, boxes_label=f"{task.image_label.rsplit('.', 1)[0]}.boxes" if args.batch else "--boxes")
+
+
 def _preview_only(args: argparse.Namespace) -> int:
     """Detect faces and write the numbered-box preview; no generation models are loaded."""
-    from ..generation.pipeline import detect_faces_for_preview, load_image
+    from ..generation.pipeline import detect_faces_for_preview
+    from ..io.images import load_image
 
-    image = load_image(args.image)
+    image = load_image(args.image, f"--image '{args.image}'")
     n = len(args.audio) if args.audio else None
     boxes = parse_boxes(args.boxes) if args.boxes else None
-    models_dir = args.models_dir
     preview, found = detect_faces_for_preview(image, n, boxes=boxes, backend=args.face_backend,
-                                              models_dir=models_dir)
+                                              models_dir=args.models_dir)
     _write_png(args.preview_faces, preview)
     print(f"{len(found)} face(s), left to right: " + "; ".join(
         f"#{i + 1} [{', '.join(f'{v:.0f}' for v in box)}]" for i, box in enumerate(found)))
@@ -404,123 +255,190 @@ def _write_png(path: Path, image) -> None:
 
     from ..io.atomic import atomic_path
 
-    with atomic_path(path, suffix=".png") as tmp:
+    with atomic_path(path, suffix=".tmp.png") as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
 
 
 def run(args: argparse.Namespace) -> int:
+    """``anytalker generate``: checks (no model loaded), then the models, then the clip(s)."""
+    from .validate import check_device, check_flags
+
+    check_flags(args)
+    if args.preview_faces is not None and not args.demo:
+        return _preview_only(args)
+    device = check_device(args.device)
+    dtype = _resolve_dtype(args.dtype, device)
+    if args.demo:
+        return _run_demo(args, device, dtype)
+    if args.batch:
+        return _run_batch(args, device, dtype)
+
+    from ..generation.pipeline import AnyTalkerPipeline
+    from ..io.model_paths import resolve_model_paths
+
+    out = args.out or Path("out.mp4")
+    task = BatchTask(name=out.stem, image=args.image, audio=list(args.audio), prompt=args.prompt,
+                     boxes=parse_boxes(args.boxes) if args.boxes else None)
+    _check_files_exist(args, task)  # the user's own files first, then the model files
+    paths = resolve_model_paths(args.models_dir, _overrides(args), dit_config=args.dit_config)
+    detector = _detector(args, paths, device, [task])
+    clip = _check_task(args, task, out, detector)  # everything checked: now the gigabytes
+    pipe = AnyTalkerPipeline.from_paths(paths, device=device, dtype=dtype, offload=args.offload,
+                                        face_backend=args.face_backend, block_weight_dtype=_block_storage(args),
+                                        face_detector=detector)
+    _apply_speed(pipe, args)
+    result = generate_to_file(pipe, _build_request(args, clip, _seed(args.seed)), out,
+                              progress=_log_progress, work_dir=args.work_dir)
+    print(f"wrote {out} ({result.num_frames} frames, {result.fps} fps)")
+    return 0
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    return {"dit": args.dit, "text_encoder": args.text_encoder, "clip_vision": args.clip_vision,
+            "vae": args.vae, "wav2vec": args.wav2vec}
+
+
+def _detector(args: argparse.Namespace, paths, device, tasks: list[BatchTask]):
+    """The face detector, loaded once (before the generation models) when some task has no boxes."""
+    if all(t.boxes is not None or t.problem for t in tasks):
+        return None
+    from ..generation.pipeline import make_face_detector
+
+    return make_face_detector(args.face_backend, paths.insightface_root, device)
+
+
+def _run_demo(args: argparse.Namespace, device, dtype) -> int:
+    import tempfile
+
+    from ..generation.pipeline import AnyTalkerPipeline
+    from ..testing.demo import DEMO_BANNER, build_demo_models, demo_inputs
+
+    log.warning(DEMO_BANNER)
+    out = args.out or Path("demo.mp4")
+    with tempfile.TemporaryDirectory(prefix="anytalker-demo-") as tmp:  # removed on any exit, signals included
+        inputs = demo_inputs(Path(tmp) / "inputs", num_people=len(args.audio) or 2)
+        task = BatchTask(name=out.stem, image=args.image, audio=list(args.audio or inputs.audio),
+                         prompt=args.prompt or inputs.prompt, boxes=parse_boxes(args.boxes) if args.boxes else None)
+        if args.image is None:
+            task.image_label = "the demo image"
+            task.image = Path(tmp) / "inputs" / "demo.png"
+            _write_png(task.image, inputs.image)
+        if not args.audio:
+            task.audio_labels = [f"demo speech #{i + 1}" for i in range(len(task.audio))]
+        paths = build_demo_models(Path(tmp) / "models")
+        backend = "mediapipe" if args.face_backend == "auto" else args.face_backend
+        args.face_backend = backend
+        detector = _detector(args, paths, device, [task])
+        # the demo sentences all last longer than DEMO_FRAMES
+        frame_num = args.frame_num if args.frame_num is not None or args.audio else DEMO_FRAMES
+        clip = _check_task(args, task, out, detector, frame_num=frame_num)
+        pipe = AnyTalkerPipeline.from_paths(paths, device=device, dtype=dtype, offload=args.offload,
+                                            face_backend=backend, block_weight_dtype=_block_storage(args),
+                                            face_detector=detector)
+        _apply_speed(pipe, args)
+        result = generate_to_file(pipe, _build_request(args, clip, _seed(args.seed)), out,
+                                  progress=_log_progress, work_dir=args.work_dir)
+        if args.preview_faces is not None:
+            _write_png(args.preview_faces, result.preview)
+    log.warning(DEMO_BANNER)
+    print(f"wrote {out} ({result.num_frames} frames, {result.fps} fps) [demo: random weights, noise]")
+    return 0
+
+
+def _run_batch(args: argparse.Namespace, device, dtype) -> int:
+    """Every entry is checked before the models load; a failing entry (bad input, or any error while it
+    is generated) is reported and the batch goes on; the summary is printed whatever happens."""
+    from ..input_names import BATCH_NAMES, input_names
+
+    with input_names(BATCH_NAMES):
+        return _batch(args, device, dtype)
+
+
+def _batch(args: argparse.Namespace, device, dtype) -> int:
+    from ..errors import AnyTalkerError
+    from ..generation.pipeline import AnyTalkerPipeline
+    from ..io.model_paths import resolve_model_paths
+    from .guard import describe_unexpected
+
+    tasks = load_batch_file(args.batch, strict=False)
+    out_dir = args.out or args.batch.resolve().parent / args.batch.stem
+    summary = _BatchSummary(total=len(tasks))
+    todo = []
+    for t in tasks:
+        if (out_dir / f"{t.name}.mp4").exists() and not args.overwrite:
+            log.info("%s: %s exists, skipped (--overwrite to redo)", t.name, out_dir / f"{t.name}.mp4")
+            summary.skipped += 1
+        else:
+            todo.append(t)
+    if not todo:
+        summary.print(note="every mp4 exists; --overwrite to redo")
+        return 0
     try:
-        return _run(args)
-    except KeyboardInterrupt:
+        paths = resolve_model_paths(args.models_dir, _overrides(args), dit_config=args.dit_config)
+        detector = _detector(args, paths, device, todo)
+        clips = []
+        for t in todo:
+            try:
+                clips.append(_check_task(args, t, out_dir / f"{t.name}.mp4", detector))
+            except AnyTalkerError as exc:
+                summary.fail(t.name, str(exc), exc.exit_code)
+        if not clips:
+            return summary.print()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        pipe = AnyTalkerPipeline.from_paths(paths, device=device, dtype=dtype, offload=args.offload,
+                                            face_backend=args.face_backend, block_weight_dtype=_block_storage(args),
+                                            face_detector=detector)
+        _apply_speed(pipe, args)
+        for i, clip in enumerate(clips):
+            log.info("[%d/%d] %s: %d person(s)", i + 1, len(clips), clip.name, len(clip.audio))
+            try:
+                seed = _seed(clip.seed if clip.seed is not None else args.seed)
+                generate_to_file(pipe, _build_request(args, clip, seed), clip.out, progress=_log_progress,
+                                 work_dir=args.work_dir)
+            except AnyTalkerError as exc:
+                if exc.exit_code == 130:
+                    raise
+                summary.fail(clip.name, str(exc), exc.exit_code)
+                continue
+            except Exception as exc:  # out of memory, a failing disk, a bug: the next entry still runs
+                message, code = describe_unexpected(exc)
+                log.debug("%s: traceback", clip.name, exc_info=exc)
+                summary.fail(clip.name, message, code)
+                continue
+            summary.done += 1
+            print(f"wrote {clip.out}")
+    except BaseException as exc:  # stopped (Ctrl-C, SIGTERM) or a fatal error: still say what was done
         from ..errors import Interrupted
 
-        raise Interrupted("stopped by Ctrl-C; the clip being generated was not written") from None
+        summary.print(note="interrupted" if isinstance(exc, (KeyboardInterrupt, Interrupted))
+                      else f"stopped by {type(exc).__name__}")
+        raise
+    return summary.print()
 
 
-def _run(args: argparse.Namespace) -> int:
-    _check_args(args)
-    if args.preview_faces is not None and not args.demo:
-        if args.batch:
-            raise InputError("--preview-faces works on one --image, not with --batch")
-        return _preview_only(args)
+@dataclass
+class _BatchSummary:
+    total: int
+    done: int = 0
+    skipped: int = 0
+    failed: list[str] = field(default_factory=list)
+    code: int = 0
 
-    from ..io.media import load_audio
-    from ..io.model_paths import resolve_model_paths
-    from ..generation.pipeline import AnyTalkerPipeline, load_image
+    def fail(self, name: str, message: str, code: int) -> None:
+        log.error("%s: %s", name, message)
+        self.failed.append(name)
+        # 1 (a run failed) outranks 2 (bad input)
+        self.code = 1 if 1 in (code, self.code) else max(self.code, code)
 
-    device = _resolve_device(args.device)
-    dtype = _resolve_dtype(args.dtype, device)
-
-    if args.demo:
-        from ..testing.demo import DEMO_BANNER, build_demo_models, demo_inputs
-
-        import tempfile
-
-        log.warning(DEMO_BANNER)
-        with tempfile.TemporaryDirectory(prefix="anytalker-demo-") as tmp:
-            paths = build_demo_models(Path(tmp) / "models")
-            inputs = demo_inputs(Path(tmp) / "inputs", num_people=len(args.audio) or 2)
-            pipe = AnyTalkerPipeline.from_paths(paths, device=device, dtype=dtype, offload=args.offload,
-                                                face_backend="mediapipe" if args.face_backend == "auto"
-                                                else args.face_backend,
-                                                block_weight_dtype=_block_storage(args))
-            _apply_speed(pipe, args)
-            audio = [load_audio(p) for p in (args.audio or inputs.audio)]
-            image = load_image(args.image) if args.image is not None else inputs.image
-            if args.max_area is None:
-                args.max_area = DEMO_MAX_AREA
-            if args.frame_num is None and not args.audio:  # the demo sentences all last longer than this
-                args.frame_num = DEMO_FRAMES
-            request = _build_request(args, image, audio, args.prompt or inputs.prompt, args.audio_mode,
-                                     args.negative_prompt, _seed(args.seed),
-                                     parse_boxes(args.boxes) if args.boxes else None)
-            out = args.out or Path("demo.mp4")
-            result = generate_to_file(pipe, request, out, progress=_log_progress, work_dir=args.work_dir)
-            if args.preview_faces is not None:
-                _write_png(args.preview_faces, result.preview)
-        log.warning(DEMO_BANNER)
-        print(f"wrote {out} ({result.num_frames} frames, {result.fps} fps) [demo: random weights, noise]")
-        return 0
-
-    overrides = {"dit": args.dit, "text_encoder": args.text_encoder, "clip_vision": args.clip_vision,
-                 "vae": args.vae, "wav2vec": args.wav2vec}
-    # validate the cheap inputs before loading gigabytes of weights
-    if args.batch:
-        tasks = load_batch_file(args.batch)
-    else:
-        tasks = [BatchTask(name=(args.out or Path("out.mp4")).stem, image=args.image, audio=list(args.audio),
-                           prompt=args.prompt, boxes=parse_boxes(args.boxes) if args.boxes else None)]
-    out_dir = None
-    if args.batch:
-        out_dir = args.out or args.batch.resolve().parent / args.batch.stem
-        done_already = [t for t in tasks if (out_dir / f"{t.name}.mp4").exists() and not args.overwrite]
-        for t in done_already:
-            log.info("%s: %s exists, skipped (--overwrite to redo)", t.name, out_dir / f"{t.name}.mp4")
-        tasks = [t for t in tasks if t not in done_already]
-        skipped = len(done_already)
-        if not tasks:
-            print(f"batch: 0 generated, {skipped} skipped, 0 failed (every mp4 exists; --overwrite to redo)")
-            return 0
-    missing_inputs = [f"{t.name}: {p}" for t in tasks for p in [t.image, *t.audio] if not Path(p).is_file()]
-    if missing_inputs and not args.batch:
-        raise InputError("input file(s) not found:\n  " + "\n  ".join(missing_inputs))
-    if missing_inputs:  # batch: those tasks fail with this message, the others run
-        log.warning("batch: input file(s) not found:\n  %s", "\n  ".join(missing_inputs))
-    paths = resolve_model_paths(args.models_dir, overrides, dit_config=args.dit_config)
-    pipe = AnyTalkerPipeline.from_paths(paths, device=device, dtype=dtype, offload=args.offload,
-                                        face_backend=args.face_backend, block_weight_dtype=_block_storage(args))
-    _apply_speed(pipe, args)
-
-    if not args.batch:
-        task = tasks[0]
-        out = args.out or Path("out.mp4")
-        request = _build_request(args, load_image(task.image), [load_audio(p) for p in task.audio], task.prompt,
-                                 args.audio_mode, args.negative_prompt, _seed(args.seed), task.boxes)
-        result = generate_to_file(pipe, request, out, progress=_log_progress, work_dir=args.work_dir)
-        print(f"wrote {out} ({result.num_frames} frames, {result.fps} fps)")
-        return 0
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    failed: list[str] = []
-    done = 0
-    for i, task in enumerate(tasks):
-        out = out_dir / f"{task.name}.mp4"
-        log.info("[%d/%d] %s: %d person(s), %s", i + 1, len(tasks), task.name, len(task.audio), task.image)
-        try:
-            request = _build_request(
-                args, load_image(task.image), [load_audio(p) for p in task.audio], task.prompt,
-                task.audio_mode or args.audio_mode, task.negative_prompt or args.negative_prompt,
-                _seed(task.seed if task.seed is not None else args.seed), task.boxes)
-            generate_to_file(pipe, request, out, progress=_log_progress, work_dir=args.work_dir)
-        except InputError as exc:  # one bad task (missing file, wrong face count...) must not stop the batch
-            log.error("%s: %s", task.name, exc)
-            failed.append(task.name)
-            continue
-        done += 1
-        print(f"wrote {out}")
-    print(f"batch: {done} generated, {skipped} skipped, {len(failed)} failed" +
-          (f" ({', '.join(failed)})" if failed else ""))
-    return 1 if failed else 0
+    def print(self, note: str = "") -> int:
+        """``batch: D generated, S skipped, F failed (names)`` on stdout; returns the exit code."""
+        line = f"batch: {self.done} generated, {self.skipped} skipped, {len(self.failed)} failed"
+        if self.failed:
+            line += f" ({', '.join(self.failed)})"
+        if note:
+            line += f" [{note}]"
+        print(line, flush=True)
+        return self.code
 
 
 def generate_to_file(pipe, request, out: str | Path, progress=None, should_stop=None, work_dir=None):
@@ -530,6 +448,7 @@ def generate_to_file(pipe, request, out: str | Path, progress=None, should_stop=
     command resumes after a kill; removed once the clip is written. Returns the ``GenerationResult``."""
     from ..io.media import VideoWriter
 
+    log.info("writing %s", out)
     with VideoWriter(out, request.fps) as writer:
         result = pipe.generate(request, progress=progress, should_stop=should_stop, frame_sink=writer.write,
                                work_dir=work_dir_for(out, work_dir))

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..input_names import name
 from .detect import FaceBox
 
 log = logging.getLogger(__name__)
@@ -124,14 +125,12 @@ def select_faces(detections: Sequence[BoxLike] | np.ndarray, n: int, *, source: 
     boxes = _as_boxes(detections)
     if not boxes:
         raise InputError(
-            f"no face found in {source}; use a photo with clearly visible faces, lower the detection "
-            f"threshold, or draw one mask per person / pass one box per person"
+            f"no face found in {source}; use a photo with clearly visible faces, or {name('place_faces')}"
         )
     if len(boxes) < n:
         noun = "face" if len(boxes) == 1 else "faces"
         raise InputError(
-            f"found {len(boxes)} {noun} but {n} audio tracks were given; "
-            f"draw one mask per person or pass boxes"
+            f"found {len(boxes)} {noun} but {n} audio tracks were given; {name('place_faces')}"
         )
     # area in float32, largest first; stable for ties (like Python's sort with reverse=True)
     areas = np.array([(b[2] - b[0]) * (b[3] - b[1]) for b in boxes], dtype=np.float32)

@@ -14,26 +14,13 @@ import torch
 
 from ..constants import MAX_SPEAKERS, SAMPLE_RATE
 from ..errors import InputError
+from ..input_names import name as input_name
+from ..io.images import load_image
 
 log = logging.getLogger(__name__)
 
 __all__ = ["load_image", "check_image", "check_tracks", "fit_length", "to_uint8_frames", "make_face_detector",
            "detect_faces_for_preview"]
-
-
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as uint8 ``[H, W, 3]`` RGB (EXIF rotation applied, alpha dropped)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"image '{path}': no such file")
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"image '{path}': not a readable image ({exc}); expected png, jpg, webp, ...") from None
 
 
 def check_image(image: Any) -> np.ndarray:
@@ -130,8 +117,8 @@ def detect_faces_for_preview(image: np.ndarray, num_speakers: int | None = None,
     if boxes is not None:
         chosen = validate_boxes(boxes, image.shape[:2])
         if num_speakers is not None and len(chosen) != num_speakers:
-            raise InputError(f"{len(chosen)} face box(es) given for {num_speakers} audio track(s); "
-                             "give exactly one box per audio track")
+            raise InputError(f"{input_name('boxes')}: {len(chosen)} face box(es) given for {num_speakers} "
+                             f"{input_name('audio')}(s); give exactly one box per person, left to right")
     else:
         if detector is None:
             root = Path(models_dir) / "insightface" if models_dir is not None else None

@@ -32,6 +32,7 @@ import torch
 
 from ..constants import FPS, MAX_AREA, MAX_SPEAKERS, SAMPLE_RATE
 from ..errors import InputError, Interrupted
+from ..input_names import name as input_name
 from . import stages
 from .inputs import check_image, check_tracks, detect_faces_for_preview, fit_length, load_image, make_face_detector
 from .guided import SpeedOptions
@@ -103,8 +104,11 @@ class AnyTalkerPipeline:
     @classmethod
     def from_paths(cls, paths: "ModelPaths", *, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32, offload: bool = False,
-                   face_backend: str = "auto", block_weight_dtype: torch.dtype | None = None) -> "AnyTalkerPipeline":
+                   face_backend: str = "auto", block_weight_dtype: torch.dtype | None = None,
+                   face_detector: Any = None) -> "AnyTalkerPipeline":
         """Load every model named in ``paths`` (see :mod:`anytalker_core.io.model_paths`).
+
+        ``face_detector``: an already loaded detector to reuse (else one is made for ``face_backend``).
 
         ``block_weight_dtype=torch.float8_e4m3fn`` stores the DiT's block weights in fp8 (half the memory).
         """
@@ -125,7 +129,8 @@ class AnyTalkerPipeline:
         clip_vision = load_clip_vision(paths.clip_vision, device=home, dtype=clip_dtype)
         vae = load_vae(paths.vae, device=home, dtype=torch.float32)
         wav2vec = load_wav2vec(paths.wav2vec, device=home, dtype=torch.float32)
-        detector = make_face_detector(face_backend, paths.insightface_root, device)
+        detector = face_detector if face_detector is not None else make_face_detector(
+            face_backend, paths.insightface_root, device)
         log.info("models loaded in %.1f s (device %s, DiT dtype %s%s)", time.monotonic() - started, device,
                  str(dtype).replace("torch.", ""), ", offload" if offload else "")
         return cls(dit, text_encoder, clip_vision, vae, wav2vec, detector, device=device, dtype=dtype,
@@ -216,8 +221,8 @@ class AnyTalkerPipeline:
         if request.fps != FPS:
             log.warning("fps %s: the model was trained at 24 fps; lip sync may drift at other rates", request.fps)
         if request.boxes is not None and request.masks is None and len(request.boxes) != len(tracks):
-            raise InputError(f"{len(request.boxes)} face box(es) given for {len(tracks)} audio track(s); "
-                             "give exactly one box per audio track")
+            raise InputError(f"{input_name('boxes')}: {len(request.boxes)} face box(es) given for {len(tracks)} "
+                             f"{input_name('audio')}(s); give exactly one box per person, left to right")
 
         audio = self.prepare_audio(tracks, request.audio_mode, request.frame_num, request.fps, should_stop)
         lap("audio")

@@ -33,7 +33,9 @@ import torch
 
 from ..constants import FPS, MAX_AREA
 from ..errors import InputError
+from ..input_names import name as input_name
 from ..model.speaker import Speaker
+from .finite import check_finite
 from .guided import GuidedDenoiser, SpeedOptions
 from .inputs import check_image, check_tracks, to_uint8_frames
 from .types import Conditioning, PromptEmbeds, ProgressFn, StopFn, VideoPlan
@@ -122,10 +124,11 @@ def prepare_audio(wav2vec: Any, tracks: Sequence[torch.Tensor], mode: str = "pad
         raise InputError(f"audio mode '{mode}': expected 'pad' (overlapping) or 'concat' (turns)")
     tracks = check_tracks(tracks)
     if frame_num is not None and (frame_num < 1 or (frame_num - 1) % 4):
-        raise InputError(f"frame_num must be 4n+1 (5, 9, 13, ...), got {frame_num}")
+        raise InputError(f"{input_name('frame_num')} must be 4n+1 (5, 9, 13, ...), got {frame_num}")
     with placement.use(wav2vec):
         audio = build_audio_conditioning(tracks, mode=mode, fps=fps, encoder=wav2vec, frame_num=frame_num,
                                          should_stop=should_stop)
+    check_finite(audio.features, "audio stage", "wav2vec2 audio encoder")
     log.info("audio: %d track(s), %s mode -> %d frames (%.2f s at %d fps)", len(tracks), mode,
              audio.frame_num, audio.frame_num / fps, fps)
     return audio
@@ -136,7 +139,7 @@ def plan(image_hw: Sequence[int], frame_num: int, max_area: int = MAX_AREA) -> V
     from ..sampling import target_size
 
     if frame_num < 1 or (frame_num - 1) % 4:
-        raise InputError(f"frame_num must be 4n+1, got {frame_num}")
+        raise InputError(f"{input_name('frame_num')} must be 4n+1, got {frame_num}")
     height, width = target_size(int(image_hw[0]), int(image_hw[1]), int(max_area))
     return VideoPlan(height=height, width=width, frame_num=int(frame_num))
 
@@ -170,7 +173,8 @@ def encode_prompts(text_encoder: Any, prompt: str, negative_prompt: str | None =
     negative = DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
     with placement.use(text_encoder), torch.no_grad():
         embeds = text_encoder.encode([prompt, negative])
-    context, context_null = (placement.dit_tensor(_batch1(e)) for e in embeds)
+    context, context_null = (placement.dit_tensor(check_finite(_batch1(e), "text stage", "text encoder"))
+                             for e in embeds)
     return PromptEmbeds(context=context, context_null=context_null)
 
 
@@ -196,6 +200,8 @@ def encode_first_frame(clip_vision: Any, vae: Any, image: np.ndarray, video: Vid
     with placement.use(vae), torch.no_grad():
         latent = encode_first_frame_condition(vae, first.to(placement.device), video.frame_num)
     latent = _batch1(latent, ndim=5).to(placement.device)            # [1, 16, F_lat, lat_h, lat_w]
+    check_finite(clip_fea, "condition stage (first frame)", "CLIP vision encoder")
+    check_finite(latent, "condition stage (first frame)", "VAE encoder")
     return placement.dit_tensor(_batch1(clip_fea, ndim=3)), latent
 
 
@@ -226,6 +232,7 @@ def condition(clip_vision: Any, vae: Any, image: np.ndarray, faces: "FaceMasks",
     with placement.use(clip_vision), torch.no_grad():
         # each square face crop (own size) -> that speaker's face tokens
         face_clip = torch.cat([clip_vision.encode(torch.from_numpy(c)[None]) for c in crops])  # [N, ...]
+    check_finite(face_clip, "condition stage (face crops)", "CLIP vision encoder")
     clip_fea, latent = encode_first_frame(clip_vision, vae, image, video, placement)
     y = torch.cat([faces.y_mask.unsqueeze(0).to(latent), latent], dim=1)  # [1, 20, F_lat, lat_h, lat_w]
     speakers = [
@@ -311,6 +318,7 @@ def decode(vae: Any, latent: torch.Tensor, placement: Placement = Placement()) -
     """Latent ``[1, 16, F_lat, h, w]`` -> uint8 frames ``[4(F_lat-1)+1, 8h, 8w, 3]``."""
     with placement.use(vae), torch.no_grad():
         video = vae.decode(latent.to(placement.device, torch.float32))
+    check_finite(video, "decode stage", "VAE decoder")
     return to_uint8_frames(video)
 
 

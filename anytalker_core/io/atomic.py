@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from .file_mode import default_file_mode
+
 __all__ = ["atomic_path", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "save_safetensors_atomic"]
 
 
@@ -41,6 +43,7 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     try:
         yield tmp
         _fsync(tmp)
+        os.chmod(tmp, default_file_mode())  # mkstemp's 0600 -> what open() would give (0666 minus umask)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ PyAV (``av``) is imported inside the functions so that ``import anytalker_core.m
 
 from __future__ import annotations
 
+import errno
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from ..constants import SAMPLE_RATE
-from ..errors import InputError
+from ..errors import InputError, OutputLocationError
 from .atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -308,6 +309,13 @@ def _check_wave(audio: np.ndarray | torch.Tensor | None, sample_rate: int) -> np
     return np.clip(wave, -1.0, 1.0)
 
 
+def _encode_error(path: Path, exc: Exception) -> InputError:
+    """FFmpeg's failure as the user's problem: a full disk names the place, anything else the encoder."""
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return OutputLocationError(f"'{path}': the disk is full; free some space and run again")
+    return InputError(f"write_video '{path}': FFmpeg could not encode the video ({exc})")
+
+
 class VideoWriter:
     """Stream frames into an H.264 mp4 without holding them: ``write`` chunks as they come, then ``finish``
     adds the audio and moves the file into place through :func:`~.atomic.atomic_path` (until then only
@@ -367,7 +375,7 @@ class VideoWriter:
                 self._container.mux(self._stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         except av.error.FFmpegError as exc:
             self.close()
-            raise InputError(f"write_video '{self.path}': FFmpeg could not encode the video ({exc})") from None
+            raise _encode_error(self.path, exc) from None
         except BaseException:
             self.close()
             raise
@@ -401,7 +409,7 @@ class VideoWriter:
                     if astream is not None:
                         _encode_audio(dst, astream, wave, sample_rate)
         except av.error.FFmpegError as exc:
-            raise InputError(f"write_video '{self.path}': FFmpeg could not encode the video ({exc})") from None
+            raise _encode_error(self.path, exc) from None
         finally:
             self.close()
         log.info("wrote %s (%d frames @ %.3f fps%s)", self.path, self.frames, float(self.rate),

@@ -9,7 +9,7 @@ import csv
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -252,6 +252,7 @@ class FolderReport:
     csv_path: Path
     markdown_path: Path
     plot_paths: list[Path]
+    skipped: list[str] = field(default_factory=list)  # "name: why" of each unreadable video
 
 
 def _mean(values: list[Any]) -> float | None:
@@ -331,6 +332,9 @@ def evaluate_folder(
     the per-window drift report of each clip (:mod:`.drift`) as ``drift/<clip>.csv|.md|.png``; the start
     image of a clip is ``start_images/<clip stem>.png`` (or .jpg, .jpeg, .webp) when that folder is given,
     else the clip's first frame.
+
+    A video that cannot be read (corrupt, not a video) is skipped and listed in ``FolderReport.skipped``;
+    the others are scored.
     """
     from ..io.media import read_video
 
@@ -353,13 +357,18 @@ def evaluate_folder(
         from .syncnet import load_syncnet
         model = load_syncnet(syncnet_path, device=device)
     landmarker = make_landmarker(landmark_backend, insightface_dir)
-    rows, plot_paths = [], []
+    rows, plot_paths, skipped = [], [], []
     try:
         for i, video in enumerate(videos):
             intervals = table.get(video.name, table.get(video.stem))
             if intervals is None and table:
                 log.warning("no speaking intervals for '%s': every face counts as listening", video.name)
-            clip = read_video(video)
+            try:
+                clip = read_video(video)
+            except InputError as exc:  # a corrupt or unreadable file: report it, score the others
+                log.error("skipped %s", exc)
+                skipped.append(f"{video.name}: {exc}")
+                continue
             log.info("scoring %s (%d frames @ %.3f fps)", video.name, clip.num_frames, clip.fps)
             spans = start = None
             if drift_window_frames is not None:
@@ -385,12 +394,16 @@ def evaluate_folder(
     finally:
         landmarker.close()
 
+    if not rows:
+        raise InputError(f"video folder '{video_dir}': none of the {len(videos)} video(s) could be read:\n  "
+                         + "\n  ".join(skipped))
     overall: dict[str, Any] = {"clip": "overall", "status": f"{sum(r['status'] == 'ok' for r in rows)}/{len(rows)} valid"}
     for key in rows[0]:
         if key in ("clip", "status", "note"):
             continue
         overall[key] = _mean([r.get(key) for r in rows if r["status"] == "ok" or not key.startswith("interactivity")])
-    overall["note"] = ""
+    overall["note"] = f"{len(skipped)} unreadable video(s) skipped" if skipped else ""
     csv_path, md_path = write_tables(rows, overall, out_dir)
     log.info("wrote %s and %s", csv_path, md_path)
-    return FolderReport(rows=rows, overall=overall, csv_path=csv_path, markdown_path=md_path, plot_paths=plot_paths)
+    return FolderReport(rows=rows, overall=overall, csv_path=csv_path, markdown_path=md_path, plot_paths=plot_paths,
+                        skipped=skipped)

@@ -54,7 +54,13 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     sd, metadata = read_weights(path, "checkpoint")
     hints: dict[str, Any] = {}
     if CONFIG_METADATA_KEY in metadata:
-        hints = config_from_json(json.loads(metadata[CONFIG_METADATA_KEY]))
+        where = f"checkpoint '{path}': the config embedded in its metadata ('{CONFIG_METADATA_KEY}')"
+        try:
+            embedded = json.loads(metadata[CONFIG_METADATA_KEY])
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{where} is not valid JSON ({exc}); re-export the file or pass "
+                                  "the model's config JSON") from None
+        hints = config_from_json(embedded, where)
     return _strip_prefixes(sd), hints
 
 
@@ -117,6 +123,8 @@ def check_keys(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], path: Pat
     unexpected = sorted(set(sd) - set(expected))
     wrong = [f"{k} {tuple(sd[k].shape)} (model expects {tuple(v.shape)})"
              for k, v in expected.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    not_float = [f"{k} ({str(sd[k].dtype).replace('torch.', '')})"
+                 for k, v in expected.items() if k in sd and v.is_floating_point() and not sd[k].is_floating_point()]
     problems = []
     if missing:
         problems.append(f"missing keys: {_list(missing)}")
@@ -124,6 +132,8 @@ def check_keys(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], path: Pat
         problems.append(f"unexpected keys: {_list(unexpected)}")
     if wrong:
         problems.append(f"wrong shapes: {_list(wrong)}")
+    if not_float:
+        problems.append(f"integer or boolean tensors where weights must be floating point: {_list(not_float)}")
     if problems:
         raise CheckpointError(f"checkpoint '{path}' does not fit the AnyTalker DiT ({model.config.afca} AFCA): "
                               + "; ".join(problems))

@@ -111,11 +111,23 @@ _REFERENCE_KEYS = {
 }
 
 
-def config_from_json(data: Mapping[str, Any]) -> dict[str, Any]:
+def config_from_json(data: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
     """Translate a reference config JSON (or our own saved config) into AnyTalkerConfig fields.
 
-    Returns a partial dict: shape-determined fields are later checked against the weights.
+    Returns a partial dict: shape-determined fields are later checked against the weights. Anything that
+    is not a JSON object of sensible values raises :class:`CheckpointError` naming ``source``.
     """
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{source}: expected a JSON object of model settings, got {type(data).__name__}")
+    try:
+        return _config_from_json(data)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{source}: a setting has the wrong type or value ({exc})") from None
+
+
+def _config_from_json(data: Mapping[str, Any]) -> dict[str, Any]:
     if "afca" in data:  # our own format
         return dict(AnyTalkerConfig.from_dict(data).to_dict())
     out: dict[str, Any] = {}
@@ -131,10 +143,15 @@ def config_from_json(data: Mapping[str, Any]) -> dict[str, Any]:
 def read_config_json(path: str | Path) -> dict[str, Any]:
     from ..io.json_files import read_json
 
-    return config_from_json(read_json(path, "config", CheckpointError, hint="of model settings"))
+    path = Path(path)
+    return config_from_json(read_json(path, "config", CheckpointError, hint="of model settings"),
+                            f"config '{path}'")
 
 
-def _shape(sd: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
+def _shape(sd: Mapping[str, torch.Tensor], key: str, source: str = "checkpoint") -> tuple[int, ...]:
+    if key not in sd:
+        raise CheckpointError(f"{source}: the weight '{key}' is missing (an incomplete or damaged AnyTalker "
+                              "checkpoint; download it again)")
     return tuple(sd[key].shape)
 
 
@@ -145,6 +162,14 @@ def infer_from_state_dict(sd: Mapping[str, torch.Tensor], hints: Mapping[str, An
     Raises CheckpointError when the weights are not an AnyTalker DiT (e.g. a plain Wan model) or
     when a hint contradicts the weights.
     """
+    try:
+        return _infer(sd, hints, source)
+    except (TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
+        raise CheckpointError(f"{source}: the weights have unexpected shapes, or the config unexpected values, "
+                              f"for an AnyTalker DiT ({exc})") from None
+
+
+def _infer(sd: Mapping[str, torch.Tensor], hints: Mapping[str, Any] | None, source: str) -> AnyTalkerConfig:
     hints = dict(hints or {})
     required = ["patch_embedding.weight", "text_embedding.0.weight", "time_embedding.0.weight",
                 "head.head.weight", "blocks.0.self_attn.q.weight", "img_emb.proj.1.weight"]
@@ -162,31 +187,31 @@ def infer_from_state_dict(sd: Mapping[str, torch.Tensor], hints: Mapping[str, An
     if fused and legacy:
         raise CheckpointError(f"{source}: holds both fused and legacy AFCA weights; cannot tell the variant")
 
-    dim, in_dim, *patch = _shape(sd, "patch_embedding.weight")
+    dim, in_dim, *patch = _shape(sd, source=source, key="patch_embedding.weight")
     num_layers = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    head_out = _shape(sd, "head.head.weight")[0]
+    head_out = _shape(sd, source=source, key="head.head.weight")[0]
     found: dict[str, Any] = dict(
         dim=dim, in_dim=in_dim, patch_size=tuple(patch), num_layers=num_layers,
         out_dim=head_out // math.prod(patch),
-        ffn_dim=_shape(sd, "blocks.0.ffn.0.weight")[0],
-        text_dim=_shape(sd, "text_embedding.0.weight")[1],
-        freq_dim=_shape(sd, "time_embedding.0.weight")[1],
+        ffn_dim=_shape(sd, source=source, key="blocks.0.ffn.0.weight")[0],
+        text_dim=_shape(sd, source=source, key="text_embedding.0.weight")[1],
+        freq_dim=_shape(sd, source=source, key="time_embedding.0.weight")[1],
         qk_norm="blocks.0.self_attn.norm_q.weight" in sd,
         cross_attn_norm="blocks.0.norm3.weight" in sd,
-        clip_dim=_shape(sd, "img_emb.proj.1.weight")[1],
+        clip_dim=_shape(sd, source=source, key="img_emb.proj.1.weight")[1],
         afca="fused" if fused else "legacy",
     )
     if fused:
-        inter, frame_feats = _shape(sd, "audio_emb.proj1.weight")
+        inter, frame_feats = _shape(sd, source=source, key="audio_emb.proj1.weight")
         found["audio_intermediate_dim"] = inter
-        found["audio_context_tokens"] = _shape(sd, "audio_emb.proj3.weight")[0] // dim
+        found["audio_context_tokens"] = _shape(sd, source=source, key="audio_emb.proj3.weight")[0] // dim
         found["audio_output_dim"] = dim
     else:
-        inter, frame_feats = _shape(sd, "audio_proj.proj1.weight")
+        inter, frame_feats = _shape(sd, source=source, key="audio_proj.proj1.weight")
         found["audio_intermediate_dim"] = inter
-        out_dim = _shape(sd, "audio_proj.norm.weight")[0]
+        out_dim = _shape(sd, source=source, key="audio_proj.norm.weight")[0]
         found["audio_output_dim"] = out_dim
-        found["audio_context_tokens"] = _shape(sd, "audio_proj.proj3.weight")[0] // out_dim
+        found["audio_context_tokens"] = _shape(sd, source=source, key="audio_proj.proj3.weight")[0] // out_dim
 
     merged = {**AnyTalkerConfig().to_dict(), **hints, **{k: v for k, v in found.items()}}
     # Hints that shapes contradict are a wrong config file, except the reference's own quirk:

@@ -422,11 +422,11 @@ class AnyTalkerDiT(nn.Module):
         for i, s in enumerate(speakers):
             if s.audio.dim() != 5 or s.audio.shape[1] != video_frames or tuple(s.audio.shape[2:]) != audio_shape:
                 raise InputError(
-                    f"speaker {i}: audio must be [B, {video_frames}, {', '.join(map(str, audio_shape))}] "
+                    f"speaker {i + 1}: audio must be [B, {video_frames}, {', '.join(map(str, audio_shape))}] "
                     f"(one window per video frame of a {video_frames}-frame clip), got {tuple(s.audio.shape)}")
             if s.face_clip.dim() != 3 or s.face_clip.shape[-1] != cfg.clip_dim:
-                raise InputError(f"speaker {i}: face_clip must be [B, 257, {cfg.clip_dim}], got "
+                raise InputError(f"speaker {i + 1}: face_clip must be [B, 257, {cfg.clip_dim}], got "
                                  f"{tuple(s.face_clip.shape)}")
             if tuple(s.token_mask.shape[1:]) != grid:
-                raise InputError(f"speaker {i}: token_mask must be [B, {grid[0]}, {grid[1]}, {grid[2]}] "
+                raise InputError(f"speaker {i + 1}: token_mask must be [B, {grid[0]}, {grid[1]}, {grid[2]}] "
                                  f"(latent frames, lat_h/2, lat_w/2), got {tuple(s.token_mask.shape)}")

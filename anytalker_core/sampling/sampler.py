@@ -24,7 +24,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..errors import InputError, Interrupted
+from ..errors import InputError, Interrupted, NonFiniteError
+from ..input_names import name
 from .guidance import Guidance
 from .schedulers import FlowScheduler
 
@@ -82,7 +83,7 @@ def sample(
         guidance: :class:`Guidance` (default: the reference's single scale 4.5).
         progress: called as ``progress(step, total)`` after each step, ``step`` = 1..total.
         should_stop: checked before each step; if it returns True, :class:`Interrupted` is raised and
-            nothing is returned.
+            nothing is returned. A prediction with NaN/inf values raises :class:`NonFiniteError` naming the step.
         on_step: called as ``on_step(index, latent)`` after each step (``index`` = 0..total-1) with the
             float32 latent after that step (previews, trajectories). Do not modify it.
 
@@ -114,6 +115,12 @@ def sample(
                 raise RuntimeError(f"denoiser's '{branch}' prediction has shape {tuple(out.shape)}, "
                                    f"expected the latent's {tuple(latent.shape)}")
             preds[branch] = out.to(device=latent.device, dtype=torch.float32)
+            if not torch.isfinite(preds[branch]).all():
+                hint = (" (at the first step: NaN/inf weights, i.e. a corrupt or mis-converted model file, "
+                        "or an fp16 overflow" if index == 0 else " (an fp16 overflow?") + \
+                    f"; try a {name('dtype')} of bfloat16 or float32)"
+                raise NonFiniteError(f"sampling step {index + 1} of {total}: the model's '{branch}' prediction "
+                                     f"contains NaN or infinite values{hint}")
         velocity = guidance.combine(preds)
         latent = scheduler.step(velocity, t, latent).to(torch.float32)
         if on_step is not None:
