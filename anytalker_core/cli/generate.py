@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..constants import MAX_AREA
 from ..errors import InputError
+from .split_voices import add_conversation_arguments, check_conversation_args, person_tracks
 
 from .long_clip import (add_long_clip_arguments, check_long_clip_args, long_clip_options, remove_work_folder,
                         work_dir_for)
@@ -93,6 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument("--image", type=Path, help="the first frame: a photo with one face per audio track")
     inputs.add_argument("--audio", type=Path, action="append", default=[], metavar="AUDIO",
                         help="one audio file per person, given left to right (repeat: --audio A.wav --audio B.wav)")
+    add_conversation_arguments(inputs)
     inputs.add_argument("--prompt", default="", help="text prompt describing the scene")
     inputs.add_argument("--negative-prompt", default=None,
                         help="negative prompt (default: the reference's talking-head negative prompt)")
@@ -294,8 +296,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError("--demo and --batch cannot be combined")
     if not args.demo and not args.batch and args.image is None:
         raise InputError("--image is required (or use --batch FILE.json, or --demo)")
-    if not args.demo and not args.batch and not args.audio and args.preview_faces is None:
-        raise InputError("--audio is required: one audio file per person, left to right")
+    check_conversation_args(args)
     if args.batch and (args.image is not None or args.audio):
         raise InputError("--batch takes its images and audio from the JSON; drop --image/--audio")
     if (args.text_guidance is None) != (args.audio_guidance is None):
@@ -387,7 +388,7 @@ def _preview_only(args: argparse.Namespace) -> int:
     from ..generation.pipeline import detect_faces_for_preview, load_image
 
     image = load_image(args.image)
-    n = len(args.audio) if args.audio else None
+    n = len(args.audio) if args.audio else args.speakers
     boxes = parse_boxes(args.boxes) if args.boxes else None
     models_dir = args.models_dir
     preview, found = detect_faces_for_preview(image, n, boxes=boxes, backend=args.face_backend,
@@ -445,7 +446,7 @@ def _run(args: argparse.Namespace) -> int:
                                                 else args.face_backend,
                                                 block_weight_dtype=_block_storage(args))
             _apply_speed(pipe, args)
-            audio = [load_audio(p) for p in (args.audio or inputs.audio)]
+            audio = person_tracks(args, args.audio or inputs.audio)
             image = load_image(args.image) if args.image is not None else inputs.image
             if args.max_area is None:
                 args.max_area = DEMO_MAX_AREA
@@ -494,7 +495,7 @@ def _run(args: argparse.Namespace) -> int:
     if not args.batch:
         task = tasks[0]
         out = args.out or Path("out.mp4")
-        request = _build_request(args, load_image(task.image), [load_audio(p) for p in task.audio], task.prompt,
+        request = _build_request(args, load_image(task.image), person_tracks(args, task.audio), task.prompt,
                                  args.audio_mode, args.negative_prompt, _seed(args.seed), task.boxes)
         result = generate_to_file(pipe, request, out, progress=_log_progress, work_dir=args.work_dir)
         print(f"wrote {out} ({result.num_frames} frames, {result.fps} fps)")
