@@ -3,7 +3,8 @@
 Graph: Load AnyTalker Model, Load AnyTalker wav2vec2 → AnyTalker Audio Encode (one AUDIO per person)
 → AnyTalker Face Masks → AnyTalker Conditioning (+ native CLIP Text Encode, Load CLIP Vision, Load VAE)
 → AnyTalker Sampler → VAE Decode → Create Video (24 fps, mixed audio) → Save Video; or AnyTalker Long
-Sampler (chained windows, decodes itself) → Create Video.
+Sampler (chained windows, decodes itself) → Create Video. One recording of a whole conversation:
+AnyTalker Split Voices → one AUDIO per person (and the speaking intervals for AnyTalker Score Video).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .inputs import AnyTalkerAudioEncode, AnyTalkerFaceMasks
 from .loaders import AnyTalkerModelLoader, AnyTalkerWav2VecLoader
 from .native.nodes import NODES as NATIVE_NODES
 from .score import AnyTalkerScoreVideo
+from .voices import AnyTalkerSplitVoices
 
 NODES: list[type[io.ComfyNode]] = [
     AnyTalkerModelLoader,
@@ -25,6 +27,7 @@ NODES: list[type[io.ComfyNode]] = [
     AnyTalkerSampler,
     AnyTalkerLongSampler,
     AnyTalkerScoreVideo,
+    AnyTalkerSplitVoices,
     *NATIVE_NODES,
 ]
 

@@ -25,6 +25,11 @@ python -c "import mediapipe" 2>/dev/null || {
   python -m pip install -q absl-py attrs flatbuffers "protobuf<5"
 }
 
+# split-voices reads the GE2E speaker-encoder weights that ship in the Resemblyzer wheel; its
+# webrtcvad dependency (a C build) is not used, so install it without dependencies.
+python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('resemblyzer') is None)" 2>/dev/null \
+  || python -m pip install -q --no-deps resemblyzer
+
 # espeak-ng synthesises the real speech used by the demo and the tests.
 if ! command -v espeak-ng >/dev/null 2>&1; then
   if [[ $(id -u) -eq 0 ]]; then

@@ -176,7 +176,7 @@ def test_object_info_lists_the_nodes(server):
     ours = sorted(k for k in info if k.startswith("AnyTalker") and not k.startswith("AnyTalkerTest"))
     assert ours == sorted(["AnyTalkerModelLoader", "AnyTalkerWav2VecLoader", "AnyTalkerAudioEncode",
                            "AnyTalkerFaceMasks", "AnyTalkerConditioning", "AnyTalkerSampler", "AnyTalkerLongSampler",
-                           "AnyTalkerScoreVideo"])
+                           "AnyTalkerScoreVideo", "AnyTalkerSplitVoices"])
     assert "IMPORT FAILED" not in server.text_log()
     speakers = info["AnyTalkerAudioEncode"]["input"]["required"]["speakers"]
     assert speakers[0] == "COMFY_AUTOGROW_V3" and speakers[1]["template"]["prefix"] == "audio"

@@ -84,7 +84,7 @@ def test_entrypoint_lists_every_node_with_a_complete_schema():
             assert inp.tooltip, f"{schema.node_id}.{inp.id} has no tooltip"
             if hasattr(inp, "template"):
                 assert inp.template.input.tooltip
-    assert len(ids) == 13  # 8 pack nodes + 5 of the native route (nodes/native)
+    assert len(ids) == 14  # 9 pack nodes + 5 of the native route (nodes/native)
 
 
 def test_audio_encode_takes_a_variable_number_of_speakers():
@@ -449,7 +449,7 @@ def test_pack_loads_the_way_comfyui_loads_it():
         spec.loader.exec_module(module)
         assert not hasattr(module, "NODE_CLASS_MAPPINGS")  # else ComfyUI would ignore comfy_entrypoint
         extension = asyncio.run(module.comfy_entrypoint())
-        assert len(asyncio.run(extension.get_node_list())) == 13
+        assert len(asyncio.run(extension.get_node_list())) == 14
         assert sys.modules[name + ".nodes"].__file__ == str(REPO / "nodes" / "__init__.py")
     finally:
         for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
@@ -511,3 +511,23 @@ def test_one_pass_longer_than_training_warns(caplog):
         warn_if_longer_than_training(SimpleNamespace(y=torch.zeros(1, 20, 119, 2, 2)))  # 473 frames
     assert "473 frames" in caplog.text and "5.8x the 81-frame training length" in caplog.text
     assert "AnyTalker Long Sampler" in caplog.text
+
+
+def test_split_voices_node_returns_one_audio_per_person_and_intervals():
+    from nodes.voices import AnyTalkerSplitVoices
+
+    from anytalker_core.metrics.diarization import diarization_error_rate
+    from anytalker_core.testing.conversation import make_conversation
+
+    conv = make_conversation(["arctic_a", "high"], 4, seed=8)
+    stereo = torch.from_numpy(conv.mix).reshape(1, 1, -1).repeat(1, 2, 1)
+    out = run(AnyTalkerSplitVoices, audio={"waveform": stereo, "sample_rate": SR}, speakers=0)
+    tracks, people, intervals = out[:8], out[8], json.loads(out[9])
+    assert people == 2 and set(intervals) == {"left", "right"}
+    assert diarization_error_rate(conv.turns, [intervals["left"], intervals["right"]]).der <= 0.15
+    for track in tracks[:2]:
+        assert track["sample_rate"] == SR and track["waveform"].shape == stereo.shape
+        assert track["waveform"].abs().max() > 0.1
+    assert all(t["waveform"].abs().max() == 0 for t in tracks[2:])  # no third person: silent
+    with pytest.raises(InputError, match="order"):
+        run(AnyTalkerSplitVoices, audio={"waveform": stereo, "sample_rate": SR}, speakers=2, order="x")

@@ -14,8 +14,8 @@ Two modes, as in the reference (``wan/utils/infer_utils.py::process_audio_featur
   ``F`` = the largest ``4n+1`` ≤ ``ceil(total duration · fps)``.
 
 The result also carries the mixed waveform to mux into the output video and, per track, the
-interval of the timeline it occupies and the intervals where it is actually voiced (energy based),
-in seconds — the speaking intervals the Interactivity and Sync-C* metrics need.
+interval of the timeline it occupies and the intervals where it is actually speaking (Silero VAD,
+:mod:`.vad`), in seconds — the speaking intervals the Interactivity and Sync-C* metrics need.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from ..constants import FPS
 from ..errors import InputError, Interrupted
 from ..input_names import name as input_name
 from ..io.media import check_sample_rate, load_audio, resample
+from . import loudness
+from .vad import VADParams, speech_intervals
 from .wav2vec import SAMPLE_RATE, Wav2VecEncoder, video_frames_for_samples, window_features
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,9 @@ log = logging.getLogger(__name__)
 Mode = Literal["pad", "concat"]
 MIN_FRAMES = 5  # the smallest 4n+1 clip with motion (n = 1)
 SILENCE_PEAK = 1e-4  # -80 dBFS: a track whose peak stays below this is treated as silent
-DEFAULT_LOUDNESS_DBFS = -23.0
 PEAK_CEILING = 0.99
+#: speaking intervals: Silero's rules, but pauses under 0.3 s do not end a person's speech
+SPEAKING = VADParams(min_silence_s=0.3)
 
 __all__ = [
     "AudioConditioning",
@@ -48,8 +51,6 @@ __all__ = [
     "frame_num_from_audio",
     "largest_4n1",
     "check_frame_num",
-    "normalize_loudness_rms",
-    "gated_rms",
     "voiced_intervals",
 ]
 
@@ -67,7 +68,7 @@ class AudioConditioning:
         sample_rate: rate of ``mixed`` (16000).
         track_frames: ``T_i`` — frames each track covers alone (``ceil(S_i / 16000 · fps)``).
         turns: per track ``(start, end)`` seconds of the video timeline its audio occupies.
-        speaking: per track, voiced ``(start, end)`` intervals in seconds (energy-based, within
+        speaking: per track, speaking ``(start, end)`` intervals in seconds (Silero VAD, within
             its turn and the video); empty for a silent track (that person only listens).
         gains: per track, the linear gain applied before encoding (loudness normalisation; 1 when
             off) — the same gain :func:`.mix.mix_on_timeline` gives the original-rate mix.
@@ -165,77 +166,14 @@ def check_timeline(tracks: Sequence[torch.Tensor | np.ndarray | str | Path], mod
     return available if frame_num is None else check_frame_num(frame_num, available, mode, fps)
 
 
-# ----------------------------------------------------------------------------- loudness and VAD
+# ----------------------------------------------------------------------------- speaking intervals
 
 
-def gated_rms(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, block_s: float = 0.4) -> float:
-    """Loudness as gated RMS (BS.1770-style gating, without K-weighting).
-
-    400 ms blocks with 75 % overlap; blocks under -70 dBFS are dropped, then blocks more than 10 dB
-    below the mean of the rest. Returns linear RMS (0 for silence).
-    """
-    x = np.asarray(wave, dtype=np.float64)
-    size = max(1, int(block_s * sample_rate))
-    hop = max(1, size // 4)
-    if x.size <= size:
-        power = np.array([np.mean(x ** 2)]) if x.size else np.zeros(1)
-    else:
-        starts = np.arange(0, x.size - size + 1, hop)
-        csum = np.concatenate([[0.0], np.cumsum(x ** 2)])
-        power = (csum[starts + size] - csum[starts]) / size
-    power = power[power > 10 ** (-70 / 10)]
-    if power.size == 0:
-        return 0.0
-    power = power[power > power.mean() * 10 ** (-10 / 10)]
-    return float(np.sqrt(power.mean()))
-
-
-def normalize_loudness_rms(wave: torch.Tensor, target_dbfs: float = DEFAULT_LOUDNESS_DBFS,
-                           sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """Scale a track to a gated-RMS loudness of ``target_dbfs``, never beyond a 0.99 peak."""
-    x = wave.detach().cpu().float()
-    level = gated_rms(x.numpy(), sample_rate)
-    if level <= 0:
-        return x.clone()
-    gain = 10 ** (target_dbfs / 20) / level
-    peak = float(x.abs().max())
-    if peak * gain > PEAK_CEILING:
-        gain = PEAK_CEILING / peak
-    return x * gain
-
-
-def voiced_intervals(wave: np.ndarray | torch.Tensor, fps: float, sample_rate: int = SAMPLE_RATE,
-                     offset_s: float = 0.0, rel_db: float = -26.0, abs_dbfs: float = -50.0,
-                     min_gap_s: float = 0.25, min_len_s: float = 0.1) -> list[tuple[float, float]]:
-    """Where a waveform is voiced, as ``(start, end)`` seconds (video-frame resolution).
-
-    A frame is voiced when its RMS exceeds both ``abs_dbfs`` and ``rel_db`` below the track's
-    95th-percentile frame RMS; gaps shorter than ``min_gap_s`` are bridged, runs shorter than
-    ``min_len_s`` dropped. ``offset_s`` shifts the result onto the video timeline.
-    """
-    x = wave.detach().cpu().float().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave, np.float32)
-    hop = sample_rate / fps
-    n = int(np.ceil(x.size / hop))
-    if n == 0:
-        return []
-    rms = np.array([np.sqrt(np.mean(x[int(i * hop):max(int((i + 1) * hop), int(i * hop) + 1)].astype(np.float64) ** 2))
-                    for i in range(n)])
-    ref = np.percentile(rms, 95)
-    threshold = max(10 ** (abs_dbfs / 20), ref * 10 ** (rel_db / 20))
-    active = rms > threshold
-    runs: list[list[int]] = []
-    for i, a in enumerate(active):
-        if not a:
-            continue
-        if runs and i - runs[-1][1] <= max(1, int(round(min_gap_s * fps))):
-            runs[-1][1] = i + 1
-        else:
-            runs.append([i, i + 1])
-    out = []
-    for s, e in runs:
-        if (e - s) / fps >= min_len_s:
-            out.append((offset_s + s / fps, offset_s + min(e / fps, x.size / sample_rate)))
-    return out
+def voiced_intervals(wave: np.ndarray | torch.Tensor, sample_rate: int = SAMPLE_RATE,
+                     offset_s: float = 0.0) -> list[tuple[float, float]]:
+    """Where a track is speaking, as ``(start, end)`` seconds shifted by ``offset_s``: Silero VAD
+    (:mod:`.vad`), pauses shorter than 0.3 s bridged (a person pausing mid-sentence is still the speaker)."""
+    return speech_intervals(wave, sample_rate, offset_s=offset_s, params=SPEAKING)
 
 
 def _clip_intervals(intervals: list[tuple[float, float]], end: float) -> list[tuple[float, float]]:
@@ -321,7 +259,8 @@ def build_audio_conditioning(
         frame_num: video frames; ``None`` derives the largest ``4n+1`` from the audio; a given value
             must be ``4n+1``, ≥ 5 and no longer than the audio.
         normalize_loudness: ``False`` (default, as the reference); ``True`` scales every track to
-            -23 dBFS gated RMS; a float is the target in dBFS. Affects features and the mix.
+            -23 LUFS (BS.1770-4 integrated loudness, :mod:`.loudness`); a float is the target in LUFS.
+            Peaks stay ≤ 0.99. Affects features and the mix.
         sample_rate: rate of waveform tracks (resampled to 16 kHz); ignored for paths.
         progress: called ``(done, total)`` after each track; should_stop: return True to cancel.
     Returns:
@@ -336,10 +275,10 @@ def build_audio_conditioning(
     sample_rate = check_sample_rate(sample_rate)
     waves = _prepare_tracks(tracks, sample_rate, fps)
     if normalize_loudness is not False and normalize_loudness is not None:
-        target = DEFAULT_LOUDNESS_DBFS if normalize_loudness is True else float(normalize_loudness)
+        target = loudness.DEFAULT_TARGET_LUFS if normalize_loudness is True else float(normalize_loudness)
         if not -60.0 <= target <= 0.0:
-            raise InputError(f"normalize_loudness target must be between -60 and 0 dBFS, got {target}")
-        normalized = [normalize_loudness_rms(w, target) for w in waves]
+            raise InputError(f"normalize_loudness target must be between -60 and 0 LUFS, got {target}")
+        normalized = [loudness.normalize_loudness(w, SAMPLE_RATE, target, PEAK_CEILING) for w in waves]
         gains = [float(nw.abs().max() / w.abs().max()) if float(w.abs().max()) > 0 else 1.0
                  for w, nw in zip(waves, normalized)]
         waves = normalized
@@ -387,7 +326,7 @@ def build_audio_conditioning(
             mixed[offset:offset + seg.numel()] += seg
         t0 = start / fps
         turns.append((min(t0, duration), min(t0 + wave.numel() / SAMPLE_RATE, duration)))
-        speaking.append(_clip_intervals(voiced_intervals(wave, fps, offset_s=t0), duration))
+        speaking.append(_clip_intervals(voiced_intervals(wave, offset_s=t0), duration))
     peak = float(mixed.abs().max()) if total else 0.0
     if peak > PEAK_CEILING:  # overlapping speech: scale the mix down instead of clipping it
         mixed *= PEAK_CEILING / peak

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("anytalker_core.cli.convert", "convert a released .pth checkpoint to .safetensors"),
     "generate": ("anytalker_core.cli.generate", "image + one audio file per person + prompt -> mp4"),
     "evaluate": ("anytalker_core.cli.evaluate", "score generated videos (Interactivity, Sync-C, Sync-C*)"),
+    "split-voices": ("anytalker_core.cli.split_voices", "one recording of a conversation -> one track per person"),
 }
 
 

@@ -27,6 +27,7 @@ from ..errors import InputError
 from .batch_file import BatchTask, load_batch_file
 from .long_clip import add_long_clip_arguments, long_clip_options, remove_work_folder, work_dir_for
 from .validate import parse_boxes
+from .split_voices import add_conversation_arguments, person_tracks
 
 __all__ = ["BatchTask", "add_arguments", "generate_to_file", "load_batch_file", "parse_boxes", "run"]
 
@@ -60,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument("--image", type=Path, help="the first frame: a photo with one face per audio track")
     inputs.add_argument("--audio", type=Path, action="append", default=[], metavar="AUDIO",
                         help="one audio file per person, given left to right (repeat: --audio A.wav --audio B.wav)")
+    add_conversation_arguments(inputs)
     inputs.add_argument("--prompt", default="", help="text prompt describing the scene")
     inputs.add_argument("--negative-prompt", default=None,
                         help="negative prompt (default: the reference's talking-head negative prompt)")
@@ -207,12 +209,22 @@ def _audio_labels(task: BatchTask) -> list[str]:
     return task.audio_labels or [f"--audio #{i + 1}" for i in range(len(task.audio))]
 
 
+def _conversation_tracks(args: argparse.Namespace, task: BatchTask) -> None:
+    """``--conversation MIX``: the recording split into one track per person becomes the task's audio."""
+    if args.conversation is None:
+        return
+    task.audio = person_tracks(args, [])
+    task.audio_labels = [f"--conversation speaker {i + 1}" for i in range(len(task.audio))]
+
+
 def _check_files_exist(args: argparse.Namespace, task: BatchTask) -> None:
+    import torch  # --conversation's split tracks arrive as waveforms, not files
+
     if task.problem:
         raise InputError(task.problem)
     labels = _audio_labels(task)
     missing = [f"{label} '{path}'" for label, path in zip([task.image_label, *labels], [task.image, *task.audio])
-               if not isinstance(path, Path) or not path.is_file()]
+               if not isinstance(path, torch.Tensor) and (not isinstance(path, Path) or not path.is_file())]
     if missing:
         where = " (relative paths are looked up beside the batch file, then in the current folder)" \
             if args.batch else ""
@@ -239,7 +251,7 @@ def _preview_only(args: argparse.Namespace) -> int:
     from ..io.images import load_image
 
     image = load_image(args.image, f"--image '{args.image}'")
-    n = len(args.audio) if args.audio else None
+    n = len(args.audio) if args.audio else args.speakers
     boxes = parse_boxes(args.boxes) if args.boxes else None
     preview, found = detect_faces_for_preview(image, n, boxes=boxes, backend=args.face_backend,
                                               models_dir=args.models_dir)
@@ -279,6 +291,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("out.mp4")
     task = BatchTask(name=out.stem, image=args.image, audio=list(args.audio), prompt=args.prompt,
                      boxes=parse_boxes(args.boxes) if args.boxes else None)
+    _conversation_tracks(args, task)
     _check_files_exist(args, task)  # the user's own files first, then the model files
     paths = resolve_model_paths(args.models_dir, _overrides(args), dit_config=args.dit_config)
     detector = _detector(args, paths, device, [task])
@@ -325,6 +338,7 @@ def _run_demo(args: argparse.Namespace, device, dtype) -> int:
             _write_png(task.image, inputs.image)
         if not args.audio:
             task.audio_labels = [f"demo speech #{i + 1}" for i in range(len(task.audio))]
+        _conversation_tracks(args, task)
         paths = build_demo_models(Path(tmp) / "models")
         backend = "mediapipe" if args.face_backend == "auto" else args.face_backend
         args.face_backend = backend

@@ -85,13 +85,13 @@ def parse_boxes(text: str) -> list[list[float]]:
 def check_flags(args: argparse.Namespace) -> None:
     """Flags on their own and together (no file is opened except to probe output locations)."""
     from .long_clip import check_long_clip_args
+    from .split_voices import check_conversation_args
 
     if args.demo and args.batch:
         raise InputError("--demo and --batch cannot be combined")
     if not args.demo and not args.batch and args.image is None:
         raise InputError("--image is required (or use --batch FILE.json, or --demo)")
-    if not args.demo and not args.batch and not args.audio and args.preview_faces is None:
-        raise InputError("--audio is required: one audio file per person, left to right")
+    check_conversation_args(args)  # --audio, or --conversation MIX
     if args.batch and (args.image is not None or args.audio):
         raise InputError("--batch takes its images and audio from the JSON; drop --image/--audio")
     if args.batch and args.preview_faces is not None:

@@ -30,7 +30,7 @@ from .atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VideoClip", "load_audio", "read_video", "write_video", "resample", "check_sample_rate"]
+__all__ = ["VideoClip", "load_audio", "load_audio_native", "read_video", "write_video", "resample", "check_sample_rate"]
 
 
 def check_sample_rate(sample_rate: Any, what: str = "sample_rate") -> int:
@@ -145,6 +145,13 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor
     log.debug("loaded %s: %d ch @ %d Hz -> %d samples @ %d Hz", path, wave.shape[0], native_rate,
               out.numel(), sample_rate)
     return out
+
+
+def load_audio_native(path: str | Path, what: str = "audio file") -> tuple[np.ndarray, int]:
+    """Decode an audio (or video) file as it is: ``([channels, S] float32, sample rate)``, no mixing or resampling."""
+    path = Path(path)
+    with _open_input(path, what) as container:
+        return _decode_audio_stream(container, path, what)
 
 
 @dataclass

@@ -150,8 +150,9 @@ def side_names(num_faces: int) -> tuple[str, ...]:
 def normalize_intervals(intervals: Intervals | None, sides: Sequence[str]) -> dict[str, list[tuple[float, float]]]:
     """Validate speaking intervals ``{side: [[start_s, end_s], ...]}``; missing sides never speak.
 
-    Keys must be side names (for two faces ``left``/``right``); unknown keys are an error so that a typo
-    does not silently count a speaker as a listener.
+    Keys must be side names (for two faces ``left``/``right``; ``speakerK`` is accepted for ``faceK``, as
+    ``anytalker split-voices`` writes them); unknown keys are an error so that a typo does not silently
+    count a speaker as a listener.
     """
     out: dict[str, list[tuple[float, float]]] = {s: [] for s in sides}
     if intervals is None:
@@ -160,6 +161,8 @@ def normalize_intervals(intervals: Intervals | None, sides: Sequence[str]) -> di
         raise InputError(f"speaking intervals must be a mapping {{side: [[start, end], ...]}}, got "
                          f"{type(intervals).__name__}")
     for key, segs in intervals.items():
+        if isinstance(key, str) and key.startswith("speaker") and "face" + key[len("speaker"):] in out:
+            key = "face" + key[len("speaker"):]
         if key not in out:
             raise InputError(f"speaking intervals: unknown side '{key}' (expected one of {', '.join(sides)})")
         if segs is None:

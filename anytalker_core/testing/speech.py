@@ -31,8 +31,12 @@ def synthesize_speech(
     voice: str = "en-us",
     speed: int = 175,
     sample_rate: int = SAMPLE_RATE,
+    pitch: int | None = None,
 ) -> torch.Tensor:
     """Speak ``text`` with espeak-ng; returns ``[S]`` float32 mono at ``sample_rate``.
+
+    ``voice`` is an espeak-ng voice, optionally with a variant (``"en-us+m3"``); ``pitch`` (0-99,
+    espeak-ng's default 50) moves the voice up or down.
 
     If ``path`` is given, espeak-ng's own wav (22.05 kHz, mono) is kept there as well.
     """
@@ -46,7 +50,10 @@ def synthesize_speech(
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(path) if path is not None else Path(tmp) / "speech.wav"
         out.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [exe, "-v", voice, "-s", str(int(speed)), "-w", str(out), text]
+        cmd = [exe, "-v", voice, "-s", str(int(speed)), "-w", str(out)]
+        if pitch is not None:
+            cmd += ["-p", str(int(pitch))]
+        cmd.append(text)
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0 or not out.is_file():
             raise InputError(f"espeak-ng failed for voice '{voice}': {result.stderr.strip()}")

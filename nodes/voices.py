@@ -1,0 +1,79 @@
+"""One recording of a conversation → one AUDIO per person + who speaks when (anytalker_core.audio.voices)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from comfy_api.latest import io
+
+from anytalker_core.constants import MAX_SPEAKERS as MAX_PEOPLE
+from anytalker_core.errors import InputError
+
+from . import _bridge as bridge
+
+
+
+def _split_order(text: str) -> list[int] | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise InputError(f"order: expected comma-separated speaker numbers such as 2,1, got {text!r}") from None
+
+
+class AnyTalkerSplitVoices(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AnyTalkerSplitVoices",
+            display_name="AnyTalker Split Voices",
+            category="AnyTalker/audio",
+            description="Finds who speaks when in one recording of a conversation (Silero VAD + GE2E speaker "
+                        "embeddings) and returns one track per person: the recording gated to that person's turns "
+                        "(overlapping speech goes to everyone in it). Connect speaker k to audio input k of "
+                        "AnyTalker Audio Encode (the k-th face from the left), and speaking_intervals to AnyTalker "
+                        "Score Video.",
+            inputs=[
+                io.Audio.Input("audio", tooltip="The whole conversation (any rate, mono or stereo)."),
+                io.Int.Input("speakers", default=2, min=0, max=MAX_PEOPLE, step=1,
+                             tooltip="How many people talk; 0 = estimate it."),
+                io.Combo.Input("speaker_order", options=["first", "most"], default="first",
+                               tooltip="Who is speaker 1: first = the first to speak, most = the one who speaks "
+                                       "longest. Speaker k drives the k-th face from the left."),
+                io.String.Input("order", default="", advanced=True,
+                                tooltip="Manual override after the rule: speaker numbers in the order you want, "
+                                        "e.g. 2,1 swaps two people. Empty = keep the rule's order."),
+            ],
+            outputs=[
+                *[io.Audio.Output(display_name=f"speaker{k + 1}",
+                                  tooltip=f"Speaker {k + 1}'s track (silent if fewer people were found).")
+                  for k in range(MAX_PEOPLE)],
+                io.Int.Output(display_name="people", tooltip="Number of speakers (given or estimated)."),
+                io.String.Output(display_name="speaking_intervals",
+                                 tooltip='JSON {"left": [[start_s, end_s], ...], "right": ...} for two people, '
+                                         'speaker1...speakerN otherwise (for AnyTalker Score Video).'),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, audio, speakers: int = 2, speaker_order: str = "first", order: str = "") -> io.NodeOutput:
+        from anytalker_core.audio.voices import split_voices
+
+        if not isinstance(audio, dict) or not isinstance(audio.get("waveform"), torch.Tensor) \
+                or audio["waveform"].ndim != 3:
+            raise InputError("audio: expected a ComfyUI AUDIO (a dict with 'waveform' [batch, channels, samples] "
+                             "and 'sample_rate')")
+        wave = audio["waveform"]
+        if wave.shape[0] != 1:
+            raise InputError(f"audio: holds a batch of {wave.shape[0]} clips; give one conversation")
+        result = split_voices(wave[0], int(audio.get("sample_rate", 0) or 0), num_speakers=speakers or None,
+                              speaker_order=speaker_order, order=_split_order(order),
+                              progress=bridge.progress_callback(4), should_stop=bridge.interrupt_check)
+        tracks = [{"waveform": torch.from_numpy(t).unsqueeze(0).contiguous(), "sample_rate": result.sample_rate}
+                  for t in result.tracks]
+        silent = {"waveform": torch.zeros_like(wave[:1].float()), "sample_rate": result.sample_rate}
+        tracks += [silent] * (MAX_PEOPLE - len(tracks))
+        return io.NodeOutput(*tracks, result.diarization.num_speakers, json.dumps(result.intervals))

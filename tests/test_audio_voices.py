@@ -1,0 +1,237 @@
+"""Speaker separation on conversations with known turns, and the models and measures under it.
+
+Conversations are mixed from two real CMU ARCTIC speakers and espeak-ng voices
+(``anytalker_core.testing.conversation``); the true turns are where each utterance was placed.
+Values are checked against that ground truth, against the packages' own code (Silero's
+``get_speech_timestamps``, ``resemblyzer.VoiceEncoder``) and against BS.1770's definition of a sine's
+loudness.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from anytalker_core.audio.diarize import Diarization, interval_keys, intervals_json, order_speakers
+from anytalker_core.audio.loudness import integrated_loudness, normalize_loudness
+from anytalker_core.audio.speakers import load_voice_encoder, mel_frames
+from anytalker_core.audio.vad import load_vad, speech_intervals
+from anytalker_core.audio.voices import gate, split_voices, write_split
+from anytalker_core.errors import InputError
+from anytalker_core.metrics.diarization import diarization_error_rate
+from anytalker_core.testing.conversation import make_conversation
+from anytalker_core.testing.speech import espeak_available
+
+pytestmark = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is not installed")
+
+SR = 16000
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)  # importing silero_vad (the reference below) sets 1 thread process-wide
+
+
+# ------------------------------------------------------------------------------------------- measures
+
+
+def test_der_matches_hand_computed_values():
+    ref = [[(0.0, 4.0)], [(4.0, 6.0)]]
+    assert diarization_error_rate(ref, ref).der == pytest.approx(0.0)
+    # hypothesis speakers swapped: the mapping absorbs it
+    assert diarization_error_rate(ref, [[(4.0, 6.0)], [(0.0, 4.0)]]).der == pytest.approx(0.0)
+    # 1 s of speaker 0 given to speaker 1 (confusion), 0.5 s missed, 0.5 s false alarm; 6 s of reference
+    score = diarization_error_rate(ref, [[(0.5, 3.0)], [(3.0, 6.5)]])
+    assert (score.missed, score.false_alarm, score.confusion) == pytest.approx((0.5, 0.5, 1.0))
+    assert score.der == pytest.approx(2.0 / 6.0)
+    # overlap in the reference, one speaker in the hypothesis: the second voice is missed
+    assert diarization_error_rate([[(0, 2)], [(1, 2)]], [[(0, 2)]]).der == pytest.approx(1 / 3)
+
+
+def test_bs1770_loudness_of_a_sine_and_normalisation():
+    t = np.arange(3 * 48000) / 48000
+    sine = 0.5 * np.sin(2 * np.pi * 997 * t)  # BS.1770: a 0 dBFS 997 Hz sine reads -3.01 LUFS
+    assert integrated_loudness(sine, 48000) == pytest.approx(-3.01 + 20 * np.log10(0.5), abs=0.05)
+    stereo = np.stack([sine, sine])  # two identical channels add 3 dB
+    assert integrated_loudness(stereo, 48000) == pytest.approx(-3.01 + 20 * np.log10(0.5) + 3.01, abs=0.05)
+    out = normalize_loudness(torch.from_numpy(sine).float(), 48000, -30.0)
+    assert integrated_loudness(out, 48000) == pytest.approx(-30.0, abs=0.05)
+    loud = normalize_loudness(torch.from_numpy(sine).float(), 48000, -1.0)  # would need peak > 0.99
+    assert float(loud.abs().max()) == pytest.approx(0.99, abs=1e-4)
+    short = integrated_loudness(sine[:4800], 48000)  # 0.1 s: measured on its repetition
+    assert short == pytest.approx(-3.01 + 20 * np.log10(0.5), abs=0.1)
+    silent = normalize_loudness(torch.zeros(16000), 16000)
+    assert float(silent.abs().max()) == 0.0
+
+
+# ------------------------------------------------------------------------------------------- models
+
+
+def test_vad_matches_silero_reference_and_finds_the_turns():
+    conv = make_conversation(["arctic_a", "low"], 4, seed=5)
+    ours = speech_intervals(conv.mix, SR)
+    import silero_vad
+
+    model = silero_vad.load_silero_vad()
+    theirs = silero_vad.get_speech_timestamps(torch.from_numpy(conv.mix), model, return_seconds=False)
+    theirs = [(t["start"] / SR, t["end"] / SR) for t in theirs]
+    assert len(ours) == len(theirs)
+    np.testing.assert_allclose(np.array(ours), np.array(theirs), atol=0.035)
+    # every true turn is covered by detected speech; nothing is detected in the silence before the first
+    truth = sorted(t for spans in conv.turns for t in spans)
+    covered = sum(min(e, oe) - max(s, os) for s, e in truth for os, oe in ours if min(e, oe) > max(s, os))
+    assert covered / sum(e - s for s, e in truth) > 0.9
+    assert ours[0][0] >= truth[0][0] - 0.1
+    assert speech_intervals(np.zeros(SR * 2, np.float32), SR) == []
+    with pytest.raises(InputError, match="NaN"):
+        speech_intervals(np.full(SR, np.nan, np.float32), SR)
+
+
+def test_voice_encoder_equals_resemblyzer():
+    resemblyzer = pytest.importorskip("resemblyzer")  # its import needs webrtcvad (webrtcvad-wheels)
+    conv = make_conversation(["arctic_b"], 1, seed=0)
+    wave = conv.mix[: 2 * SR]
+    np.testing.assert_allclose(mel_frames(wave), resemblyzer.wav_to_mel_spectrogram(wave), rtol=1e-5, atol=1e-7)
+    ours = load_voice_encoder()
+    ref = resemblyzer.VoiceEncoder("cpu", verbose=False)
+    mels = mel_frames(wave)
+    got = ours.embed_windows(mels, np.array([0, 20, 40]), 160)
+    with torch.no_grad():
+        want = ref(torch.from_numpy(np.stack([mels[s:s + 160] for s in (0, 20, 40)]))).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- diarisation
+
+
+CASES = {  # name: (speakers, seed)
+    "two real people": (["arctic_a", "arctic_b"], 3),
+    "real and espeak": (["arctic_b", "high"], 4),
+    "three people": (["arctic_a", "low", "high"], 7),
+    "one person": (["low"], 2),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def conversation(name):
+    speakers, seed = CASES[name]
+    return make_conversation(speakers, 7, seed=seed)
+
+
+def _energy_shares(conv, turns, mapping):
+    keep, leak = [], []
+    for h, spans in enumerate(turns):
+        g = gate(conv.mix.size, SR, spans)
+        for r, src in enumerate(conv.sources):
+            share = float(np.sum((g * src) ** 2) / np.sum(src ** 2))
+            (keep if mapping.get(h) == r else leak).append(share)
+    return keep, leak
+
+
+@pytest.mark.parametrize("name", ["two real people", "real and espeak", "three people"])
+def test_split_with_known_count(name):
+    conv = conversation(name)
+    result = split_voices(conv.mix, SR, num_speakers=len(conv.speakers))
+    score = diarization_error_rate(conv.turns, result.diarization.turns)
+    assert score.der <= 0.15, score
+    keep, leak = _energy_shares(conv, result.diarization.turns, score.mapping)
+    assert len(keep) == len(conv.speakers) and min(keep) >= 0.9, keep
+    assert max(leak) <= 0.1, leak
+    # first to speak = speaker 1
+    assert score.mapping[0] == 0
+    # the track is the mix gated: the input itself inside a turn, zero well outside every turn
+    track = result.tracks[0][0]
+    s, e = result.diarization.turns[0][0]
+    mid = slice(int(s * SR) + 100, int(e * SR) - 100)
+    np.testing.assert_array_equal(track[mid], conv.mix[mid])
+    assert not np.any(track[:max(0, int(s * SR) - 200)])
+
+
+@pytest.mark.parametrize("name", ["one person", "two real people", "three people"])
+def test_speaker_count_is_estimated(name):
+    conv = conversation(name)
+    result = split_voices(conv.mix, SR)
+    assert result.diarization.num_speakers == len(conv.speakers)
+    assert diarization_error_rate(conv.turns, result.diarization.turns).der <= 0.15
+
+
+def test_overlapping_speech_reaches_every_track_and_order_rules():
+    d = Diarization(turns=[[(0.0, 2.0), (5.0, 6.0)], [(1.5, 4.8)]], duration=6.0, speech=[(0.0, 6.0)],
+                    centroids=np.eye(2, 256))
+    assert order_speakers(d, "first").turns == d.turns
+    assert order_speakers(d, "first", order=[2, 1]).turns == [d.turns[1], d.turns[0]]
+    assert order_speakers(d, "most").turns[0] == d.turns[1]  # 3.3 s of speech > 3.0 s
+    with pytest.raises(InputError, match="exactly once"):
+        order_speakers(d, "first", order=[1, 1])
+    with pytest.raises(InputError, match="'first'"):
+        order_speakers(d, "loudest")
+    g0, g1 = gate(6 * SR, SR, d.turns[0]), gate(6 * SR, SR, d.turns[1])
+    both = slice(int(1.6 * SR), int(1.9 * SR))  # 1.5-2.0 s: both speak, both tracks keep it
+    assert np.all(g0[both] == 1) and np.all(g1[both] == 1)
+    assert np.all(g0[int(2.1 * SR):int(4.9 * SR)] == 0) and np.all(g1[int(4.9 * SR):] == 0)
+    assert interval_keys(2) == ["left", "right"] and interval_keys(3) == ["speaker1", "speaker2", "speaker3"]
+    assert intervals_json(d.turns) == {"left": [[0.0, 2.0], [5.0, 6.0]], "right": [[1.5, 4.8]]}
+
+
+def test_stereo_44k_file_keeps_its_rate_and_channels(tmp_path):
+    from anytalker_core.cli import main
+    from anytalker_core.io.media import resample
+
+    conv = make_conversation(["arctic_a", "high"], 4, seed=8)
+    mix44 = resample(conv.mix, SR, 44100).numpy()
+    stereo = np.stack([mix44, 0.5 * mix44])
+    path = tmp_path / "mix.wav"
+    sf.write(path, stereo.T, 44100, subtype="FLOAT")
+    assert main(["split-voices", str(path), "--speakers", "2", "--out", str(tmp_path / "out")]) == 0
+    intervals = json.loads((tmp_path / "out" / "intervals.json").read_text())
+    assert set(intervals) == {"left", "right"}
+    assert diarization_error_rate(conv.turns, [intervals["left"], intervals["right"]]).der <= 0.15
+    for k in (1, 2):
+        data, rate = sf.read(tmp_path / "out" / f"speaker{k}.wav", always_2d=True)
+        assert rate == 44100 and data.shape == stereo.T.shape
+        np.testing.assert_allclose(data[:, 1], 0.5 * data[:, 0], atol=2 / 32768)  # channels kept apart
+    # --order swaps the people
+    assert main(["split-voices", str(path), "--speakers", "2", "--order", "2,1", "--out", str(tmp_path / "swap")]) == 0
+    swapped = json.loads((tmp_path / "swap" / "intervals.json").read_text())
+    assert swapped["left"] == intervals["right"] and swapped["right"] == intervals["left"]
+
+
+def test_bad_inputs_are_named(tmp_path, capsys):
+    from anytalker_core.cli import main
+
+    with pytest.raises(InputError, match="no speech found"):
+        split_voices(np.zeros(SR * 2, np.float32), SR)
+    with pytest.raises(InputError, match="number of speakers"):
+        split_voices(np.zeros(SR, np.float32), SR, num_speakers=9)
+    with pytest.raises(InputError, match="sample_rate"):
+        split_voices(np.zeros(SR, np.float32), 0)
+    assert main(["split-voices", str(tmp_path / "missing.wav"), "--out", str(tmp_path / "o")]) == 2
+    conv = make_conversation(["low"], 2, seed=0)
+    path = tmp_path / "mix.wav"
+    sf.write(path, conv.mix, SR)
+    assert main(["split-voices", str(path), "--order", "a,b", "--out", str(tmp_path / "o")]) == 2
+    (tmp_path / "file").write_text("x")
+    result = split_voices(conv.mix, SR, num_speakers=1)
+    with pytest.raises(InputError, match="--out"):
+        write_split(result, tmp_path / "file")
+
+
+def test_generate_conversation_flags_are_checked_before_loading_models(tmp_path):
+    from anytalker_core.cli import main
+
+    image = tmp_path / "i.png"
+    image.write_bytes(b"")
+    mix = tmp_path / "mix.wav"
+    sf.write(mix, np.zeros(SR, np.float32), SR)
+    base = ["generate", "--image", str(image), "--out", str(tmp_path / "o.mp4")]
+    assert main(base + ["--conversation", str(mix), "--audio", str(mix)]) == 2  # one or the other
+    assert main(base + ["--conversation", str(mix), "--audio-mode", "concat"]) == 2
+    assert main(base + ["--conversation", str(tmp_path / "missing.wav")]) == 2
+    assert main(base + ["--audio", str(mix), "--speakers", "2"]) == 2  # only with --conversation
