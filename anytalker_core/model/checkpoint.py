@@ -151,7 +151,23 @@ def build_dit(sd: Mapping[str, torch.Tensor], config: AnyTalkerConfig, path: Pat
         model = model.to(device=device)
     else:
         model = model.to(device=device, dtype=dtype)
+    _align_cpu_storage(model)
     return model.eval().requires_grad_(False)
+
+
+def _align_cpu_storage(model: torch.nn.Module, alignment: int = 64) -> None:
+    """Give each CPU weight that is not ``alignment``-byte aligned its own freshly allocated copy.
+
+    safetensors stores tensors at 8-byte offsets, and ``assign=True`` keeps them there. MKL's
+    single-row matrix-vector kernels (e.g. the time embedding's Linear on one timestep) sum in a
+    different order for data that is not 16-byte aligned, so a model loaded from ``.safetensors``
+    differed in the last bits from the model it was saved from (and from the same weights loaded
+    from a ``.pth``, whose zip entries are 64-byte aligned). Freshly allocated tensors are aligned.
+    """
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.device.type == "cpu" and tensor.numel() and tensor.data_ptr() % alignment:
+                tensor.data = tensor.data.clone()
 
 
 def load_dit(path: str | Path, config_path: str | Path | None = None, device: torch.device | str = "cpu",
