@@ -259,8 +259,12 @@ class VaeAdapter:
         self.latent_format = comfy.latent_formats.Wan21()
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """``[1, 3, T, H, W]`` in -1..1 → normalised latent ``[1, 16, F, h, w]``."""
-        pixels = video[0].permute(1, 2, 3, 0).add(1.0).mul(0.5).clamp(0, 1)  # [T, H, W, 3]
+        """``[1, 3, T, H, W]`` in -1..1 → normalised latent ``[1, 16, F, h, w]``.
+
+        Not clamped: the reference encodes its bicubic-resized first frame as it is (overshoot past
+        -1..1 included), and ComfyUI's ``VAE.encode`` is plain arithmetic on any value (``2x - 1``).
+        """
+        pixels = video[0].permute(1, 2, 3, 0).add(1.0).mul(0.5)  # [T, H, W, 3]
         raw = self.vae.encode(pixels.float().cpu())
         if self.tick is not None:
             self.tick()

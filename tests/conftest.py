@@ -65,12 +65,14 @@ def comfyui_env():
 def comfyui_server(comfyui_env, tmp_path_factory):
     """One real ComfyUI server (``--cpu``, loopback) for the session, with this pack and the test nodes
     in ``custom_nodes/``, the tiny demo models in ``models/`` and ``input/`` holding
-    ``comfyui_harness.IMAGES`` and ``person1..3.wav``. ``server.paths`` = the tiny models' ModelPaths."""
+    ``comfyui_harness.IMAGES`` and ``person1..3.wav``. ``server.paths`` = the tiny models' ModelPaths.
+    Text encoders (UMT5, CLIP vision) run in fp32 (``--fp32-text-enc``) as the CLI does on a CPU, so node
+    and pipeline values can be compared closely (ComfyUI's CPU default stores them in fp16)."""
     from comfyui_harness import Server, prepare_base
 
     base = tmp_path_factory.mktemp("comfyui")
     paths = prepare_base(base)
-    server = Server(comfyui_env, base)
+    server = Server(comfyui_env, base, extra_args=("--fp32-text-enc",))
     try:
         server.wait_ready()
         server.paths = paths
