@@ -81,7 +81,7 @@ class Server:
         with urllib.request.urlopen(self.url + path, timeout=60) as r:
             return json.loads(r.read())
 
-    def post(self, path: str, data: dict):
+    def post(self, path: str, data):
         req = urllib.request.Request(self.url + path, data=json.dumps(data).encode(),
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=60) as r:
