@@ -21,7 +21,7 @@ def mediapipe_ready() -> bool:
     probe = ("import sys, pathlib, mediapipe; from mediapipe.python.solutions import face_detection; "
              "model = pathlib.Path(mediapipe.__file__).parent / 'modules/face_detection/face_detection_full_range_sparse.tflite'; "
              "sys.exit(mediapipe.__version__ != '0.10.21' or not model.is_file())")
-    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, check=False).returncode == 0
 
 
 def main() -> int:
@@ -30,7 +30,7 @@ def main() -> int:
         return 0
     pip = [sys.executable, "-m", "pip", "install"]
     for args in (["--no-deps", MEDIAPIPE], MEDIAPIPE_IMPORTS):
-        if subprocess.run(pip + args).returncode != 0:
+        if subprocess.run(pip + args, check=False).returncode != 0:
             print(f"ComfyUI-AnyTalker: `pip install {' '.join(args)}` failed; face detection needs it "
                   f"(or install insightface + onnxruntime for the reference detector)", file=sys.stderr)
             return 1

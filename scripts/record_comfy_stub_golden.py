@@ -24,7 +24,7 @@ def record(comfyui: Path) -> dict:
     import comfy.latent_formats
 
     wan = comfy.latent_formats.Wan21()
-    commit = subprocess.run(["git", "-C", str(comfyui), "rev-parse", "HEAD"], capture_output=True, text=True)
+    commit = subprocess.run(["git", "-C", str(comfyui), "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
     version = (comfyui / "comfyui_version.py").read_text().split("=")[-1].strip().strip('"\'')
     return {
         "recorded_from": {"comfyui_version": version,

@@ -46,8 +46,8 @@ def prepare_base(base: Path):
     """Fill a ComfyUI ``--base-directory``; returns the tiny models' ``ModelPaths``."""
     from PIL import Image
 
-    from anytalker_core.testing.speech import synthesize_speech
     from anytalker_core.testing.demo import build_demo_models, demo_image
+    from anytalker_core.testing.speech import synthesize_speech
 
     (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
     (base / "custom_nodes" / "ComfyUI-AnyTalker").symlink_to(REPO, target_is_directory=True)

@@ -51,7 +51,7 @@ def comfyui_env():
 
     from comfyui_harness import ComfyUIEnv
 
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "comfyui_env.sh")], capture_output=True, text=True)
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "comfyui_env.sh")], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         missing(f"no ComfyUI environment: scripts/comfyui_env.sh failed:\n{proc.stderr[-3000:]}")
     values = {}

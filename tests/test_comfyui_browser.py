@@ -53,7 +53,7 @@ def provide_workflow_files(server) -> None:
 
     import numpy as np
 
-    from anytalker_core.media import write_video
+    from anytalker_core.io.media import write_video
 
     models, inputs, paths = server.base / "models", server.base / "input", server.paths
     links = {"diffusion_models/1_3B-single-v1.pth": paths.dit,

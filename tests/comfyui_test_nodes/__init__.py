@@ -16,6 +16,7 @@ values with ``AnyTalkerPipeline``'s. It never imports ``anytalker_core``.
 
 import dataclasses
 import os
+from typing import ClassVar
 
 import torch
 from comfy_api.latest import ComfyExtension, io
@@ -50,7 +51,7 @@ class AnyTalkerTestCLIPLoader(io.ComfyNode):
                   "relative_attention_num_buckets": int(bias.shape[0])}
 
         class Target:  # what comfy.sd.load_text_encoder_state_dicts builds for CLIPType.WAN
-            params = {}
+            params: ClassVar[dict] = {}
             clip = comfy.text_encoders.wan.te()
             tokenizer = comfy.text_encoders.wan.WanT5Tokenizer
 
@@ -71,7 +72,7 @@ class AnyTalkerTestClipVisionLoader(io.ComfyNode):
         import comfy.clip_vision
 
         sd, metadata = _load(path)
-        sd = {k if k.startswith("vision_model.") or k.startswith("visual_projection") else "vision_model." + k: v
+        sd = {k if k.startswith(("vision_model.", "visual_projection")) else "vision_model." + k: v
               for k, v in sd.items()}
         hidden, _, patch, _ = sd["vision_model.embeddings.patch_embedding.weight"].shape
         positions = sd["vision_model.embeddings.position_embedding.weight"].shape[0]
