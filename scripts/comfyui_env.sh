@@ -12,7 +12,8 @@
 #   1. torch as in the active environment (never another build), torchvision/torchaudio for it;
 #   2. ComfyUI's requirements.txt (this brings the web frontend, comfyui-frontend-package);
 #   3. this pack's requirements.txt and its install.py (what ComfyUI-Manager runs on install).
-# The build is redone when the tarball or this script changes, or when the folder is missing.
+# The build is redone when the tarball or this script changes, or when the folder is missing; when only
+# requirements.txt or install.py changed, step 3 runs again.
 # Log: <cache>/build.log. Progress goes to stderr; stdout carries only the export lines.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -37,22 +38,35 @@ BASE_PYTHON="${PYTHON:-$(command -v python)}"
 mkdir -p "$CACHE"
 CACHE="$(cd "$CACHE" && pwd)"
 
-stamp="$( (sha256sum "$TARBALL" | cut -d' ' -f1; sha256sum "$0" | cut -d' ' -f1; \
-           sha256sum "$REPO/requirements.txt" "$REPO/install.py" | cut -d' ' -f1) | sha256sum | cut -d' ' -f1)"
+# what the venv is built from (a change rebuilds everything), and what installs the pack (a change
+# re-runs step 3 only)
+stamp="$( (sha256sum "$TARBALL" | cut -d' ' -f1; sha256sum "$0" | cut -d' ' -f1) | sha256sum | cut -d' ' -f1)"
+pack_stamp="$(cat "$REPO/requirements.txt" "$REPO/install.py" | sha256sum | cut -d' ' -f1)"
 export_lines() { printf 'export COMFYUI_PATH=%q\nexport COMFYUI_PYTHON=%q\n' "$CACHE/ComfyUI" "$CACHE/venv/bin/python"; }
 
 exec 9>"$CACHE/.lock"
 flock 9  # one build at a time; others wait and then find it ready
+run() { "$@" >>"$CACHE/build.log" 2>&1 || { tail -40 "$CACHE/build.log" >&2; die "failed: $*"; }; }
+install_pack() {  # 3. this pack, as ComfyUI-Manager installs it: requirements.txt, then install.py
+  run "$CACHE/venv/bin/python" -m pip install -q -r "$REPO/requirements.txt"
+  run "$CACHE/venv/bin/python" "$REPO/install.py"
+  "$CACHE/venv/bin/python" -c "import comfyui_frontend_package, av, aiohttp, mediapipe" >>"$CACHE/build.log" 2>&1 \
+    || { tail -20 "$CACHE/build.log" >&2; die "the ComfyUI venv misses a module"; }
+  echo "$pack_stamp" >"$CACHE/.pack_stamp"
+}
 if [[ "$(cat "$CACHE/.stamp" 2>/dev/null)" == "$stamp" && -x "$CACHE/venv/bin/python" && -f "$CACHE/ComfyUI/main.py" ]]; then
+  if [[ "$(cat "$CACHE/.pack_stamp" 2>/dev/null)" != "$pack_stamp" ]]; then
+    say "requirements.txt or install.py changed: installing the pack into $CACHE/venv again"
+    install_pack
+  fi
   export_lines
   exit 0
 fi
 
 say "building the ComfyUI test environment in $CACHE (first run: a few minutes; log: $CACHE/build.log)"
 started=$SECONDS
-rm -rf "$CACHE/ComfyUI" "$CACHE/venv" "$CACHE/.stamp"
+rm -rf "$CACHE/ComfyUI" "$CACHE/venv" "$CACHE/.stamp" "$CACHE/.pack_stamp"
 : >"$CACHE/build.log"
-run() { "$@" >>"$CACHE/build.log" 2>&1 || { tail -40 "$CACHE/build.log" >&2; die "failed: $*"; }; }
 
 run tar -xzf "$TARBALL" -C "$CACHE"
 [[ -f "$CACHE/ComfyUI/main.py" ]] || die "$TARBALL did not unpack to ComfyUI/"
@@ -89,12 +103,7 @@ if ! "$PY" -c "import torchvision, torchaudio" >>"$CACHE/build.log" 2>&1; then
   "$PY" -c "import torchvision, torchaudio" >>"$CACHE/build.log" 2>&1 \
     || { tail -20 "$CACHE/build.log" >&2; die "torchvision/torchaudio still do not import"; }
 fi
-# 3. this pack, as ComfyUI-Manager installs it: requirements.txt, then install.py
-run "$PY" -m pip install -q -r "$REPO/requirements.txt"
-run "$PY" "$REPO/install.py"
-
-"$PY" -c "import comfyui_frontend_package, av, aiohttp, mediapipe" >>"$CACHE/build.log" 2>&1 \
-  || { tail -20 "$CACHE/build.log" >&2; die "the ComfyUI venv misses a module"; }
+install_pack
 echo "$stamp" >"$CACHE/.stamp"
 say "ready in $((SECONDS - started)) s"
 export_lines

@@ -221,3 +221,23 @@ def test_stub_golden_matches_the_live_comfyui(comfyui_env):
     live = json.loads(proc.stdout.strip().splitlines()[-1])
     golden = json.loads((REPO / "tests" / "comfy_stub" / "golden" / "comfyui.json").read_text())
     assert live["latent_formats.Wan21"] == golden["latent_formats.Wan21"]
+
+
+def test_the_documented_install_detects_faces(server):
+    """The ComfyUI env installed the pack as docs/comfyui.md says (requirements.txt + install.py): its
+    MediaPipe finds the faces of a real photo (scikit-image's astronaut, twice) with no boxes given."""
+    from safetensors.torch import load_file
+
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": IMAGES[2]}},
+        "2": {"class_type": "AnyTalkerFaceMasks", "inputs": {"image": ["1", 0], "people": 2,
+                                                             "detector": "mediapipe", "boxes": ""}},
+        "3": {"class_type": "AnyTalkerTestSaveTensors",
+              "inputs": {"filename": "faces/detected.safetensors", "value": ["2", 1]}},
+    }
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:3000]
+    masks = load_file(server.base / "output" / "faces" / "detected.safetensors")["value"]
+    assert masks.shape[0] == 2
+    left, right = (m.nonzero()[:, 1].float().mean().item() for m in masks)  # mean column of each mask
+    assert left < masks.shape[2] / 2 < right  # one face per half, numbered left to right
