@@ -59,12 +59,16 @@ def provide_workflow_files(server) -> None:
     links = {"diffusion_models/1_3B-single-v1.pth": paths.dit,
              "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors": paths.text_encoder,
              "clip_vision/clip_vision_h.safetensors": paths.clip_vision, "vae/wan_2.1_vae.safetensors": paths.vae,
-             "audio_encoders/wav2vec2-base-960h": paths.wav2vec}
+             "audio_encoders/wav2vec2-base-960h": paths.wav2vec,
+             # the LoRA workflow's placeholder: a user picks their own; any file of that name lists it
+             "loras/your_wan2.1_lora.safetensors": paths.dit}
     for name, target in links.items():
+        (models / name).parent.mkdir(parents=True, exist_ok=True)
         if not (models / name).exists():
             (models / name).symlink_to(Path(target).resolve())
     for people, image in IMAGES.items():
         shutil.copyfile(inputs / image, inputs / f"anytalker_{people}_people.png")
+    shutil.copyfile(inputs / IMAGES[1], inputs / "anytalker_1_person.png")
     for k in (1, 2, 3):
         shutil.copyfile(inputs / f"person{k}.wav", inputs / f"speaker{k}.wav")
     if not (inputs / "anytalker_two_people.mp4").exists():
