@@ -30,7 +30,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from ..errors import Interrupted, InputError, MissingModelError
+from ..errors import InputError, Interrupted, MissingModelError
 from ..faces.detect import MEDIAPIPE_INSTALL
 from .interactivity import NUM_LANDMARKS, FaceObservation
 
