@@ -57,7 +57,7 @@ def two_person_prompt(paths, steps: int = 2, frame_count: int = 9, boxes: str = 
         "12": {"class_type": "AnyTalkerConditioning",
                "inputs": {"positive": ["8", 0], "negative": ["9", 0], "clip_vision": ["10", 0], "vae": ["11", 0],
                           "start_image": ["1", 0], "faces": ["7", 0], "audio_features": ["6", 0],
-                          "max_pixels": 64 * 128}},
+                          "max_pixels": 64 * 128, "window_frames": 0}},
         "13": {"class_type": "AnyTalkerSampler",
                "inputs": {"model": ["4", 0], "conditioning": ["12", 0], "seed": 3, "steps": steps,
                           "sampler_name": "unipc", "cfg": 4.5, "shift": 0.0, "audio_cfg": 0.0}},
