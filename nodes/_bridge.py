@@ -212,31 +212,40 @@ def masks_to_array(masks: Any, image_hw: tuple[int, int], what: str = "masks") -
 
 
 class ClipVisionAdapter:
-    """A native CLIP_VISION as the core's ``clip_vision.encode(images) -> [N, 257, D]``.
+    """A native CLIP_VISION (``comfy.clip_vision.ClipVisionModel``) as the core's
+    ``clip_vision.encode(images) -> [N, 257, D]``.
 
-    Each image (uint8 ``[H, W, 3]``; whole frame or face crop) is resized to the encoder's square input
-    the reference's way (bicubic on -1..1 values, no crop, no antialias) before ComfyUI sees it, so
-    ComfyUI's own resize is skipped; the penultimate hidden states are returned.
+    Each image (uint8 ``[H, W, 3]``; whole frame or face crop) becomes the reference's pixels
+    (:func:`anytalker_core.encoders.clip_vision.reference_pixels`: bicubic on -1..1 to the square input,
+    no crop, no antialias, neither clamped nor rounded) and goes straight into ComfyUI's vision tower,
+    which returns its penultimate hidden states as CLIP Vision Encode does. ``encode_image`` is not used
+    because its ``clip_preprocess`` clamps and rounds the resized pixels to 1/255: the node path would
+    feed CLIP other pixels than the reference and the CLI (max |delta| 0.066 on a real face crop).
     """
 
     def __init__(self, clip_vision: Any, tick: Callable[[], None] | None = None) -> None:
         self.tick = tick  # called after each image (progress)
-        if not hasattr(clip_vision, "encode_image"):
+        missing = [a for a in ("model", "patcher", "load_device") if not hasattr(clip_vision, a)]
+        if missing:
             raise InputError(f"clip_vision: expected a ComfyUI CLIP_VISION model (Load CLIP Vision), "
-                             f"got {type(clip_vision).__name__}")
+                             f"got {type(clip_vision).__name__} (no {', '.join(missing)})")
         self.clip_vision = clip_vision
         self.size = int(getattr(clip_vision, "image_size", 224))
 
-    def _square(self, image: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(image)).float().div(127.5).sub(1.0).permute(2, 0, 1)[None]
-        x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bicubic", align_corners=False)
-        return x.add(1.0).mul(0.5).clamp(0, 1).permute(0, 2, 3, 1)  # [1, size, size, 3] 0..1
-
     def encode(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        import comfy.model_management
+
+        from anytalker_core.encoders.clip_vision import CLIP_MEAN, CLIP_STD, reference_pixels
+
+        vision = self.clip_vision
+        mean, std = getattr(vision, "image_mean", CLIP_MEAN), getattr(vision, "image_std", CLIP_STD)
+        comfy.model_management.load_model_gpu(vision.patcher)
         tokens = []
         for image in images:
-            out = self.clip_vision.encode_image(self._square(np.asarray(image)), crop=False)
-            tokens.append(out["penultimate_hidden_states"].float().cpu())  # [1, 257, D]
+            rgb = torch.from_numpy(np.ascontiguousarray(image))[None].float().div(255.0)  # [1, H, W, 3]
+            pixels = reference_pixels(rgb, self.size, mean, std).to(vision.load_device)
+            out = vision.model(pixel_values=pixels, intermediate_output=-2)
+            tokens.append(out[1].float().cpu())  # penultimate hidden states [1, 257, D]
             if self.tick is not None:
                 self.tick()
         return torch.cat(tokens, dim=0)
@@ -264,8 +273,12 @@ class VaeAdapter:
         self.latent_format = comfy.latent_formats.Wan21()
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """``[1, 3, T, H, W]`` in -1..1 → normalised latent ``[1, 16, F, h, w]``."""
-        pixels = video[0].permute(1, 2, 3, 0).add(1.0).mul(0.5).clamp(0, 1)  # [T, H, W, 3]
+        """``[1, 3, T, H, W]`` in -1..1 → normalised latent ``[1, 16, F, h, w]``.
+
+        Not clamped: the reference encodes its bicubic-resized first frame as it is (overshoot past
+        -1..1 included), and ComfyUI's ``VAE.encode`` is plain arithmetic on any value (``2x - 1``).
+        """
+        pixels = video[0].permute(1, 2, 3, 0).add(1.0).mul(0.5)  # [T, H, W, 3]
         raw = self.vae.encode(pixels.float().cpu())
         if self.tick is not None:
             self.tick()

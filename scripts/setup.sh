@@ -18,26 +18,29 @@ python -c "import torch" 2>/dev/null || python -m pip install -q "${TORCH_SPEC:-
 python -m pip install -q -e ".[test,train,eval,demo]"
 
 # mediapipe 0.10.21 ships its face-detection and face-mesh models inside the wheel (the offline
-# face backend). Its declared dependencies drag in jax and opencv-contrib, so install it without
-# them and add the few it really imports.
-python -c "import mediapipe" 2>/dev/null || {
-  python -m pip install -q --no-deps "mediapipe==0.10.21"
-  python -m pip install -q absl-py attrs flatbuffers "protobuf<5"
-}
+# face backend). Its declared dependencies drag in jax and opencv-contrib, so install.py (also what
+# ComfyUI-Manager runs) installs it without them and adds the few it really imports.
+python install.py
 
 # split-voices reads the GE2E speaker-encoder weights that ship in the Resemblyzer wheel; its
 # webrtcvad dependency (a C build) is not used, so install it without dependencies.
 python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('resemblyzer') is None)" 2>/dev/null \
   || python -m pip install -q --no-deps resemblyzer
 
-# espeak-ng synthesises the real speech used by the demo and the tests.
-if ! command -v espeak-ng >/dev/null 2>&1; then
-  if [[ $(id -u) -eq 0 ]]; then
-    apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null
-  elif command -v sudo >/dev/null 2>&1; then
-    sudo apt-get update -qq && sudo apt-get install -y -qq espeak-ng >/dev/null
-  else
-    echo "setup: please install espeak-ng (apt-get install espeak-ng) for the demo and tests" >&2
+# System programs, through apt when missing: espeak-ng synthesises the real speech used by the demo
+# and the tests; chromium is the real browser the ComfyUI frontend test drives (through playwright).
+apt_install() {  # apt_install <program> <package> <what it is for>
+  command -v "$1" >/dev/null 2>&1 && return 0
+  local sudo=()
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null 2>&1 || {
+      echo "setup: please install $2 (apt-get install $2) for $3" >&2
+      return 0
+    }
+    sudo=(sudo)
   fi
-fi
+  "${sudo[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$2" >/dev/null
+}
+apt_install espeak-ng espeak-ng "the demo and tests"
+apt_install chromium chromium "the browser test of the ComfyUI frontend"
 echo "setup: done ($(python -c 'import torch; print("torch", torch.__version__)'))"

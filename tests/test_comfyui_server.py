@@ -1,142 +1,41 @@
-"""The node pack inside a real ComfyUI server (runs only when COMFYUI_PATH points at a checkout).
+"""The node pack inside a real ComfyUI server (tests/comfyui_harness.py, fixtures in conftest.py).
 
-    COMFYUI_PATH=/path/to/ComfyUI [COMFYUI_PYTHON=/path/to/its/python] pytest tests/test_comfyui_server.py
+    python -m pytest tests/test_comfyui_server.py     # builds/uses the cached ComfyUI test env
+    COMFYUI_PATH=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/its/python python -m pytest tests/test_comfyui_server.py
 
-Starts ComfyUI on 127.0.0.1 with ``--cpu`` and a temporary ``--base-directory`` (its own
-custom_nodes/, models/, input/, output/), with this pack and tests/comfyui_test_nodes linked in, and
-anytalker_core's tiny random models in models/. Then: /object_info lists every node; a two-person
-prompt runs Load Image/Load Audio → our loaders, audio, faces, conditioning, sampler → VAE Decode →
-Create Video (24 fps, mixed audio) → Save Video and the mp4 is checked, and the same with the Long Sampler
-(two chained windows); a bad graph reports a clear
-execution_error; POST /interrupt stops a long sampling run. The server is stopped at the end.
+One ComfyUI (``--cpu``, loopback, a temporary ``--base-directory``) with this pack and
+tests/comfyui_test_nodes linked in and anytalker_core's tiny random models in models/. Then:
+/object_info lists every node; a two-person prompt runs Load Image/Load Audio → our loaders, audio,
+faces, conditioning (with ComfyUI's CLIP Text Encode, CLIP vision and VAE), sampler → VAE Decode →
+Create Video (24 fps, mixed audio) → Save Video and the mp4 is checked, and the same with the Long
+Sampler (two chained windows); a bad graph reports a clear execution_error; POST /interrupt stops a
+long sampling run; every shipped workflow runs. The stub's ComfyUI values are checked against the
+live ComfyUI. In CI (CI=true) a missing ComfyUI fails instead of skipping.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+from comfyui_harness import IMAGES, saved_files, ui_to_api
 from conftest import REPO
 
-COMFYUI = os.environ.get("COMFYUI_PATH")
-pytestmark = [pytest.mark.comfyui, pytest.mark.slow,
-              pytest.mark.skipif(not COMFYUI, reason="set COMFYUI_PATH to a ComfyUI checkout to run")]
-
-HOST = "127.0.0.1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.port = _free_port()
-        self.url = f"http://{HOST}:{self.port}"
-        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-        self.log = open(base / "server.log", "w")  # noqa: SIM115 - the server writes to it until stop()
-        env = dict(os.environ, ANYTALKER_PACK_DIR=str(REPO))
-        self.proc = subprocess.Popen(
-            [python, "main.py", "--cpu", "--listen", HOST, "--port", str(self.port), "--base-directory", str(base),
-             "--disable-auto-launch"],
-            cwd=COMFYUI, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-
-    def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=30) as r:
-            return json.loads(r.read())
-
-    def post(self, path: str, data: dict):
-        req = urllib.request.Request(self.url + path, data=json.dumps(data).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            body = r.read()
-            return json.loads(body) if body else None
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited early:\n{self.text_log()[-4000:]}")
-            try:
-                self.get("/system_stats")
-                return
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.5)
-        raise TimeoutError(f"ComfyUI did not answer in {timeout} s:\n{self.text_log()[-4000:]}")
-
-    def run(self, prompt: dict, timeout: float = 300, on_start=None) -> dict:
-        prompt_id = self.post("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})["prompt_id"]
-        end = time.monotonic() + timeout
-        started = False
-        while time.monotonic() < end:
-            if on_start is not None and not started:
-                running = self.get("/queue")["queue_running"]
-                if any(item[1] == prompt_id for item in running):
-                    started = True
-                    on_start()
-            history = self.get(f"/history/{prompt_id}")
-            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
-                return history[prompt_id]  # success, error or interrupted
-            time.sleep(0.3)
-        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s:\n{self.text_log()[-4000:]}")
-
-    def text_log(self) -> str:
-        self.log.flush()
-        return (self.base / "server.log").read_text(errors="replace")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from PIL import Image
-
-    from anytalker_core.testing.speech import synthesize_speech
-    from anytalker_core.testing.demo import build_demo_models, demo_image
-
-    base = tmp_path_factory.mktemp("comfyui")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "ComfyUI-AnyTalker").symlink_to(REPO, target_is_directory=True)
-    (base / "custom_nodes" / "anytalker_test_nodes").symlink_to(REPO / "tests" / "comfyui_test_nodes",
-                                                                 target_is_directory=True)
-    paths = build_demo_models(base / "models")
-    (base / "input").mkdir()
-    Image.fromarray(demo_image(2, size=96)).save(base / "input" / "two_astronauts.png")
-    for n in (1, 3):
-        Image.fromarray(demo_image(n, size=96)).save(base / "input" / f"astronauts_{n}.png")
-    for i, (text, voice) in enumerate([("Hello there", "en-us"), ("Yes indeed", "en-gb"), ("Wait for me", "en-us")]):
-        synthesize_speech(text, base / "input" / f"person{i + 1}.wav", voice=voice)
-    srv = Server(base)
-    try:
-        srv.wait_ready()
-        srv.paths = paths
-        yield srv
-    finally:
-        srv.stop()
+def server(comfyui_server):
+    return comfyui_server
 
 
 def two_person_prompt(paths, steps: int = 2, frame_count: int = 9, boxes: str = "30,20,66,60; 126,20,162,60"):
-    """An API-format graph: inputs → AnyTalker nodes → VAE Decode → Create Video → Save Video."""
+    """An API-format graph: inputs → AnyTalker nodes → VAE Decode → Create Video → Save Video (the tiny
+    UMT5 and CLIP vision through the test loaders, which build ComfyUI's own classes)."""
     return {
         "1": {"class_type": "LoadImage", "inputs": {"image": "two_astronauts.png"}},
         "2": {"class_type": "LoadAudio", "inputs": {"audio": "person1.wav"}},
@@ -151,15 +50,14 @@ def two_person_prompt(paths, steps: int = 2, frame_count: int = 9, boxes: str = 
                          "mode": "pad", "frame_count": frame_count, "normalize_loudness": False}},
         "7": {"class_type": "AnyTalkerFaceMasks",
               "inputs": {"image": ["1", 0], "people": ["6", 1], "detector": "auto", "boxes": boxes}},
-        "8": {"class_type": "AnyTalkerTestTextEncode", "inputs": {"path": str(paths.text_encoder),
-                                                                  "text": "two astronauts talk"}},
-        "9": {"class_type": "AnyTalkerTestTextEncode", "inputs": {"path": str(paths.text_encoder), "text": "blurry"}},
-        "10": {"class_type": "AnyTalkerTestClipVision", "inputs": {"path": str(paths.clip_vision)}},
+        "8": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["18", 0], "text": "two astronauts talk"}},
+        "9": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["18", 0], "text": "blurry"}},
+        "10": {"class_type": "AnyTalkerTestClipVisionLoader", "inputs": {"path": str(paths.clip_vision)}},
         "11": {"class_type": "VAELoader", "inputs": {"vae_name": Path(paths.vae).name}},
         "12": {"class_type": "AnyTalkerConditioning",
                "inputs": {"positive": ["8", 0], "negative": ["9", 0], "clip_vision": ["10", 0], "vae": ["11", 0],
                           "start_image": ["1", 0], "faces": ["7", 0], "audio_features": ["6", 0],
-                          "max_pixels": 64 * 128}},
+                          "max_pixels": 64 * 128, "window_frames": 0}},
         "13": {"class_type": "AnyTalkerSampler",
                "inputs": {"model": ["4", 0], "conditioning": ["12", 0], "seed": 3, "steps": steps,
                           "sampler_name": "unipc", "cfg": 4.5, "shift": 0.0, "audio_cfg": 0.0}},
@@ -168,6 +66,7 @@ def two_person_prompt(paths, steps: int = 2, frame_count: int = 9, boxes: str = 
         "16": {"class_type": "SaveVideo", "inputs": {"video": ["15", 0], "filename_prefix": "anytalker/test",
                                                      "format": "auto", "codec": "auto"}},
         "17": {"class_type": "PreviewImage", "inputs": {"images": ["7", 2]}},
+        "18": {"class_type": "AnyTalkerTestCLIPLoader", "inputs": {"path": str(paths.text_encoder)}},
     }
 
 
@@ -191,8 +90,7 @@ def test_two_person_graph_to_mp4(server):
     entry = server.run(two_person_prompt(server.paths))
     elapsed = time.monotonic() - started
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:3000]
-    videos = [v for out in entry["outputs"].values() for v in out.get("images", []) + out.get("video", [])
-              if str(v.get("filename", "")).endswith(".mp4")]
+    videos = saved_files(entry, ".mp4")
     assert videos, entry["outputs"]
     clip = read_video(server.base / "output" / videos[0]["subfolder"] / videos[0]["filename"])
     assert clip.frames.shape[0] == 9 and clip.fps == pytest.approx(24)
@@ -214,8 +112,7 @@ def test_long_sampler_graph_to_mp4(server):
     prompt["15"]["inputs"]["images"] = ["13", 0]
     entry = server.run(prompt)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:3000]
-    videos = [v for out in entry["outputs"].values() for v in out.get("images", []) + out.get("video", [])
-              if str(v.get("filename", "")).endswith(".mp4")]
+    videos = saved_files(entry, ".mp4")
     clip = read_video(server.base / "output" / videos[0]["subfolder"] / videos[0]["filename"])
     assert clip.frames.shape[:3] == (13, 64, 128) and clip.fps == pytest.approx(24)
     assert clip.audio is not None and clip.audio.shape[-1] / clip.sample_rate == pytest.approx(13 / 24, abs=0.03)
@@ -254,45 +151,10 @@ def test_interrupt_stops_sampling(server):
 # ------------------------------------------------------------------------- the shipped workflows
 
 
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-
-
-def widget_names(info: dict) -> list[tuple[str, bool]]:
-    """A node's widget inputs in the order the UI stores them, with 'has a control_after_generate value'."""
-    names = []
-    for section in ("required", "optional"):
-        for name in info["input_order"].get(section, []):
-            spec = info["input"][section][name]
-            kind = spec[0]
-            if isinstance(kind, list) or kind in WIDGET_TYPES:
-                options = spec[1] if len(spec) > 1 else {}
-                names.append((name, bool(options.get("control_after_generate"))))
-    return names
-
-
-def ui_to_api(workflow: dict, object_info: dict) -> dict:
-    """What the frontend sends for a UI-format workflow: widget values by name, links as [node, slot]."""
-    links = {row[0]: row for row in workflow["links"]}
-    prompt = {}
-    for node in workflow["nodes"]:
-        info = object_info[node["type"]]
-        values = list(node.get("widgets_values") or [])
-        inputs = {}
-        for name, control in widget_names(info):
-            inputs[name] = values.pop(0)
-            if control:
-                values.pop(0)
-        for inp in node["inputs"]:
-            if inp.get("link") is not None:
-                _, src, slot, *_ = links[inp["link"]]
-                inputs[inp["name"]] = [str(src), slot]
-        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
-    return prompt
-
-
 def with_tiny_models(prompt: dict, paths, people: int) -> dict:
-    """Point the workflow at the tiny models and inputs; the two encoders ComfyUI cannot load tiny
-    (UMT5 via Load CLIP, CLIP vision) become the test-only nodes that produce the same types."""
+    """Point the workflow at the tiny models and inputs. Load CLIP and Load CLIP Vision pick full-size
+    architectures, so those two loaders become the test loaders (ComfyUI's own classes, tiny sizes);
+    CLIP Text Encode and everything else stay native."""
     for node_id, node in list(prompt.items()):
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "AnyTalkerModelLoader":
@@ -302,16 +164,14 @@ def with_tiny_models(prompt: dict, paths, people: int) -> dict:
         elif kind == "VAELoader":
             inputs["vae_name"] = Path(paths.vae).name
         elif kind == "LoadImage":
-            inputs["image"] = "two_astronauts.png" if people == 2 else f"astronauts_{people}.png"
+            inputs["image"] = IMAGES[people]
         elif kind == "LoadAudio":
             inputs["audio"] = inputs["audio"].replace("speaker", "person")
         elif kind == "CLIPLoader":
-            del prompt[node_id]
-        elif kind == "CLIPTextEncode":
-            prompt[node_id] = {"class_type": "AnyTalkerTestTextEncode",
-                               "inputs": {"path": str(paths.text_encoder), "text": inputs["text"]}}
+            prompt[node_id] = {"class_type": "AnyTalkerTestCLIPLoader", "inputs": {"path": str(paths.text_encoder)}}
         elif kind == "CLIPVisionLoader":
-            prompt[node_id] = {"class_type": "AnyTalkerTestClipVision", "inputs": {"path": str(paths.clip_vision)}}
+            prompt[node_id] = {"class_type": "AnyTalkerTestClipVisionLoader",
+                               "inputs": {"path": str(paths.clip_vision)}}
         elif kind == "AnyTalkerAudioEncode":
             inputs["frame_count"] = 9
         elif kind == "AnyTalkerFaceMasks":
@@ -332,13 +192,13 @@ def test_shipped_workflow_runs(server, name, people):
     prompt = with_tiny_models(ui_to_api(workflow, server.get("/object_info")), server.paths, people)
     entry = server.run(prompt)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:3000]
-    saved = [v for out in entry["outputs"].values() for v in out.get("images", []) if v["filename"].endswith(".mp4")]
+    saved = saved_files(entry, ".mp4")
     assert len(saved) == 1
 
 
 def test_shipped_score_workflow_runs(server):
-    from anytalker_core.testing.demo import demo_image
     from anytalker_core.io.media import write_video
+    from anytalker_core.testing.demo import demo_image
 
     frames = np.repeat(demo_image(2, size=96)[None], 12, axis=0)  # a still two-person clip, 0.5 s
     wave = np.zeros(8000, dtype=np.float32)
@@ -350,3 +210,35 @@ def test_shipped_score_workflow_runs(server):
     texts = [t for out in entry["outputs"].values() for t in out.get("text", [])]
     report = next(json.loads(t) for t in texts if t.startswith("{"))
     assert report["status"] == "ok" and report["interactivity"] == 0.0  # nobody moves
+
+
+def test_stub_golden_matches_the_live_comfyui(comfyui_env):
+    """tests/comfy_stub reads ComfyUI's numbers from a recorded file; it must equal the live ComfyUI's."""
+    code = ("import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+            "import record_comfy_stub_golden as r; print(json.dumps(r.record(Path(sys.argv[2]))))")
+    proc = subprocess.run([comfyui_env.python, "-c", code, str(REPO / "scripts"), str(comfyui_env.path)],
+                          capture_output=True, text=True, cwd=comfyui_env.path, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    live = json.loads(proc.stdout.strip().splitlines()[-1])
+    golden = json.loads((REPO / "tests" / "comfy_stub" / "golden" / "comfyui.json").read_text())
+    assert live["latent_formats.Wan21"] == golden["latent_formats.Wan21"]
+
+
+def test_the_documented_install_detects_faces(server):
+    """The ComfyUI env installed the pack as docs/comfyui.md says (requirements.txt + install.py): its
+    MediaPipe finds the faces of a real photo (scikit-image's astronaut, twice) with no boxes given."""
+    from safetensors.torch import load_file
+
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": IMAGES[2]}},
+        "2": {"class_type": "AnyTalkerFaceMasks", "inputs": {"image": ["1", 0], "people": 2,
+                                                             "detector": "mediapipe", "boxes": ""}},
+        "3": {"class_type": "AnyTalkerTestSaveTensors",
+              "inputs": {"filename": "faces/detected.safetensors", "value": ["2", 1]}},
+    }
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:3000]
+    masks = load_file(server.base / "output" / "faces" / "detected.safetensors")["value"]
+    assert masks.shape[0] == 2
+    left, right = (m.nonzero()[:, 1].float().mean().item() for m in masks)  # mean column of each mask
+    assert left < masks.shape[2] / 2 < right  # one face per half, numbered left to right

@@ -252,6 +252,8 @@ def test_save_load_round_trip(model, tmp_path):
     inputs = make_inputs(model.config, 2)
     with torch.no_grad():
         assert torch.equal(model(*inputs), loaded(*inputs))
+    # safetensors keeps tensors at 8-byte offsets, where MKL's one-row kernels round differently
+    assert all(t.data_ptr() % 64 == 0 for t in [*loaded.parameters(), *loaded.buffers()] if t.numel())
 
 
 def test_released_pth_format_and_conversion(model, tmp_path):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
 import wave as wavmod
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -25,6 +25,26 @@ def _write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
         w.setsampwidth(2)
         w.setframerate(rate)
         w.writeframes(pcm.tobytes())
+    return path
+
+
+def _encode_audio(path: Path, samples: np.ndarray, rate: int, codec: str) -> Path:
+    """Encode mono ``samples`` (-1..1) with PyAV's bundled FFmpeg libraries (no ffmpeg program needed)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate, layout="mono")
+        fmt = stream.codec_context.codec.audio_formats[0].name  # e.g. fltp (aac), s16 (flac), s32p (mp3)
+        kind = {"flt": np.float32, "s16": np.int16, "s32": np.int32}[fmt.rstrip("p")]
+        scale = 1.0 if kind is np.float32 else float(np.iinfo(kind).max)
+        data = (np.asarray(samples, np.float64) * scale).astype(kind)[None]  # [1, S]
+        frame_size = stream.codec_context.frame_size or 1024
+        for start in range(0, data.shape[1], frame_size):
+            chunk = np.ascontiguousarray(data[:, start:start + frame_size])
+            if not fmt.endswith("p"):
+                chunk = chunk.reshape(1, -1)  # packed: [1, S * channels]
+            frame = av.AudioFrame.from_ndarray(chunk, format=fmt, layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
     return path
 
 
@@ -64,9 +84,7 @@ def test_load_audio_other_target_rate_and_identity(tmp_path):
 
 @pytest.mark.parametrize("ext,codec", [("mp3", "libmp3lame"), ("flac", "flac"), ("m4a", "aac")])
 def test_load_audio_compressed_formats(tmp_path, ext, codec):
-    src = _write_wav(tmp_path / "src.wav", _tone(500, 1.0, 22050), 22050)
-    dst = tmp_path / f"out.{ext}"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), "-c:a", codec, str(dst)], check=True)
+    dst = _encode_audio(tmp_path / f"out.{ext}", _tone(500, 1.0, 22050), 22050, codec)
     wave = load_audio(dst)
     assert abs(wave.numel() - 16000) < 1200  # codec padding/priming at most ~one frame
     assert abs(_dominant_freq(wave.numpy(), 16000) - 500) < 3

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from ..io.weights import (LazyStateDict, describe_checkpoint, is_quant_key, load
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "ClipVisionEncoder", "load_clip_vision", "make_tiny_clip_vision"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "ClipVisionEncoder", "load_clip_vision", "make_tiny_clip_vision", "reference_pixels"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -204,18 +205,29 @@ class ClipVisionEncoder:
         lo, hi = float(images.min()), float(images.max())
         if lo < -1e-3 or hi > 1.0 + 1e-3:
             raise InputError(f"CLIP vision: image values must lie in 0..1, got {lo:.3g}..{hi:.3g}")
-        x = images.permute(0, 3, 1, 2).to(self.device).mul(2.0).sub(1.0)  # Wan feeds -1..1
-        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
-        x = x.mul(0.5).add(0.5)
-        mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return reference_pixels(images.to(self.device), self.image_size)
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """``images [B, H, W, 3]`` in 0..1 -> penultimate tokens ``[B, num_tokens, hidden_size]`` float32."""
         pixels = self.preprocess(images).to(self.dtype)
         return self.model(pixel_values=pixels).last_hidden_state.float()
+
+
+def reference_pixels(images: torch.Tensor, size: int, mean: Sequence[float] = CLIP_MEAN,
+                     std: Sequence[float] = CLIP_STD) -> torch.Tensor:
+    """Wan's CLIP input: ``images [B, H, W, 3]`` float 0..1 -> normalised pixels ``[B, 3, size, size]``.
+
+    The reference resizes the -1..1 image to the square input with bicubic interpolation (no crop, no
+    antialias) and normalises it; the resized values are neither clamped nor rounded. (ComfyUI's own
+    ``clip_preprocess`` clamps and rounds them to 1/255; the node pack feeds this instead.)
+    """
+    x = images.float().permute(0, 3, 1, 2).mul(2.0).sub(1.0)  # Wan feeds -1..1
+    x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
+    x = x.mul(0.5).add(0.5)
+    mean_t = torch.tensor(list(mean), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std_t = torch.tensor(list(std), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean_t) / std_t
 
 
 def load_clip_vision(

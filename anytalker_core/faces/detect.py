@@ -187,13 +187,20 @@ def _merge_boxes(boxes: list[FaceBox], iou: float = 0.3, contain: float = 0.7) -
     return kept
 
 
+#: how to get the one mediapipe release whose wheel carries its face models (a plain
+#: ``pip install mediapipe`` gives a newer one without them, plus jax and opencv-contrib)
+MEDIAPIPE_INSTALL = ("run the pack's install.py with ComfyUI's python (ComfyUI-Manager does this), or: "
+                     "pip install --no-deps mediapipe==0.10.21 && pip install absl-py attrs flatbuffers "
+                     "'protobuf<5' matplotlib")
+
+
 def _import_mediapipe_face_detection():
     try:
         from mediapipe.python.solutions import face_detection
     except ImportError as exc:
         raise MissingModelError(
             f"the 'mediapipe' face detector needs the mediapipe package, which could not be imported ({exc}): "
-            f"pip install mediapipe (its dependencies attrs, absl-py, flatbuffers and protobuf<5 included)"
+            f"{MEDIAPIPE_INSTALL}"
         ) from None
     return face_detection
 
@@ -204,13 +211,13 @@ def mediapipe_model_path(model: str = "full") -> Path:
 
     spec = importlib.util.find_spec("mediapipe")
     if spec is None or not spec.submodule_search_locations:
-        raise MissingModelError("the 'mediapipe' face detector needs the mediapipe package: pip install mediapipe")
+        raise MissingModelError(f"the 'mediapipe' face detector needs the mediapipe package: {MEDIAPIPE_INSTALL}")
     name = "face_detection_full_range_sparse.tflite" if model == "full" else "face_detection_short_range.tflite"
     path = Path(list(spec.submodule_search_locations)[0]) / "modules" / "face_detection" / name
     if not path.is_file():
         raise MissingModelError(
-            f"mediapipe face detection model missing at {path}: reinstall mediapipe (pip install --force-reinstall "
-            f"mediapipe); the wheel ships this file"
+            f"mediapipe face detection model missing at {path} (only mediapipe 0.10.21's wheel ships it): "
+            f"{MEDIAPIPE_INSTALL}"
         )
     return path
 

@@ -30,7 +30,8 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from ..errors import Interrupted, InputError, MissingModelError
+from ..errors import InputError, Interrupted, MissingModelError
+from ..faces.detect import MEDIAPIPE_INSTALL
 from .interactivity import NUM_LANDMARKS, FaceObservation
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class MediaPipeLandmarker:
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise MissingModelError(
                 "the 'mediapipe' landmark backend needs the mediapipe package "
-                f"(pip install mediapipe; import failed: {exc})") from None
+                f"(import failed: {exc}): {MEDIAPIPE_INSTALL}") from None
         self.max_faces = int(max_faces)
         self.crop_scale = float(crop_scale)
         self.crop_px = int(crop_px)

@@ -46,3 +46,7 @@ def throw_exception_if_processing_interrupted():
     if interrupt_processing:
         interrupt_processing = False
         raise InterruptProcessingException()
+
+
+def load_model_gpu(model):
+    """ComfyUI moves the patched model to its load device; everything stays on the CPU here."""

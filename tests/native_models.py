@@ -1,10 +1,15 @@
 """Stand-ins for ComfyUI's native model objects, with ComfyUI's call surface, backed by anytalker_core's
 tiny real-format models (built by ``anytalker_core.testing.demo.build_demo_models``).
 
+Not part of tests/comfy_stub (which never imports this project): these objects are this project's own
+encoders dressed as ComfyUI's, so the stub-based node tests check the nodes' plumbing, not ComfyUI's
+numbers. The real-ComfyUI suite (tests/test_comfyui_values.py) compares the node graph, with ComfyUI's
+own text encoder, CLIP vision and VAE, against ``AnyTalkerPipeline``.
+
 * :class:`NativeVAE` — ``comfy.sd.VAE`` for a Wan2.1 VAE: ``encode(IMAGE frames [T, H, W, 3] 0..1)`` →
   raw latent ``[1, 16, F, h, w]``; ``decode(raw latent)`` → ``[1, T, H, W, 3]`` 0..1; ``latent_channels``.
-* :class:`NativeClipVision` — ``comfy.clip_vision.ClipVisionModel``: ``encode_image(image, crop)`` →
-  an output with ``penultimate_hidden_states``; ``image_size``.
+* :class:`NativeClipVision` — ``comfy.clip_vision.ClipVisionModel``: ``model(pixel_values=...,
+  intermediate_output=-2)`` → ``(last, penultimate, ...)``; ``patcher``, ``load_device``, ``image_size``.
 * :func:`text_conditioning` — what CLIP Text Encode returns for Wan: ``[[embeds [1, 512, D], {}]]``,
   the prompt's tokens followed by zeros (ComfyUI pads UMT5 to 512 tokens and zeroes the padding).
 * :func:`vae_decode_node` — ComfyUI's VAE Decode node (5-D video output flattened to frames).
@@ -40,9 +45,14 @@ class NativeClipVision:
 
         self.inner = load_clip_vision(path)
         self.image_size = int(getattr(self.inner, "image_size", 224))
+        self.load_device = torch.device("cpu")
+        self.patcher = object()
 
-    def encode_image(self, image: torch.Tensor, crop: bool = True) -> dict:
-        return {"penultimate_hidden_states": self.inner.encode(image[..., :3])}
+    def model(self, pixel_values: torch.Tensor, intermediate_output=None):
+        assert intermediate_output == -2, intermediate_output
+        # anytalker_core's tower stops before the last block: its last state is the penultimate one
+        hidden = self.inner.model(pixel_values=pixel_values.to(self.inner.dtype)).last_hidden_state.float()
+        return hidden, hidden, None, None
 
 
 def text_conditioning(text_encoder_path, prompt: str, length: int = 512) -> list:
