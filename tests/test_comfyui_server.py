@@ -75,7 +75,9 @@ def test_object_info_lists_the_nodes(server):
     ours = sorted(k for k in info if k.startswith("AnyTalker") and not k.startswith("AnyTalkerTest"))
     assert ours == sorted(["AnyTalkerModelLoader", "AnyTalkerWav2VecLoader", "AnyTalkerAudioEncode",
                            "AnyTalkerFaceMasks", "AnyTalkerConditioning", "AnyTalkerSampler", "AnyTalkerLongSampler",
-                           "AnyTalkerScoreVideo", "AnyTalkerSplitVoices"])
+                           "AnyTalkerScoreVideo", "AnyTalkerSplitVoices", "AnyTalkerNativeModelLoader",
+                           "AnyTalkerNativeToVideo", "AnyTalkerNativeExtend", "AnyTalkerNativeJoinWindows",
+                           "AnyTalkerNativeGuider"])
     assert "IMPORT FAILED" not in server.text_log()
     speakers = info["AnyTalkerAudioEncode"]["input"]["required"]["speakers"]
     assert speakers[0] == "COMFY_AUTOGROW_V3" and speakers[1]["template"]["prefix"] == "audio"
@@ -100,14 +102,16 @@ def test_two_person_graph_to_mp4(server):
 
 
 def test_long_sampler_graph_to_mp4(server):
-    """13 frames in windows of 9 (frames 0-8, then 8-12): Long Sampler → Create Video → Save Video."""
+    """13 frames in overlapping windows of 9: Long Sampler → Create Video → Save Video."""
     from anytalker_core.io.media import read_video
 
     prompt = two_person_prompt(server.paths, frame_count=13)
     prompt["13"] = {"class_type": "AnyTalkerLongSampler",
                     "inputs": {"model": ["4", 0], "conditioning": ["12", 0], "vae": ["11", 0], "clip_vision": ["10", 0],
                                "window_frames": 9, "seed": 3, "steps": 2, "sampler_name": "unipc", "cfg": 4.5,
-                               "shift": 0.0, "audio_cfg": 0.0}}
+                               "shift": 0.0, "audio_cfg": 0.0, "overlap_frames": 0, "colour_match": True,
+                               "overlap_mode": "latent", "overlap_merge": "blend", "clip_reference": "start",
+                               "reanchor_every": 0, "resume": False}}
     del prompt["14"]
     prompt["15"]["inputs"]["images"] = ["13", 0]
     entry = server.run(prompt)
@@ -130,9 +134,14 @@ def test_errors_reach_the_history(server):
 
 
 def test_interrupt_stops_sampling(server):
-    warm = server.run(two_person_prompt(server.paths, steps=1))  # upstream nodes now come from the cache
+    def prompt_with(steps: int) -> dict:
+        prompt = two_person_prompt(server.paths, steps=steps)
+        prompt["12"]["inputs"]["max_pixels"] = 256 * 512  # 200 steps take seconds: interrupted mid-way
+        return prompt
+
+    warm = server.run(prompt_with(1))  # upstream nodes now come from the cache
     assert warm["status"]["status_str"] == "success"
-    prompt = two_person_prompt(server.paths, steps=200)
+    prompt = prompt_with(200)
     prompt["13"]["inputs"]["seed"] = 11
 
     def interrupt():
