@@ -5,8 +5,8 @@
 Same server harness as tests/test_comfyui_server.py, with tiny models sized for ComfyUI's Wan model (CLIP
 width 1280, 128-wide heads) in models/: the UI-format workflows are converted with the server's own
 /object_info and run with the core KSampler to an mp4. TorchCompileModel is taken out of the LoRA + compile
-workflow (inductor needs minutes on a small CPU; tests/test_native_route.py covers it with
-ANYTALKER_TEST_COMPILE=1); its LoRA runs.
+workflow (compiling again for every workflow would cost minutes; tests/test_native_route.py runs
+TorchCompileModel itself); its LoRA runs.
 """
 
 from __future__ import annotations
