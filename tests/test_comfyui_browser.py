@@ -59,7 +59,7 @@ def provide_workflow_files(server) -> None:
     links = {"diffusion_models/1_3B-single-v1.pth": paths.dit,
              "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors": paths.text_encoder,
              "clip_vision/clip_vision_h.safetensors": paths.clip_vision, "vae/wan_2.1_vae.safetensors": paths.vae,
-             "audio_encoders/wav2vec2-base-960h": paths.wav2vec,
+             "audio_encoders/wav2vec2-base-960h.safetensors": Path(paths.wav2vec) / "model.safetensors",
              # the LoRA workflow's placeholder: a user picks their own; any file of that name lists it
              "loras/your_wan2.1_lora.safetensors": paths.dit}
     for name, target in links.items():

@@ -88,15 +88,15 @@ def test_a_missing_model_file_says_where_to_get_it(server):
     import json
 
     prompt = two_person_prompt(server.paths)
-    prompt["4"]["inputs"]["model_name"] = "1_3B-single-v1.pth"
+    prompt["4"]["inputs"]["model_name"] = "14B-multi-v1.pth"  # (the browser test lays out 1_3B-single-v1.pth)
     del prompt["17"]  # the face preview does not need the model: with it the prompt would run that output alone
     with pytest.raises(urllib.error.HTTPError) as raised:
         server.post("/prompt", {"prompt": prompt})
     assert raised.value.code == 400
     body = json.loads(raised.value.read())
     details = " ".join(e["details"] for e in body["node_errors"]["4"]["errors"])
-    assert "'1_3B-single-v1.pth' is not in ComfyUI/models/diffusion_models/" in details
-    assert "huggingface.co/zzz66/AnyTalker-1.3B" in details
+    assert "'14B-multi-v1.pth' is not in ComfyUI/models/diffusion_models/" in details
+    assert "huggingface.co/zzz66/AnyTalker-1.3B/resolve/main/14B-multi-v1.pth" in details
 
 
 @pytest.fixture(scope="module")

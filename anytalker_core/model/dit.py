@@ -152,11 +152,14 @@ class Block(nn.Module):
             kv.identities = self.audio_cross_attn.project(cond.identities)
         return kv
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor, rope: torch.Tensor, kv: BlockKV,
-                frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, e: torch.Tensor, rope: torch.Tensor, kv: BlockKV | None,
+                frames: int, cond: PreparedConditioning | None = None) -> torch.Tensor:
         """x ``[1 or K, S, dim]`` float32 residual stream; e ``[1 or K, 6, dim]`` float32 time projection;
         ``kv`` of ``K`` branches -> ``[K, S, dim]``. A batch-1 ``x`` is shared by every branch up to
-        the cross-attention, where the branches' conditioning first differs."""
+        the cross-attention, where the branches' conditioning first differs. ``kv=None``: projected here
+        from ``cond`` (inside the block's own call, where a sharded block has its weights gathered)."""
+        if kv is None:
+            kv = self.project(cond)
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e).chunk(6, dim=1)
         y = self.self_attn(self.norm1(x).float() * (1 + scale1) + shift1, rope)
         x = x + y.float() * gate1
@@ -393,7 +396,7 @@ class AnyTalkerDiT(nn.Module):
     @staticmethod
     def _run_block(block: Block, tokens: torch.Tensor, e0: torch.Tensor, rope: torch.Tensor, cond: PreparedConditioning,
                    kv: BlockKV | None, frames: int) -> torch.Tensor:
-        return block(tokens, e0, rope, kv if kv is not None else block.project(cond), frames)
+        return block(tokens, e0, rope, kv, frames, cond=cond if kv is None else None)
 
     def _check_inputs(self, x, t, context, clip_fea, y, speakers) -> None:
         """Clear errors for inconsistent inputs instead of shape errors deep inside torch."""
