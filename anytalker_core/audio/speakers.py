@@ -11,7 +11,6 @@ embeddings equal ``resemblyzer.VoiceEncoder``'s.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import threading
 from pathlib import Path
@@ -35,15 +34,13 @@ __all__ = ["VoiceEncoder", "load_voice_encoder", "mel_frames"]
 
 
 def _packaged_weights() -> Path:
-    spec = importlib.util.find_spec("resemblyzer")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingModelError(
-            "speaker embeddings need the GE2E weights that ship in the Resemblyzer wheel: "
-            "pip install --no-deps resemblyzer (its webrtcvad dependency is not needed)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "pretrained.pt"
-    if not path.is_file():
-        raise MissingModelError(f"the resemblyzer package has no weight file at '{path}'; reinstall it")
-    return path
+    from ..io.model_paths import packaged_file
+
+    return packaged_file(
+        "resemblyzer", "pretrained.pt",
+        "speaker embeddings need the GE2E weights that ship in the Resemblyzer wheel: "
+        "pip install --no-deps resemblyzer (its webrtcvad dependency is not needed)",
+        "the resemblyzer package has no weight file at '{path}'; reinstall it")
 
 
 def mel_frames(wave: np.ndarray) -> np.ndarray:

@@ -12,7 +12,6 @@ silence durations, padding).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import threading
 from dataclasses import dataclass
@@ -65,16 +64,12 @@ class VADParams:
 
 
 def _packaged_model() -> Path:
-    spec = importlib.util.find_spec("silero_vad")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingModelError(
-            "voice-activity detection needs the silero-vad package (its model ships in the wheel): "
-            "pip install silero-vad")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.jit"
-    if not path.is_file():
-        raise MissingModelError(f"the silero-vad package has no model file at '{path}'; reinstall it "
-                                "(pip install --force-reinstall silero-vad)")
-    return path
+    from ..io.model_paths import packaged_file
+
+    return packaged_file(
+        "silero_vad", "data/silero_vad.jit",
+        "voice-activity detection needs the silero-vad package (its model ships in the wheel): pip install silero-vad",
+        "the silero-vad package has no model file at '{path}'; reinstall it (pip install --force-reinstall silero-vad)")
 
 
 class SileroVAD:

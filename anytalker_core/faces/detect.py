@@ -207,19 +207,14 @@ def _import_mediapipe_face_detection():
 
 def mediapipe_model_path(model: str = "full") -> Path:
     """The BlazeFace model bundled in the installed mediapipe wheel."""
-    import importlib.util
+    from ..io.model_paths import packaged_file
 
-    spec = importlib.util.find_spec("mediapipe")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingModelError(f"the 'mediapipe' face detector needs the mediapipe package: {MEDIAPIPE_INSTALL}")
     name = "face_detection_full_range_sparse.tflite" if model == "full" else "face_detection_short_range.tflite"
-    path = Path(list(spec.submodule_search_locations)[0]) / "modules" / "face_detection" / name
-    if not path.is_file():
-        raise MissingModelError(
-            f"mediapipe face detection model missing at {path} (only mediapipe 0.10.21's wheel ships it): "
-            f"{MEDIAPIPE_INSTALL}"
-        )
-    return path
+    return packaged_file(
+        "mediapipe", f"modules/face_detection/{name}",
+        f"the 'mediapipe' face detector needs the mediapipe package: {MEDIAPIPE_INSTALL}",
+        f"mediapipe face detection model missing at {{path}} (only mediapipe 0.10.21's wheel ships it): "
+        f"{MEDIAPIPE_INSTALL}")
 
 
 class MediaPipeDetector:

@@ -229,3 +229,21 @@ def resolve_model_paths(
                        insightface_root=insightface if insightface.is_dir() else None)
     log.info("model files:\n%s", paths.describe())
     return paths
+
+
+def packaged_file(package: str, relative: str, missing_package: str, missing_file: str) -> Path:
+    """A model file that ships inside an installed package's wheel (Silero VAD, Resemblyzer's GE2E, mediapipe's
+    BlazeFace), found without importing the package.
+
+    ``missing_package`` is the message when the package is not installed; ``missing_file`` when it is but the
+    file is not there (``{path}`` in it is replaced by the path looked at). Both raise :class:`MissingModelError`.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingModelError(missing_package)
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise MissingModelError(missing_file.replace("{path}", str(path)))
+    return path
