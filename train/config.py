@@ -108,6 +108,9 @@ class TrainConfig:
     # meta-device init, sharded (DCP) checkpoints; "deepspeed": ZeRO stage `zero_stage` through accelerate
     parallel: str = "ddp"
     zero_stage: int = 2  # parallel = "deepspeed": 2 (optimiser + gradients sharded) or 3 (parameters too)
+    # processes that split each sample's video tokens (Ulysses sequence parallelism, train/sequence_parallel.py);
+    # 1 = off. Must divide the process count and the model's attention heads; those processes train one batch
+    sequence_parallel: int = 1
     # data
     two_person_prob: float = 0.5  # stage 1; stage 2 uses 0
     # frozen CLIP vision file (prepare's clip_vision): encodes the side-by-side first frame of two-person
@@ -143,6 +146,11 @@ class TrainConfig:
             raise InputError(f"config: parallel must be 'ddp', 'fsdp2' or 'deepspeed', got {self.parallel!r}")
         if self.zero_stage not in (2, 3):
             raise InputError(f"config: zero_stage must be 2 or 3 (parallel = 'deepspeed'), got {self.zero_stage}")
+        if self.sequence_parallel < 1:
+            raise InputError(f"config: sequence_parallel must be >= 1 (1 = off), got {self.sequence_parallel}")
+        if self.sequence_parallel > 1 and self.parallel == "deepspeed":
+            raise InputError("config: sequence_parallel > 1 runs with parallel = 'ddp' or 'fsdp2' (DeepSpeed's "
+                             "engine is not set up for a sequence-parallel group here)")
         if self.parallel == "fsdp2" and self.mixed_precision == "fp16":
             raise InputError("config: parallel = 'fsdp2' trains in 'bf16' or 'no' mixed precision (fp16 needs a "
                              "sharded gradient scaler); set mixed_precision = 'bf16'")

@@ -14,7 +14,7 @@ The model counts bytes of what the trainer keeps alive; it is an estimate, not a
   peak (q, k, v, attention output, norms, the FFN's hidden layer, and their gradients) is modelled as
   ``2 · B · S · (20 · dim + 4 · ffn_dim)`` bytes. Attention is memory-efficient (SDPA/flash: no
   ``S × S`` matrix). Without checkpointing every block's activations stay: ``layers ×`` that peak.
-  ``sp`` (a planning figure: the trainer has no sequence parallelism yet) divides ``S``.
+  ``sp`` (``sequence_parallel``: each process holds ``S/sp`` of the tokens) divides ``S``.
 * **frozen encoders** — stage 1's CLIP ViT-H/14 in bf16 (0.63 B parameters), when two-person mode is on.
 
 Not counted: the CUDA context and allocator fragmentation (add ~2–4 GiB), the data loader's pinned

@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 
 from anytalker_core.errors import CheckpointError, InputError, Interrupted
+from anytalker_core.model.attention import use_sequence_parallel
 from anytalker_core.io.atomic import write_text_atomic
 
 from . import flow
@@ -33,6 +34,8 @@ from .checkpointing import (MODEL_CONFIG_FILE, export_checkpoint, find_latest, l
                             save_checkpoint, write_json_atomic)
 from .config import ModelSection, TrainConfig
 from .data import FIRST_FRAME_KEY, BatchBuilder, CacheIndex, SharedEmbeddings, TrainBatch, passthrough
+from .sequence_parallel import frame_shares
+from .sequence_parallel import setup as setup_sequence_parallel
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +206,9 @@ class Trainer:
         )
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
+        # the processes of one sequence-parallel group share a batch: they are one data-parallel rank
+        self.split, self.data_rank, self.data_world = setup_sequence_parallel(cfg.sequence_parallel, self.rank,
+                                                                              self.world)
         if self.accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.run_dir / "train_config.json", asdict(cfg))
@@ -252,11 +258,13 @@ class Trainer:
         self.index = CacheIndex(cfg.data)
         self.shared = SharedEmbeddings.load(cfg.data[0])
         keys = self.index.keys()
+        if self.split is not None:  # every bucket must give each process of the group at least one frame
+            frame_shares(min(k[1] for k in keys), cfg.sequence_parallel)
         sources = [self.index.source(i) for i in range(len(self.index))]
         can_pair = self._pairing_report(keys) if cfg.effective_two_person_prob > 0 else None
         self.sampler = BucketBatchSampler(
             keys, cfg.batch_size, two_person_prob=cfg.effective_two_person_prob,
-            pairable=_pairable, seed=cfg.seed, rank=self.rank, world_size=self.world, sources=sources,
+            pairable=_pairable, seed=cfg.seed, rank=self.data_rank, world_size=self.data_world, sources=sources,
             can_pair=can_pair)
         identity_counts = {k[0] for k in keys} | ({2} if cfg.effective_two_person_prob > 0 else set())
         if cfg.parallel == "deepspeed" and cfg.zero_stage == 3 and len(identity_counts) > 1:
@@ -336,6 +344,8 @@ class Trainer:
         else:
             model = build_model(cfg.model, cfg.seed)
         self.model_config = model.config
+        if self.split is not None:
+            self.split.check_heads(model.config.num_heads)
         if self.accelerator.is_main_process:
             write_json_atomic(self.run_dir / MODEL_CONFIG_FILE, model.config.to_dict())
         n_params = sum(p.numel() for p in model.parameters())
@@ -361,12 +371,13 @@ class Trainer:
         _, f_lat, h_lat, w_lat = max(self.index.keys(), key=lambda k: k[1] * k[2] * k[3])
         mode = f"zero{cfg.zero_stage}" if cfg.parallel == "deepspeed" else cfg.parallel
         block = sum(p.numel() for p in model.blocks[0].parameters())
-        e = estimate(model.config, self.world, mode, cfg.batch_size, 4 * (f_lat - 1) + 1, 8 * h_lat, 8 * w_lat,
-                     cfg.model.gradient_checkpointing, two_person=cfg.effective_two_person_prob > 0,
-                     counts=(sum(p.numel() for p in model.parameters()), block))
-        log.info("memory model per GPU (estimate, %s, %d process(es), largest bucket %dx%dx%d): states %.2f GiB, "
-                 "gathered %.2f GiB, activations %.2f GiB, frozen CLIP %.2f GiB, total %.2f GiB", mode, self.world,
-                 4 * (f_lat - 1) + 1, 8 * h_lat, 8 * w_lat, e.states_gib, e.gathered_gib, e.activations_gib,
+        counts = (sum(p.numel() for p in model.parameters()), block)
+        video = (4 * (f_lat - 1) + 1, 8 * h_lat, 8 * w_lat)
+        e = estimate(model.config, self.world, mode, cfg.batch_size, *video, cfg.model.gradient_checkpointing,
+                     sp=cfg.sequence_parallel, two_person=cfg.effective_two_person_prob > 0, counts=counts)
+        log.info("memory model per GPU (estimate, %s, %d process(es), sequence_parallel %d, largest bucket %dx%dx%d): "
+                 "states %.2f GiB, gathered %.2f GiB, activations %.2f GiB, frozen CLIP %.2f GiB, total %.2f GiB",
+                 mode, self.world, cfg.sequence_parallel, *video, e.states_gib, e.gathered_gib, e.activations_gib,
                  e.encoders_gib, e.total_gib)
 
     def _refuse_existing_run(self) -> None:
@@ -427,8 +438,9 @@ class Trainer:
             with acc.accumulate(self.model):
                 if self.sharded:  # reduce-scatter gradients only on the last micro-batch of a step
                     self.model.set_requires_gradient_sync(acc.sync_gradients)
-                loss = self._micro_step(batch)
-                acc.backward(loss)
+                with use_sequence_parallel(self.split) if self.split else contextlib.nullcontext():
+                    loss = self._micro_step(batch)  # (the backward recomputes checkpointed blocks: split too)
+                    acc.backward(loss)
                 if acc.sync_gradients:
                     if cfg.max_grad_norm > 0 and self.sharded:  # the norm of DTensor gradients is global
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
@@ -458,7 +470,7 @@ class Trainer:
     def _micro_step(self, batch: TrainBatch) -> torch.Tensor:
         """Noise one batch, predict the velocity, return the flow-matching loss."""
         cfg = self.cfg
-        g = step_generator(cfg.seed, self.rank, self.micro_step)
+        g = step_generator(cfg.seed, self.data_rank, self.micro_step)
         batch = apply_condition_dropout(batch, g, cfg.text_dropout, cfg.audio_dropout, self.shared.empty)
         if self.clip is not None:
             batch = batch.with_image_tokens(self.clip.encode)

@@ -8,6 +8,12 @@ disjoint key sets can be merged exactly, :func:`merge_attention`) with tensors l
 forward): ``flash_attn`` (FlashAttention 2/3) or ``sage`` (SageAttention), used only for unmasked
 half-precision calls on CUDA, the only case they support; other calls fall back to SDPA, which computes
 the same function. There is no process-wide setting: two loaded models may use different backends.
+
+Sequence parallelism (training long clips over several processes, ``train/sequence_parallel.py``) enters
+here too: inside :func:`use_sequence_parallel` each process holds the video tokens of some latent frames,
+:func:`sequence_attention` (the video tokens' self-attention) exchanges heads for tokens around the one
+:func:`attention` call (Ulysses all-to-all), and :func:`sequence_split` tells the model which tokens are
+this process's. Outside it, the split is the identity and nothing is exchanged.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import contextlib
 import contextvars
 import importlib.util
 import logging
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +34,73 @@ log = logging.getLogger(__name__)
 BACKENDS = ("sdpa", "flash_attn", "sage")
 #: the kernel of the model whose forward is running (None = PyTorch SDPA)
 _kernel: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("anytalker_attention_kernel", default=None)
+
+
+class SequenceSplit(Protocol):
+    """How the video tokens ``[B, S, ...]`` are split over processes (sequence parallelism)."""
+
+    def for_grid(self, grid: tuple[int, int, int]) -> "SequenceSplit":
+        """Bind to a latent token grid ``(F, h, w)`` (f-major tokens): this process's share is a run of frames."""
+
+    def local(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """This process's tokens of the whole sequence ``x`` (along ``dim``)."""
+
+    def full(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """This process's tokens ``x`` at their place in a zero-filled whole sequence (no communication)."""
+
+    def gather(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """The whole sequence from every process's tokens (differentiable; gradients are summed back)."""
+
+    def sequence_to_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, S_local, H, D]`` -> ``[B, S, H/P, D]``: all tokens of this process's heads."""
+
+    def heads_to_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, S, H/P, D]`` -> ``[B, S_local, H, D]`` (the inverse of :meth:`sequence_to_heads`)."""
+
+
+class _WholeSequence:
+    """No sequence parallelism: one process holds every token."""
+
+    def for_grid(self, grid):
+        return self
+
+    def local(self, x, dim):
+        return x
+
+    full = gather = local
+
+
+_WHOLE = _WholeSequence()
+_sequence: contextvars.ContextVar[SequenceSplit | None] = contextvars.ContextVar("anytalker_sequence_split",
+                                                                                 default=None)
+
+
+@contextlib.contextmanager
+def use_sequence_parallel(split: SequenceSplit) -> Iterator[None]:
+    """Run the model's forward (and its backward) with the video tokens split as ``split`` says."""
+    token = _sequence.set(split)
+    try:
+        yield
+    finally:
+        _sequence.reset(token)
+
+
+def sequence_split(grid: tuple[int, int, int] | None = None) -> SequenceSplit:
+    """The active split of the video tokens (bound to ``grid`` when given); the identity without sequence
+    parallelism."""
+    split = _sequence.get()
+    if split is None:
+        return _WHOLE
+    return split.for_grid(grid) if grid is not None else split
+
+
+def sequence_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Self-attention of the video tokens: :func:`attention`, over all tokens even when each process holds
+    only its own (q/k/v ``[B, S_local, H, D]``; heads are exchanged for tokens around the call)."""
+    split = _sequence.get()
+    if split is None:
+        return attention(q, k, v)
+    return split.heads_to_sequence(attention(*(split.sequence_to_heads(t) for t in (q, k, v))))
 
 
 def available_backends() -> list[str]:

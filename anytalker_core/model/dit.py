@@ -18,7 +18,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .afca import LegacyAudioCrossAttention, fused_afca_sum, project_fused_identities
-from .attention import attention, check_attention_backend, use_attention_backend
+from .attention import (attention, check_attention_backend, sequence_attention, sequence_split,
+                        use_attention_backend)
 from .speaker import Speaker
 from .config import AnyTalkerConfig
 from .embeddings import apply_rope, rope_angles, rope_rotation, sinusoidal_embedding
@@ -59,7 +60,7 @@ class SelfAttention(nn.Module):
         q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, -1))
         k = self.norm_k(self.k(x)).unflatten(-1, (self.heads, -1))
         v = self.v(x).unflatten(-1, (self.heads, -1))
-        out = attention(apply_rope(q, rope), apply_rope(k, rope), v)
+        out = sequence_attention(apply_rope(q, rope), apply_rope(k, rope), v)
         return self.o(out.flatten(2))
 
 
@@ -121,7 +122,9 @@ class CrossAttention(nn.Module):
         else:
             out = out + attention(q, image.k, image.v).flatten(2)
         if self.has_afca and kv.identities:
-            out = out + fused_afca_sum(q, kv.identities, branches, frames, self.vae_scale)
+            split = sequence_split()  # AFCA needs each token's frame: run it at the tokens' place in the clip
+            out = out + split.local(fused_afca_sum(split.full(q, 1), kv.identities, branches, frames,
+                                                   self.vae_scale), 1)
         return self.o(out)
 
 
@@ -165,7 +168,8 @@ class Block(nn.Module):
         x = x + y.float() * gate1
         x = x + self.cross_attn(self.norm3(x), kv, frames).float()
         if self.legacy and kv.identities:
-            x = x + self.audio_cross_attn(self.norm_x(x), kv.identities, frames).float()
+            split = sequence_split()
+            x = x + split.local(self.audio_cross_attn(split.full(self.norm_x(x), 1), kv.identities, frames), 1).float()
         y = self._ffn((self.norm2(x).float() * (1 + scale2) + shift2).to(linear_compute_dtype(self.ffn[0])))
         return x + y.float() * gate2
 
@@ -377,6 +381,8 @@ class AnyTalkerDiT(nn.Module):
         frames = grid[0]
         tokens = h.flatten(2).transpose(1, 2).contiguous().float()  # [B, S, dim] float32 residual stream
         rope = self.rope(grid, x.device)
+        split = sequence_split(grid)  # sequence parallelism: this process's latent frames (else all tokens)
+        tokens, rope = split.local(tokens, 1), split.local(rope, 0)
         t = t.reshape(-1)
         if t.numel() == 1 and x.shape[0] > 1:
             t = t.expand(x.shape[0])
@@ -390,7 +396,7 @@ class AnyTalkerDiT(nn.Module):
                 tokens = checkpoint(self._run_block, block, tokens, e0, rope, cond, kv, frames, use_reentrant=False)
             else:
                 tokens = self._run_block(block, tokens, e0, rope, cond, kv, frames)
-        out = self.head(tokens, e)
+        out = split.gather(self.head(tokens, e), 1)
         return unpatchify(out, grid, cfg.patch_size, cfg.out_dim)
 
     @staticmethod
