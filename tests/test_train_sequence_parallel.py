@@ -4,7 +4,8 @@
   checkpointing) gives the same output, loss and gradients with its tokens split over two processes as
   run whole;
 * ``fit`` with ``sequence_parallel = 2`` on two processes gives the loss curve and the exported weights of
-  the same run on one process (stage 1: single- and two-person batches).
+  the same run on one process (stage 1: single- and two-person batches; also with ``parallel = "fsdp2"``), reading tar shards whose index
+  the main process read once; the run then resumes on one process with more data.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from test_train_fsdp import _free_port, _same_export, _torchrun
 
 from anytalker_core.errors import InputError
 from train.sequence_parallel import frame_shares, setup
+from train.shards import pack_folder
 
 
 def test_frames_are_dealt_evenly_and_too_few_are_named():
@@ -56,22 +58,58 @@ def test_split_model_equals_the_whole_model():
         assert c["without_grad"] == []
 
 
+def _init_file(folder: Path) -> Path:
+    import torch
+
+    from anytalker_core.model.checkpoint import save_dit
+    from anytalker_core.model.config import AnyTalkerConfig
+    from anytalker_core.model.dit import AnyTalkerDiT
+
+    torch.manual_seed(0)
+    return save_dit(AnyTalkerDiT(AnyTalkerConfig.tiny()), folder / "init.safetensors")
+
+
+def _from(init: Path, config: Path) -> Path:
+    config.write_text(config.read_text().replace("tiny = true", f'init_checkpoint = "{init}"'))
+    return config
+
+
 @pytest.mark.slow
 def test_sequence_parallel_fit_matches_one_process(tmp_path: Path):
     data = make_cache(tmp_path / "cache", 4)
+    pack_folder(data)  # train from tar shards
     common = dict(max_steps=4, save_every=2, export_at_end=True, two_person_prob=0.5, seed=5)
-    whole = write_config(tmp_path / "whole.toml", data, tmp_path / "whole", **common)
-    split = write_config(tmp_path / "split.toml", data, tmp_path / "split", sequence_parallel=2, **common)
+    init = _init_file(tmp_path)  # one set of initial weights for DDP and FSDP2 (which draws fresh ones per shard)
+    whole = _from(init, write_config(tmp_path / "whole.toml", data, tmp_path / "whole", **common))
+    split = _from(init, write_config(tmp_path / "split.toml", data, tmp_path / "split", sequence_parallel=2,
+                                     **common))
     _torchrun(1, whole)
     result = _torchrun(2, split)
+    assert "cache index: 4 samples read by the main process, sent to 2 processes" in result.stderr
     assert "part 1 of 2 of data-parallel rank 0 of 1" in result.stderr
     assert "part 2 of 2 of data-parallel rank 0 of 1" in result.stderr
     a, b = read_losses(tmp_path / "whole"), read_losses(tmp_path / "split")
     assert list(a) == list(b) == [1, 2, 3, 4]
     assert [b[s] for s in b] == pytest.approx([a[s] for s in a], rel=1e-5)
+    # the same with the weights sharded by FSDP2 over the two processes of the sequence-parallel group
+    sharded = _from(init, write_config(tmp_path / "fsdp2.toml", data, tmp_path / "fsdp2", sequence_parallel=2,
+                                       parallel="fsdp2", **common))
+    _torchrun(2, sharded)
+    c = read_losses(tmp_path / "fsdp2")
+    assert [c[s] for s in c] == pytest.approx([a[s] for s in a], rel=1e-5)
     rows = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert {r["two_person"] for r in rows} == {True, False}  # both kinds of batch were split
     # AdamW normalises each gradient entry: on the attention key biases, whose exact gradient is 0 (softmax
     # ignores a shift of all scores), rounding-level differences become steps of up to lr x 1e-2 (2e-5)
     assert _same_export(tmp_path / "whole" / "anytalker_dit.safetensors",
                         tmp_path / "split" / "anytalker_dit.safetensors") < 3e-4
+
+    # resume the split run on ONE process without sequence parallelism and with two more samples
+    more = make_cache(tmp_path / "more", 2, seed=1)
+    text = split.read_text().replace(f'data = ["{data}"]', f'data = ["{data}", "{more}"]')
+    split.write_text(text.replace("sequence_parallel = 2", "sequence_parallel = 1"))
+    resumed = _torchrun(1, split, "--max-steps", "6")
+    assert "resumed from" in resumed.stderr
+    assert "the data changed since the checkpoint (4 -> 6 samples): continuing with epoch 1" in resumed.stderr
+    b = read_losses(tmp_path / "split")
+    assert list(b) == [1, 2, 3, 4, 5, 6] and all(0 < b[s] < 10 for s in (5, 6))

@@ -3,6 +3,7 @@
     anytalker-train prepare CONFIG.toml            # or: prepare --input clips/ --output cache/ --vae ... --shard 0/4
     anytalker-train fit train/configs/stage1.toml  # stage 1 or 2, from the config; resumes automatically
     anytalker-train export RUN_DIR OUT.safetensors # newest checkpoint -> inference format
+    anytalker-train pack CACHE                     # a cache's samples/ folder -> tar shards + index
 
 Multi-process: ``torchrun --nproc_per_node N -m train.cli fit CONFIG`` or
 ``accelerate launch --config_file train/accelerate/ddp.yaml -m train.cli fit CONFIG``
@@ -22,7 +23,7 @@ from anytalker_core.errors import AnyTalkerError, InputError
 log = logging.getLogger("anytalker.train")
 
 _PREPARE_OPTIONS = ("input", "output", "vae", "clip_vision", "text_encoder", "wav2vec", "face_detector", "device",
-                    "storage_dtype")
+                    "storage_dtype", "cache_format")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--width", type=int, default=832)
     m.add_argument("--batch-size", type=int, default=1, help="per GPU")
     m.add_argument("--no-gradient-checkpointing", action="store_true")
+
+    m.add_argument("--sequence-parallel", type=int, default=1, help="processes splitting each sample (default 1)")
+
+    k = sub.add_parser("pack", help="move a cache's samples/ folder into tar shards with an index (train/shards.py)")
+    k.add_argument("cache", help="prepare output folder")
+    k.add_argument("--shard-gib", type=float, default=1.0, help="close a tar after this many GiB (default 1)")
 
     e = sub.add_parser("export", help="write a run's newest (or a given) checkpoint in the inference format")
     e.add_argument("source", help="run folder or checkpoint folder (RUN/checkpoints/step-…)")
@@ -114,8 +121,8 @@ def _run_fit(args) -> int:
 def _run_memory(args) -> int:
     from .memory import PARALLEL_MODES, estimate, format_table, parameter_counts, preset_config, tokens
 
-    if args.gpus < 1 or args.batch_size < 1:
-        raise InputError("--gpus and --batch-size must be >= 1")
+    if args.gpus < 1 or args.batch_size < 1 or args.sequence_parallel < 1:
+        raise InputError("--gpus, --batch-size and --sequence-parallel must be >= 1")
     rows = []
     for name in args.model or ["1.3B", "14B"]:
         config = preset_config(name)
@@ -123,11 +130,22 @@ def _run_memory(args) -> int:
         for mode in PARALLEL_MODES:
             rows.append((f"{name} ({counts[0] / 1e9:.2f}B)", estimate(
                 config, args.gpus, mode, args.batch_size, args.frames, args.height, args.width,
-                not args.no_gradient_checkpointing, counts=counts)))
+                not args.no_gradient_checkpointing, sp=args.sequence_parallel, counts=counts)))
     seq = tokens(args.frames, args.height, args.width)
     print(f"per-GPU training memory, {args.frames} frames at {args.height}x{args.width} ({seq} tokens), "
-          f"batch {args.batch_size} per GPU, {args.gpus} GPUs, stage 1 (frozen CLIP):")
+          f"batch {args.batch_size} per GPU, {args.gpus} GPUs, sequence_parallel {args.sequence_parallel}, "
+          "stage 1 (frozen CLIP):")
     print(format_table(rows))
+    return 0
+
+
+def _run_pack(args) -> int:
+    from .shards import pack_folder
+
+    if args.shard_gib <= 0:
+        raise InputError("--shard-gib must be > 0")
+    count = pack_folder(args.cache, int(args.shard_gib * (1 << 30)))
+    print(f"pack: {count} samples -> {Path(args.cache) / 'shards'}")
     return 0
 
 
@@ -149,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return {"prepare": _run_prepare, "fit": _run_fit, "memory": _run_memory,
-                "export": _run_export}[args.command](args)
+                "export": _run_export, "pack": _run_pack}[args.command](args)
     except AnyTalkerError as exc:
         log.error("%s", exc)
         return 2

@@ -47,11 +47,13 @@ class PrepareConfig:
     device: str = "cpu"
     dtype: str = "float32"  # encoder dtype: float32 | bfloat16 | float16
     storage_dtype: str = "bfloat16"  # dtype of the cached float tensors
+    # "folder": samples/<id>.safetensors + .json; "shards": tar shards + one index per shard (train/shards.py)
+    cache_format: str = "folder"
     # clip geometry
     fps: float = float(FPS)
     max_frames: int = WINDOW_FRAMES  # 4n+1
     min_frames: int = 17  # 4n+1; shorter clips are dropped
-    segments_per_clip: int = 1  # consecutive non-overlapping windows taken from each clip
+    segments_per_clip: int = 0  # consecutive non-overlapping windows taken from each clip; 0 = all of them
     max_area: int = MAX_AREA
     size_multiple: int = SIZE_MULTIPLE
     # filters

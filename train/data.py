@@ -1,26 +1,4 @@
-"""Cached training samples → model-ready batches, including stage 1's two-person concatenation.
-
-A cached sample (written by :mod:`train.prepare`) is one ``<id>.safetensors`` plus ``<id>.json``:
-
-==========================  ==========================  ===============================================
-key                         shape                        meaning
-==========================  ==========================  ===============================================
-``latents``                 ``[16, F, h, w]``           VAE latents of the clip (the training target x0)
-``first_frame_latent``      ``[16, F, h, w]``           VAE latents of (frame 0, then black frames): y's image part
-``audio_features``          ``[N, T, L, C]``            wav2vec2 hidden states per video frame, one track per identity
-                                                         (un-windowed; windowed ±2 here, as the encoder does)
-``face_boxes``              ``[N, T, 4]``               per-frame square face boxes, xyxy pixels (NaN = not found)
-``global_face_box``         ``[N, 4]``                  union of the clip's boxes (made square), xyxy pixels
-``face_clip_tokens``        ``[N, 257, D]``             CLIP ViT-H/14 penultimate tokens of each face crop
-``clip_tokens``             ``[257, D]``                CLIP tokens of frame 0
-``first_frame``             ``[H, W, 3]`` uint8         frame 0's pixels (two-person mode encodes its CLIP tokens
-                                                         from the side-by-side crops; prepare format ≥ 2)
-``text_embedding``          ``[L_text, text_dim]``      UMT5 embedding of the caption (unpadded)
-==========================  ==========================  ===============================================
-
-with ``T = 4(F − 1) + 1`` video frames, identities ordered left to right, ``(H, W) = (8h, 8w)``.
-``shared_embeddings.safetensors`` in the cache folder holds ``empty_text_embedding`` (the
-unconditional prompt) and ``two_person_text_embedding.{i}`` (generic two-person prompts).
+"""Cached samples (:mod:`train.cache`) → model-ready batches, including stage 1's two-person concatenation.
 
 Identity masks follow the reference (``utils/get_face_bbox.py``, ``wan/utils/infer_utils.py``):
 binary box masks enlarged ×1.2 (width) × 1.1 (height) about their centre, bilinearly resized to the
@@ -38,54 +16,26 @@ and concatenated; the trainer encodes that frame with the frozen CLIP vision mod
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from anytalker_core.audio.wav2vec import window_features
-from anytalker_core.constants import VAE_SPATIAL_STRIDE
 from anytalker_core.errors import InputError
+
+# the cache's names, re-exported: train.data was their home before train.cache
+from .cache import (FIRST_FRAME_KEY, SAMPLE_KEYS, SHARED_EMBEDDINGS_FILE, VAE_STRIDE, CachedSample, CacheIndex,
+                    SharedEmbeddings, load_sample)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CachedSample", "TrainBatch", "CacheIndex", "SharedEmbeddings", "load_sample", "identity_masks",
            "window_audio", "concat_side_by_side", "collate", "SAMPLE_KEYS", "FIRST_FRAME_KEY",
-           "SHARED_EMBEDDINGS_FILE", "Unpairable", "half_crop_start"]
-
-SAMPLE_KEYS = ("latents", "first_frame_latent", "audio_features", "face_boxes", "global_face_box",
-               "face_clip_tokens", "clip_tokens", "text_embedding")
-FIRST_FRAME_KEY = "first_frame"  # optional at load time; two-person mode needs it
-SHARED_EMBEDDINGS_FILE = "shared_embeddings.safetensors"
-VAE_STRIDE = VAE_SPATIAL_STRIDE
-
-
-@dataclass
-class CachedSample:
-    """One cached clip (tensors as stored) plus its metadata. ``N`` identities, ``T`` video frames."""
-
-    sample_id: str
-    latents: torch.Tensor  # [16, F, h, w]
-    first_frame_latent: torch.Tensor  # [16, F, h, w]
-    audio_features: torch.Tensor  # [N, T, L, C]
-    global_face_box: torch.Tensor  # [N, 4] xyxy pixels
-    face_clip_tokens: torch.Tensor  # [N, 257, D]
-    clip_tokens: torch.Tensor | None  # [257, D]; None for a two-person pair (encoded later from first_frame)
-    text_embedding: torch.Tensor  # [L_text, text_dim]
-    image_hw: tuple[int, int]
-    first_frame: torch.Tensor | None = None  # uint8 [H, W, 3]; None in caches of prepare format 1
-    # per-identity column ranges (pixels) the identity's masks are confined to; None = whole image
-    regions: list[tuple[float, float]] | None = None
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def num_identities(self) -> int:
-        return int(self.audio_features.shape[0])
+           "SHARED_EMBEDDINGS_FILE", "Unpairable", "half_crop_start", "pairing_problem"]
 
 
 @dataclass
@@ -144,146 +94,6 @@ class TrainBatch:
 
         return [Speaker(audio=self.audio[i], face_clip=self.face_clip[i], token_mask=self.token_masks[i])
                 for i in range(self.audio.shape[0])]
-
-
-# ----------------------------------------------------------------------------------- loading
-
-
-def _read_meta(json_path: Path) -> dict:
-    try:
-        return json.loads(json_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cached sample metadata '{json_path}' is unreadable ({exc}); re-run prepare") from None
-
-
-def load_sample(path: str | Path) -> CachedSample:
-    """Read ``<id>.safetensors`` (+ ``<id>.json``) written by :mod:`train.prepare`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    try:
-        tensors = load_file(str(path))
-    except (OSError, SafetensorError) as exc:
-        raise InputError(f"cached sample '{path}' is unreadable ({exc}); delete it and re-run prepare") from None
-    missing = [k for k in SAMPLE_KEYS if k not in tensors]
-    if missing:
-        raise InputError(f"cached sample '{path}' lacks {missing}; it was not written by this version of prepare")
-    meta = _read_meta(path.with_suffix(".json"))
-    lat = tensors["latents"]
-    image_hw = (int(meta.get("height", lat.shape[-2] * VAE_STRIDE)), int(meta.get("width", lat.shape[-1] * VAE_STRIDE)))
-    return CachedSample(
-        sample_id=str(meta.get("id", path.stem)),
-        latents=lat.float(),
-        first_frame_latent=tensors["first_frame_latent"].float(),
-        audio_features=tensors["audio_features"].float(),
-        global_face_box=tensors["global_face_box"].float(),
-        face_clip_tokens=tensors["face_clip_tokens"].float(),
-        clip_tokens=tensors["clip_tokens"].float(),
-        text_embedding=tensors["text_embedding"].float(),
-        image_hw=image_hw,
-        first_frame=tensors.get(FIRST_FRAME_KEY),
-        meta=meta,
-    )
-
-
-@dataclass
-class SharedEmbeddings:
-    """Prompt embeddings every sample may need: the empty prompt and generic two-person prompts."""
-
-    empty: torch.Tensor | None  # [L, text_dim]
-    two_person: list[torch.Tensor]  # each [L, text_dim]
-    two_person_prompts: list[str] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, folder: str | Path) -> "SharedEmbeddings":
-        from safetensors.torch import load_file
-
-        path = Path(folder) / SHARED_EMBEDDINGS_FILE
-        if not path.is_file():
-            log.warning("%s not found: text dropout uses zeros and two-person batches keep the left sample's "
-                        "caption (run prepare to create it)", path)
-            return cls(empty=None, two_person=[])
-        tensors = load_file(str(path))
-        meta_path = path.with_suffix(".json")
-        prompts = json.loads(meta_path.read_text()).get("two_person_prompts", []) if meta_path.is_file() else []
-        count = sum(1 for k in tensors if k.startswith("two_person_text_embedding."))
-        return cls(empty=tensors.get("empty_text_embedding", None) if "empty_text_embedding" in tensors else None,
-                   two_person=[tensors[f"two_person_text_embedding.{i}"].float() for i in range(count)],
-                   two_person_prompts=prompts)
-
-
-class CacheIndex:
-    """The cached samples of one or more prepare output folders: paths, metadata and bucket keys."""
-
-    def __init__(self, folders: Sequence[str | Path]):
-        self.folders = [Path(f) for f in folders]
-        self.paths: list[Path] = []
-        self.metas: list[dict] = []
-        for folder in self.folders:
-            samples = folder / "samples"
-            if not samples.is_dir():
-                raise InputError(f"data folder '{folder}' has no 'samples/' sub-folder; run "
-                                 "'anytalker-train prepare' to create it")
-            for meta_path in sorted(samples.glob("*.json")):
-                tensor_path = meta_path.with_suffix(".safetensors")
-                if tensor_path.is_file():
-                    self.paths.append(tensor_path)
-                    self.metas.append(_read_meta(meta_path))
-        if not self.paths:
-            raise InputError(f"no cached samples found in {[str(f) for f in self.folders]}; run prepare first")
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def key(self, i: int) -> tuple[int, int, int, int]:
-        """Bucket key ``(identities, latent frames, latent h, latent w)``: equal keys batch together."""
-        m = self.metas[i]
-        return (int(m["num_identities"]), int(m["latent_frames"]), int(m["latent_height"]), int(m["latent_width"]))
-
-    def keys(self) -> list[tuple[int, int, int, int]]:
-        return [self.key(i) for i in range(len(self))]
-
-    def load(self, i: int) -> CachedSample:
-        return load_sample(self.paths[i])
-
-    def source(self, i: int) -> str:
-        """The clip sample ``i`` was cut from (windows of one clip share it)."""
-        return str(self.metas[i].get("source") or self.metas[i].get("id", self.paths[i].stem))
-
-    def global_face_box(self, i: int) -> list[list[float]]:
-        """``[N, 4]`` face boxes of sample ``i`` (from its metadata, else from the tensor file)."""
-        box = self.metas[i].get("global_face_box")
-        if box is not None:
-            return box
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(self.paths[i]), framework="pt") as fh:
-                return fh.get_tensor("global_face_box").float().tolist()
-        except (OSError, SafetensorError) as exc:
-            raise InputError(f"cached sample '{self.paths[i]}' is unreadable ({exc}); delete it and re-run "
-                             "prepare") from None
-
-    def pairing_problem(self, i: int) -> str | None:
-        """Why single-person sample ``i`` cannot be one half of a stage-1 side-by-side frame (None: it can)."""
-        m = self.metas[i]
-        try:
-            half_crop_start(self.global_face_box(i)[0], int(m["width"]), int(m["latent_width"]))
-        except Unpairable as exc:
-            return str(exc)
-        return None
-
-    def has_tensor(self, i: int, key: str) -> bool:
-        """Whether sample ``i`` stores tensor ``key`` (reads the file header only)."""
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(self.paths[i]), framework="pt") as fh:
-                return key in fh.keys()
-        except (OSError, SafetensorError) as exc:
-            raise InputError(f"cached sample '{self.paths[i]}' is unreadable ({exc}); delete it and re-run "
-                             "prepare") from None
 
 
 # ----------------------------------------------------------------------------------- masks
@@ -353,6 +163,16 @@ def half_crop_start(box: Sequence[float], image_width: int, latent_width: int) -
                          f"frame ({half * stride:.0f} px at latent-column steps)")
     centred = round((x0 + x1) / 2 / stride - half / 2)
     return min(max(centred, lo), hi)
+
+
+def pairing_problem(index: CacheIndex, i: int) -> str | None:
+    """Why single-person sample ``i`` of ``index`` cannot be one half of a stage-1 side-by-side frame (None: it can)."""
+    m = index.metas[i]
+    try:
+        half_crop_start(index.global_face_box(i)[0], int(m["width"]), int(m["latent_width"]))
+    except Unpairable as exc:
+        return str(exc)
+    return None
 
 
 def _first_frame_columns(sample: CachedSample, columns: slice) -> torch.Tensor:

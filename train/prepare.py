@@ -2,7 +2,8 @@
 
 For every clip (mp4/mov/mkv/webm with audio) of a folder or manifest:
 
-1. read frames and audio, resample to 24 fps, cut ``segments_per_clip`` windows of ``4n+1 ≤ 81`` frames;
+1. read frames and audio, resample to 24 fps, cut the clip into consecutive windows of ``4n+1 ≤ 81`` frames
+   (every window by default; at most ``segments_per_clip`` if that is > 0);
 2. resize (cover) and centre-crop to the clip's 480p-area bucket (sides multiples of 32, aspect kept);
 3. filters — audio present and not silent (RMS dBFS), motion (Farneback optical flow), exactly the
    expected number of faces in every checked frame (the face detector);
@@ -46,6 +47,7 @@ from anytalker_core.sampling.sizes import target_size
 from .config import PrepareConfig
 from .data import FIRST_FRAME_KEY, SHARED_EMBEDDINGS_FILE
 from .filters import audio_rms_db, faces_per_frame, motion_score
+from .shards import close_writers, shard_meta, stored_tensors, writer_for
 
 log = logging.getLogger(__name__)
 
@@ -248,21 +250,29 @@ class Encoders:
 
 
 def write_sample(folder: Path, sample_id: str, tensors: dict[str, torch.Tensor], meta: dict,
-                 storage_dtype: torch.dtype = torch.bfloat16) -> Path:
-    """Write one cached sample: ``<id>.safetensors`` (floats in ``storage_dtype``, boxes float32, integer
-    tensors such as the uint8 ``first_frame`` unchanged), then ``<id>.json``."""
+                 storage_dtype: torch.dtype = torch.bfloat16, shard: tuple[int, int] | None = None) -> Path:
+    """Write one cached sample (floats in ``storage_dtype``, boxes float32, integer tensors such as the uint8
+    ``first_frame`` unchanged): ``folder/<id>.safetensors`` then ``folder/<id>.json``, or with
+    ``shard = (index, count)`` into prepare process ``index``'s tar shards of the cache ``folder.parent``
+    (:mod:`train.shards`). Returns the file written."""
+    stored = stored_tensors(tensors, storage_dtype)
+    header = {"format": "anytalker-train-sample", "version": str(FORMAT_VERSION)}
+    if shard is not None:
+        writer = writer_for(folder.parent, *shard)
+        writer.write(sample_id, stored, meta, header)
+        return writer.current
     folder.mkdir(parents=True, exist_ok=True)
-    keep_fp32 = {"face_boxes", "global_face_box"}
-    stored = {k: (v.float() if k in keep_fp32 else v.to(storage_dtype) if v.is_floating_point() else v)
-              for k, v in tensors.items()}
     path = folder / f"{sample_id}.safetensors"
-    save_safetensors_atomic(path, stored, {"format": "anytalker-train-sample", "version": str(FORMAT_VERSION)})
+    save_safetensors_atomic(path, stored, header)
     write_json_atomic(folder / f"{sample_id}.json", meta)
     return path
 
 
 def _is_cached(folder: Path, sample_id: str) -> bool:
     """A complete sample of the current format (older ones, e.g. without ``first_frame``, are redone)."""
+    in_shard = shard_meta(folder.parent, sample_id)
+    if in_shard is not None:
+        return int(in_shard.get("format_version", 0)) >= FORMAT_VERSION
     meta_path = folder / f"{sample_id}.json"
     if not (meta_path.is_file() and (folder / f"{sample_id}.safetensors").is_file()):
         return False
@@ -353,7 +363,7 @@ def _load_clip(src: ClipSource, cfg: PrepareConfig):
     # decode only what the segments need (long clips would not fit in memory)
     fps = _probe_fps(src.video)
     needed = None
-    if fps:
+    if fps and cfg.segments_per_clip > 0:  # 0 = every window: the whole clip
         needed = int(math.ceil(cfg.segments_per_clip * cfg.max_frames * fps / cfg.fps)) + 2
     clip = read_video(src.video, max_frames=needed, sample_rate=SAMPLE_RATE)
     if src.audio_tracks:
@@ -389,9 +399,14 @@ def process_clip(src: ClipSource, cfg: PrepareConfig, encoders: Encoders | None,
                    "detail": f"{len(index)} frames at {cfg.fps:g} fps, need at least {cfg.min_frames}"})
         return
     size = clip_size(clip.frames.shape[1:3], cfg)
-    segments = min(cfg.segments_per_clip, max(1, len(index) // length))
+    segments = max(1, len(index) // length)  # every window of the clip (segments_per_clip = 0) ...
+    if cfg.segments_per_clip > 0:  # ... or at most segments_per_clip
+        segments = min(cfg.segments_per_clip, segments)
     for seg in range(segments):
-        sample_id = src.sample_id if cfg.segments_per_clip == 1 else f"{src.sample_id}__s{seg:03d}"
+        # window 0 keeps the clip's id when every window is taken (caches of the first-window-only default
+        # named it so: re-running prepare on them adds the other windows)
+        plain = cfg.segments_per_clip == 1 or (cfg.segments_per_clip == 0 and seg == 0)
+        sample_id = src.sample_id if plain else f"{src.sample_id}__s{seg:03d}"
         if _is_cached(out / "samples", sample_id):
             on_result({**base, "id": sample_id, "status": "cached"})
             continue
@@ -477,7 +492,8 @@ def _encode_and_write(src, cfg, encoders: Encoders, out, frames, audio, faces, c
         "global_face_box": [[round(float(v), 3) for v in b] for b in global_box],  # the sampler reads it here
         "shapes": {k: list(v.shape) for k, v in tensors.items()},
     }
-    write_sample(out / "samples", sample_id, tensors, meta, _DTYPES[cfg.storage_dtype])
+    write_sample(out / "samples", sample_id, tensors, meta, _DTYPES[cfg.storage_dtype],
+                 shard=resolve_shard(cfg) if cfg.cache_format == "shards" else None)
     return {"frames": num_frames, "size": [h, w], **metrics}
 
 
@@ -506,6 +522,10 @@ def prepare(cfg: PrepareConfig, encoders: Encoders | None = None, detector=None,
         raise InputError("prepare: set both 'input' (clips folder or manifest) and 'output' (cache folder)")
     if cfg.max_frames % 4 != 1 or cfg.min_frames % 4 != 1:
         raise InputError(f"prepare: max_frames ({cfg.max_frames}) and min_frames ({cfg.min_frames}) must be 4n+1")
+    if cfg.segments_per_clip < 0:
+        raise InputError(f"prepare: segments_per_clip must be >= 0 (0 = every window), got {cfg.segments_per_clip}")
+    if cfg.cache_format not in ("folder", "shards"):
+        raise InputError(f"prepare: cache_format must be 'folder' or 'shards', got {cfg.cache_format!r}")
     if cfg.storage_dtype not in _DTYPES:
         raise InputError(f"prepare: storage_dtype must be one of {sorted(_DTYPES)}, got {cfg.storage_dtype!r}")
     out = Path(cfg.output)
@@ -544,6 +564,7 @@ def prepare(cfg: PrepareConfig, encoders: Encoders | None = None, detector=None,
         for n, src in enumerate(mine):
             if should_stop is not None and should_stop():
                 _write_report(report_path, report, started)
+                close_writers()
                 raise Interrupted(f"prepare stopped after {n} clips; run it again to continue")
             if src not in todo:
                 record({"id": src.sample_id, "source": str(src.video), "status": "cached"})
@@ -561,6 +582,7 @@ def prepare(cfg: PrepareConfig, encoders: Encoders | None = None, detector=None,
             if time.time() - last_write > 30:  # the summary report too, so a kill leaves a recent one
                 _write_report(report_path, report, started)
                 last_write = time.time()
+    close_writers()
     report["complete"] = True
     _write_report(report_path, report, started)
     log.info("prepare shard %d/%d done: %s", shard, shards, report["summary"])

@@ -33,7 +33,8 @@ from .buckets import BucketBatchSampler
 from .checkpointing import (MODEL_CONFIG_FILE, export_checkpoint, find_latest, load_trainer_state,
                             save_checkpoint, write_json_atomic)
 from .config import ModelSection, TrainConfig
-from .data import FIRST_FRAME_KEY, BatchBuilder, CacheIndex, SharedEmbeddings, TrainBatch, passthrough
+from .cache import read_index_once
+from .data import FIRST_FRAME_KEY, BatchBuilder, SharedEmbeddings, TrainBatch, pairing_problem, passthrough
 from .sequence_parallel import frame_shares
 from .sequence_parallel import setup as setup_sequence_parallel
 
@@ -255,7 +256,7 @@ class Trainer:
 
     def _setup_data(self) -> None:
         cfg = self.cfg
-        self.index = CacheIndex(cfg.data)
+        self.index = read_index_once(cfg.data)
         self.shared = SharedEmbeddings.load(cfg.data[0])
         keys = self.index.keys()
         if self.split is not None:  # every bucket must give each process of the group at least one frame
@@ -282,7 +283,7 @@ class Trainer:
         ``RUN/pairing_report.json`` with the reason (they still train as single-person batches)."""
         can_pair, skipped = [], []
         for i, key in enumerate(keys):
-            problem = self.index.pairing_problem(i) if _pairable(key) else None
+            problem = pairing_problem(self.index, i) if _pairable(key) else None
             can_pair.append(problem is None)
             if problem is not None:
                 skipped.append({"id": self.index.metas[i].get("id", self.index.paths[i].stem),
