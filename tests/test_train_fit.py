@@ -182,9 +182,11 @@ def test_initialisation_from_a_checkpoint_of_another_size_names_it(tmp_path: Pat
         build_model(ModelSection(tiny=True, init_checkpoint=str(wider)), seed=1)
 
 
-def test_sharded_initialisation_reads_the_checkpoint_and_draws_the_new_layers(tmp_path: Path):
-    """FSDP2's meta-device build (one process here): checkpoint tensors land exactly, missing ones get
-    PyTorch's default init ranges; a checkpoint of another size is refused the same way as for DDP."""
+def test_sharded_initialisation_reads_the_checkpoint_and_draws_the_new_layers(tmp_path: Path, monkeypatch):
+    """FSDP2's meta-device build (one process here): the DiT is constructed without memory (every parameter on
+    the meta device; only the shards are then allocated: test_train_fsdp.py counts them per rank), checkpoint
+    tensors land exactly, missing ones get PyTorch's default init ranges; a checkpoint of another size is
+    refused the same way as for DDP."""
     import torch.distributed as dist
     from safetensors.torch import load_file, save_file
 
@@ -197,10 +199,20 @@ def test_sharded_initialisation_reads_the_checkpoint_and_draws_the_new_layers(tm
     source = save_dit(AnyTalkerDiT(AnyTalkerConfig.tiny()), tmp_path / "full.safetensors")
     base = {k: v for k, v in load_file(str(source)).items() if "audio" not in k}
     save_file(base, str(tmp_path / "wan.safetensors"))
+    built_on = []
+    init = AnyTalkerDiT.__init__
+
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        built_on.extend({p.device.type for p in self.parameters()})
+
+    monkeypatch.setattr(AnyTalkerDiT, "__init__", recording_init)
     ensure_process_group(tmp_path)
     try:
         model = build_sharded_model(AnyTalkerConfig.tiny(), str(tmp_path / "wan.safetensors"), seed=3,
                                     device=torch.device("cpu"), gradient_checkpointing=False)
+        assert built_on == ["meta"]  # constructed once, holding no memory
+        monkeypatch.setattr(AnyTalkerDiT, "__init__", init)
         sd = {k: v.full_tensor() for k, v in model.state_dict().items()}
         assert all(torch.equal(sd[k], v.float()) for k, v in base.items())
         new = {k: v for k, v in sd.items() if k not in base}

@@ -86,6 +86,8 @@ def test_sequence_parallel_fit_matches_one_process(tmp_path: Path):
     _torchrun(1, whole)
     result = _torchrun(2, split)
     assert "cache index: 4 samples read by the main process, sent to 2 processes" in result.stderr
+    assert "memory model per GPU (estimate, ddp, 2 process(es), sequence_parallel 2, largest bucket 5x64x64)" in \
+        result.stderr  # printed before the first step
     assert "part 1 of 2 of data-parallel rank 0 of 1" in result.stderr
     assert "part 2 of 2 of data-parallel rank 0 of 1" in result.stderr
     a, b = read_losses(tmp_path / "whole"), read_losses(tmp_path / "split")

@@ -440,8 +440,8 @@ class Trainer:
                 if self.sharded:  # reduce-scatter gradients only on the last micro-batch of a step
                     self.model.set_requires_gradient_sync(acc.sync_gradients)
                 with use_sequence_parallel(self.split) if self.split else contextlib.nullcontext():
-                    loss = self._micro_step(batch)  # (the backward recomputes checkpointed blocks: split too)
-                    acc.backward(loss)
+                    loss = self._micro_step(batch)
+                acc.backward(loss)
                 if acc.sync_gradients:
                     if cfg.max_grad_norm > 0 and self.sharded:  # the norm of DTensor gradients is global
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)

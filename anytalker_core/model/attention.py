@@ -59,7 +59,7 @@ class SequenceSplit(Protocol):
 
 
 class _WholeSequence:
-    """No sequence parallelism: one process holds every token."""
+    """No sequence parallelism: one process holds every token (every method is the identity)."""
 
     def for_grid(self, grid):
         return self
@@ -69,15 +69,25 @@ class _WholeSequence:
 
     full = gather = local
 
+    def sequence_to_heads(self, x):
+        return x
 
-_WHOLE = _WholeSequence()
-_sequence: contextvars.ContextVar[SequenceSplit | None] = contextvars.ContextVar("anytalker_sequence_split",
-                                                                                 default=None)
+    heads_to_sequence = sequence_to_heads
+
+
+WHOLE_SEQUENCE: SequenceSplit = _WholeSequence()
+_sequence: contextvars.ContextVar[SequenceSplit] = contextvars.ContextVar("anytalker_sequence_split",
+                                                                          default=WHOLE_SEQUENCE)
 
 
 @contextlib.contextmanager
 def use_sequence_parallel(split: SequenceSplit) -> Iterator[None]:
-    """Run the model's forward (and its backward) with the video tokens split as ``split`` says."""
+    """Run the calls inside the block with the video tokens split as ``split`` says.
+
+    The model re-enters it around each block with the split its forward began with, so that a block
+    recomputed in the backward pass (gradient checkpointing; on GPUs on autograd's own threads, which do
+    not see this context) splits its tokens the same way.
+    """
     token = _sequence.set(split)
     try:
         yield
@@ -89,8 +99,6 @@ def sequence_split(grid: tuple[int, int, int] | None = None) -> SequenceSplit:
     """The active split of the video tokens (bound to ``grid`` when given); the identity without sequence
     parallelism."""
     split = _sequence.get()
-    if split is None:
-        return _WHOLE
     return split.for_grid(grid) if grid is not None else split
 
 
@@ -98,8 +106,6 @@ def sequence_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
     """Self-attention of the video tokens: :func:`attention`, over all tokens even when each process holds
     only its own (q/k/v ``[B, S_local, H, D]``; heads are exchanged for tokens around the call)."""
     split = _sequence.get()
-    if split is None:
-        return attention(q, k, v)
     return split.heads_to_sequence(attention(*(split.sequence_to_heads(t) for t in (q, k, v))))
 
 

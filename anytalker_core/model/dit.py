@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .afca import LegacyAudioCrossAttention, fused_afca_sum, project_fused_identities
 from .attention import (attention, check_attention_backend, sequence_attention, sequence_split,
-                        use_attention_backend)
+                        use_attention_backend, use_sequence_parallel)
 from .speaker import Speaker
 from .config import AnyTalkerConfig
 from .embeddings import apply_rope, rope_angles, rope_rotation, sinusoidal_embedding
@@ -393,16 +393,18 @@ class AnyTalkerDiT(nn.Module):
         for i, block in enumerate(self.blocks):
             kv = cond.blocks[i] if cond.blocks is not None else None
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                tokens = checkpoint(self._run_block, block, tokens, e0, rope, cond, kv, frames, use_reentrant=False)
+                tokens = checkpoint(self._run_block, block, tokens, e0, rope, cond, kv, frames, split,
+                                    use_reentrant=False)
             else:
-                tokens = self._run_block(block, tokens, e0, rope, cond, kv, frames)
+                tokens = self._run_block(block, tokens, e0, rope, cond, kv, frames, split)
         out = split.gather(self.head(tokens, e), 1)
         return unpatchify(out, grid, cfg.patch_size, cfg.out_dim)
 
     @staticmethod
     def _run_block(block: Block, tokens: torch.Tensor, e0: torch.Tensor, rope: torch.Tensor, cond: PreparedConditioning,
-                   kv: BlockKV | None, frames: int) -> torch.Tensor:
-        return block(tokens, e0, rope, kv, frames, cond=cond if kv is None else None)
+                   kv: BlockKV | None, frames: int, split) -> torch.Tensor:
+        with use_sequence_parallel(split):  # also when recomputed in the backward pass
+            return block(tokens, e0, rope, kv, frames, cond=cond if kv is None else None)
 
     def _check_inputs(self, x, t, context, clip_fea, y, speakers) -> None:
         """Clear errors for inconsistent inputs instead of shape errors deep inside torch."""

@@ -7,6 +7,7 @@ rank 0's own gradient (before the data-parallel mean) is from the whole one (it 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -39,11 +40,12 @@ def inputs(cfg: AnyTalkerConfig, frames: int, identities: int, seed: int):
 
 def run(model, args, target, split=None):
     model.zero_grad(set_to_none=True)
-    with use_sequence_parallel(split) if split is not None else torch.autograd.graph.saved_tensors_hooks(
-            lambda t: t, lambda t: t):
+    with use_sequence_parallel(split) if split is not None else contextlib.nullcontext():
         out = model(*args)
         loss = torch.nn.functional.mse_loss(out, target)
-        loss.backward()
+    # outside the context: a block recomputed here (gradient checkpointing) must still split its tokens,
+    # as on GPUs, where autograd runs the backward on threads that do not see the context
+    loss.backward()
     grads = {n: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for n, p in model.named_parameters()}
     return out.detach(), loss.detach(), grads
 
