@@ -347,6 +347,51 @@ def _probe_fps(path: Path) -> float | None:
         return None  # read_video reports the problem with a clear message
 
 
+def _probe_frames(path: Path) -> int | None:
+    """The video stream's frame count from the container, without decoding (None if it does not say)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            if stream.frames:
+                return int(stream.frames)
+            rate = stream.average_rate or stream.guessed_rate
+            if stream.duration and stream.time_base and rate:
+                return int(math.ceil(float(stream.duration * stream.time_base) * float(rate)))
+    except (av.error.FFmpegError, IndexError, OSError, ValueError):
+        pass
+    return None
+
+
+def _window_id(clip_id: str, seg: int, cfg: PrepareConfig) -> str:
+    """Sample id of window ``seg`` of a clip. Window 0 keeps the clip's id when every window is taken (caches
+    of the first-window-only default named it so: re-running prepare on them adds the other windows)."""
+    plain = cfg.segments_per_clip == 1 or (cfg.segments_per_clip == 0 and seg == 0)
+    return clip_id if plain else f"{clip_id}__s{seg:03d}"
+
+
+def _window_count(frames: int, cfg: PrepareConfig) -> int:
+    """Windows prepare cuts from ``frames`` frames at the training frame rate (0: too short)."""
+    length = frames_for_training(frames, cfg.max_frames)
+    if length < cfg.min_frames:
+        return 0
+    count = max(1, frames // length)
+    return min(cfg.segments_per_clip, count) if cfg.segments_per_clip > 0 else count
+
+
+def _all_windows_cached(out: Path, src: ClipSource, cfg: PrepareConfig) -> bool:
+    """Whether every window of ``src`` is cached, judged without decoding it: the container's frame count,
+    taken two source frames long, so that a clip is never counted for fewer windows than it has."""
+    if cfg.segments_per_clip == 1:
+        return _is_cached(out / "samples", src.sample_id)
+    fps, frames = _probe_fps(src.video), _probe_frames(src.video)
+    if not fps or not frames:
+        return False
+    count = _window_count(len(resample_indices(frames + 2, fps, cfg.fps)), cfg)
+    return count > 0 and all(_is_cached(out / "samples", _window_id(src.sample_id, k, cfg)) for k in range(count))
+
+
 def _has_audio_stream(path: Path) -> bool:
     import av
 
@@ -399,14 +444,9 @@ def process_clip(src: ClipSource, cfg: PrepareConfig, encoders: Encoders | None,
                    "detail": f"{len(index)} frames at {cfg.fps:g} fps, need at least {cfg.min_frames}"})
         return
     size = clip_size(clip.frames.shape[1:3], cfg)
-    segments = max(1, len(index) // length)  # every window of the clip (segments_per_clip = 0) ...
-    if cfg.segments_per_clip > 0:  # ... or at most segments_per_clip
-        segments = min(cfg.segments_per_clip, segments)
+    segments = _window_count(len(index), cfg)  # every window (segments_per_clip = 0) or at most N
     for seg in range(segments):
-        # window 0 keeps the clip's id when every window is taken (caches of the first-window-only default
-        # named it so: re-running prepare on them adds the other windows)
-        plain = cfg.segments_per_clip == 1 or (cfg.segments_per_clip == 0 and seg == 0)
-        sample_id = src.sample_id if plain else f"{src.sample_id}__s{seg:03d}"
+        sample_id = _window_id(src.sample_id, seg, cfg)
         if _is_cached(out / "samples", sample_id):
             on_result({**base, "id": sample_id, "status": "cached"})
             continue
@@ -534,7 +574,7 @@ def prepare(cfg: PrepareConfig, encoders: Encoders | None = None, detector=None,
     clips = discover_clips(cfg.input, cfg.num_faces)
     mine = clips[shard::shards]
     log.info("prepare shard %d/%d: %d of %d clips -> %s", shard, shards, len(mine), len(clips), out)
-    todo = [c for c in mine if not (cfg.segments_per_clip == 1 and _is_cached(out / "samples", c.sample_id))]
+    todo = [c for c in mine if not _all_windows_cached(out, c, cfg)]
     need_shared = shard == 0 and not _shared_embeddings_current(out, cfg)
     if (todo or need_shared) and encoders is None:
         encoders = Encoders(cfg, _device_for_shard(cfg.device))
