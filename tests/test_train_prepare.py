@@ -102,11 +102,11 @@ def test_prepare_filters_and_caches(prepared, models: dict):
     assert by_id["good_pan"]["status"] == "kept" and by_id["good_still"]["status"] == "kept"
     assert by_id["noface"]["reason"] == "face_count"
     assert by_id["silent"]["reason"] == "silent"
-    assert by_id["shaky"]["reason"] == "too_much_motion" and by_id["shaky"]["motion"] > 4.0
+    assert by_id["shaky"]["reason"] == "camera_jitter" and by_id["shaky"]["jitter"] > 1.0
     assert by_id["short"]["reason"] == "too_short"
     assert by_id["good_pan"]["motion"] < 2.0 < by_id["shaky"]["motion"]
     assert report["summary"] == {"kept": 2, "dropped:face_count": 1, "dropped:silent": 1,
-                                 "dropped:too_much_motion": 1, "dropped:too_short": 1}
+                                 "dropped:camera_jitter": 1, "dropped:too_short": 1}
     on_disk = json.loads((out / "reports" / "prepare-shard-0-of-1.json").read_text())
     assert on_disk["summary"] == report["summary"]
 
@@ -172,10 +172,11 @@ def test_prepare_reports_every_window_as_it_goes_and_skips_earlier_drops(prepare
     again = prep.prepare(_config(clips, out, models))
     by_id = {r["id"]: r for r in again["results"]}
     assert decoded == []  # kept clips are cached, dropped ones come from the earlier results
-    assert by_id["shaky"]["reason"] == "too_much_motion" and by_id["shaky"]["previously"] is True
+    assert by_id["shaky"]["reason"] == "camera_jitter" and by_id["shaky"]["previously"] is True
     assert again["summary"] == {k: v for k, v in {**first["summary"], "cached": 2}.items() if k != "kept"}
     # other filter settings: the drops are decided again
-    again = prep.prepare(_config(clips, out, models, max_motion=100.0))
+    again = prep.prepare(_config(clips, out, models, max_motion=100.0, max_jitter=100.0, max_cut=1.0,
+                                 max_cut_warp_error=255.0))
     assert "shaky" in decoded and {r["id"]: r["status"] for r in again["results"]}["shaky"] == "kept"
     for suffix in (".safetensors", ".json"):  # leave the module's cache as the other tests expect it
         (out / "samples" / f"shaky{suffix}").unlink()

@@ -10,13 +10,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 from anytalker_core.constants import FPS, MAX_AREA, SIZE_MULTIPLE, WINDOW_FRAMES
 from anytalker_core.errors import InputError
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the 'tomli' package (the [train] extra)
+    try:
+        import tomli as tomllib
+    except ModuleNotFoundError:
+        tomllib = None
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +63,26 @@ class PrepareConfig:
     segments_per_clip: int = 0  # consecutive non-overlapping windows taken from each clip; 0 = all of them
     max_area: int = MAX_AREA
     size_multiple: int = SIZE_MULTIPLE
-    # filters
+    # filters (thresholds measured in docs/training.md, "Data filters")
     num_faces: int = 1  # expected faces per frame (per clip: manifest "num_faces" overrides)
     face_check_stride: int = 4  # detect faces on every k-th frame
     min_face_fraction: float = 0.02  # faces smaller than this fraction of the frame area do not count
+    min_face_frames: float = 0.8  # share of the checked frames that must hold exactly the expected faces
     max_motion: float = 6.0  # mean Farneback flow magnitude, px/frame at 256 px width
     min_motion: float = 0.0
-    motion_check_stride: int = 2
+    motion_check_stride: int = 1  # flow between frames (i, i + stride)
+    max_jitter: float = 1.0  # mean change of the camera's (median) flow between frame pairs, px/frame
+    max_cut: float = 0.3  # largest hue-saturation histogram jump between consecutive frames (Bhattacharyya)
+    max_cut_warp_error: float = 25.0  # largest mean grey-level residual after warping a frame onto the next
     min_audio_rms_db: float = -45.0  # below = silent
+    check_speakers: bool = True  # count the voices in every track (Silero VAD + GE2E, shipped in the wheels)
+    new_voice_distance: float = 0.3  # GE2E cosine distance between pieces of speech that makes a second voice
+    min_voice_seconds: float = 0.5  # less speech than this is not a voice of its own
+    syncnet: str = ""  # SyncNet weights (syncnet_v2.model) for the audio-face pairing filter; empty = off
+    min_sync_confidence: float = 3.0  # Sync-C of each speaking track with its own face
+    sync_margin: float = 1.0  # another face fitting a track better by more than this = swapped tracks
+    max_sync_offset: int = 3  # frames at 25 fps
+    min_sync_speech_s: float = 0.5  # tracks with less speech in the window are not judged (listening)
     # captions
     default_prompt: str = DEFAULT_PROMPT
     empty_prompt: str = ""
@@ -209,6 +228,9 @@ def _resolve(base: Path, value: str) -> str:
 def load_toml(path: str | Path, kind: str, overrides: Mapping[str, Any] | None = None) -> PrepareConfig | TrainConfig:
     """Read a ``prepare`` or ``fit`` TOML config; relative paths are relative to the file."""
     path = Path(path)
+    if tomllib is None:
+        raise InputError(f"config file '{path}': reading TOML on Python < 3.11 needs the 'tomli' package "
+                         "(pip install tomli, or pip install -e .[train])")
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -219,7 +241,8 @@ def load_toml(path: str | Path, kind: str, overrides: Mapping[str, Any] | None =
     base = path.resolve().parent
     if kind == "prepare":
         data = data.get("prepare", data)
-        for key in ("input", "output", "vae", "clip_vision", "text_encoder", "wav2vec", "insightface_root"):
+        for key in ("input", "output", "vae", "clip_vision", "text_encoder", "wav2vec", "insightface_root",
+                    "syncnet"):
             if key in data:
                 data[key] = _resolve(base, data[key])
         return from_mapping(PrepareConfig, data, f"config '{path}'")

@@ -5,8 +5,10 @@ For every clip (mp4/mov/mkv/webm with audio) of a folder or manifest:
 1. read frames and audio, resample to 24 fps, cut the clip into consecutive windows of ``4n+1 ≤ 81`` frames
    (every window by default; at most ``segments_per_clip`` if that is > 0);
 2. resize (cover) and centre-crop to the clip's 480p-area bucket (sides multiples of 32, aspect kept);
-3. filters — audio present and not silent (RMS dBFS), motion (Farneback optical flow), exactly the
-   expected number of faces in every checked frame (the face detector);
+3. filters (docs/training.md, "Data filters") — audio present and not silent (RMS dBFS), voices per
+   track (VAD + GE2E), scene cuts, camera jitter and motion (Farneback optical flow, histograms), the
+   expected number of faces in most checked frames (the face detector), each speaker track paired with
+   its face by SyncNet confidence (when ``syncnet`` weights are given);
 4. encode with the frozen encoders — VAE latents of the clip and of (frame 0 + black frames), wav2vec2
    features per identity, CLIP tokens of frame 0 and of each face crop, UMT5 caption embedding, and
    frame 0's pixels (stage 1 encodes the CLIP tokens of its side-by-side first frames from them);
@@ -40,13 +42,16 @@ import numpy as np
 import torch
 
 from anytalker_core.constants import SAMPLE_RATE
-from anytalker_core.errors import InputError, Interrupted
+from anytalker_core.errors import InputError, Interrupted, MissingModelError
 from anytalker_core.io.atomic import save_safetensors_atomic, write_json_atomic
 from anytalker_core.sampling.sizes import target_size
 
 from .config import PrepareConfig
 from .data import FIRST_FRAME_KEY, SHARED_EMBEDDINGS_FILE
-from .filters import audio_rms_db, faces_per_frame, motion_score
+from .filters import audio_rms_db, faces_per_frame
+from .filters_motion import motion_stats
+from .filters_speakers import VoiceCounter
+from .filters_sync import SyncCheck, interpolate_boxes, pair_tracks_with_faces
 from .shards import close_writers, shard_meta, stored_tensors, writer_for
 
 log = logging.getLogger(__name__)
@@ -428,7 +433,7 @@ def _load_clip(src: ClipSource, cfg: PrepareConfig):
     return clip, tracks
 
 
-def process_clip(src: ClipSource, cfg: PrepareConfig, encoders: Encoders | None, detector, out: Path,
+def process_clip(src: ClipSource, cfg: PrepareConfig, encoders: Encoders | None, models: "FilterModels", out: Path,
                  on_result: Callable[[dict], None]) -> None:
     """Filter and cache every segment of one clip, reporting each outcome through ``on_result``."""
     base = {"source": str(src.video), "clip": src.sample_id}
@@ -452,7 +457,7 @@ def process_clip(src: ClipSource, cfg: PrepareConfig, encoders: Encoders | None,
             continue
         start = seg * length
         try:
-            result = _process_segment(src, cfg, encoders, detector, out, clip, tracks, index[start:start + length],
+            result = _process_segment(src, cfg, encoders, models, out, clip, tracks, index[start:start + length],
                                       start / cfg.fps, size, sample_id)
             on_result({**base, "id": sample_id, "status": "kept", **result})
         except Dropped as exc:
@@ -460,7 +465,27 @@ def process_clip(src: ClipSource, cfg: PrepareConfig, encoders: Encoders | None,
                        **exc.metrics})
 
 
-def _process_segment(src, cfg, encoders, detector, out, clip, tracks, frame_index, start_s, size, sample_id) -> dict:
+class FilterModels:
+    """The models the filters use, loaded once per process: face detector, voice counter, SyncNet."""
+
+    def __init__(self, cfg: PrepareConfig, detector=None, syncnet=None):
+        self.detector = detector
+        self.voices = VoiceCounter(cfg.new_voice_distance, cfg.min_voice_seconds) if cfg.check_speakers else None
+        self.syncnet = syncnet
+        if self.syncnet is None and cfg.syncnet:
+            from anytalker_core.metrics.syncnet import load_syncnet
+
+            try:
+                self.syncnet = load_syncnet(cfg.syncnet, device=_device_for_shard(cfg.device))
+            except MissingModelError as exc:
+                raise MissingModelError(f"prepare config 'syncnet': {exc} Leave 'syncnet' empty to prepare "
+                                        "without the audio-face pairing filter.") from None
+        self.sync_check = SyncCheck(cfg.min_sync_confidence, cfg.sync_margin, cfg.max_sync_offset,
+                                    cfg.min_sync_speech_s)
+
+
+def _process_segment(src, cfg, encoders, models: FilterModels, out, clip, tracks, frame_index, start_s, size,
+                     sample_id) -> dict:
     num_frames = len(frame_index)
     names = ([f"speaker track {k} ({p.name})" for k, p in enumerate(src.audio_tracks)] if src.audio_tracks
              else ["the clip's audio track"])
@@ -470,38 +495,76 @@ def _process_segment(src, cfg, encoders, detector, out, clip, tracks, frame_inde
     if level < cfg.min_audio_rms_db:
         raise Dropped("silent", f"audio RMS {level:.1f} dBFS < {cfg.min_audio_rms_db} dBFS", metrics)
 
+    speech_s = [float("inf")] * len(audio)
+    if models.voices is not None:  # one voice per speaker track; the clip's own audio: one per face
+        counts = [models.voices.count(a) for a in audio]
+        metrics["voices"] = [c.voices for c in counts]
+        metrics["speech_s"] = [round(c.speech_s, 2) for c in counts]
+        speech_s = [c.speech_s for c in counts]
+        allowed = 1 if src.audio_tracks else src.num_faces
+        for name, c in zip(names, counts):
+            if c.voices > allowed:
+                raise Dropped("speaker_count", f"{name} holds {c.voices} voices (speaking {c.speaking_s} s), expected "
+                              f"at most {allowed} for {src.num_faces} face(s): an off-screen or leaking voice", metrics)
+
     frames = resize_cover(clip.frames[frame_index], size)
-    motion = motion_score(frames, cfg.motion_check_stride)
-    metrics["motion"] = round(motion, 3)
-    if motion > cfg.max_motion:
-        raise Dropped("too_much_motion", f"optical-flow motion {motion:.2f} px/frame > {cfg.max_motion}", metrics)
-    if motion < cfg.min_motion:
-        raise Dropped("too_little_motion", f"optical-flow motion {motion:.2f} px/frame < {cfg.min_motion}", metrics)
+    # motion on the source frames the window spans: re-timing (30 -> 24 fps repeats no frame but skips
+    # every 5th) would make a smooth pan judder, and the jitter filter would take it for a shaking camera
+    motion = motion_stats(clip.frames[frame_index[0]:frame_index[-1] + 1], cfg.motion_check_stride)
+    metrics.update({"motion": round(motion.motion, 3), "jitter": round(motion.jitter, 3), "cut": round(motion.cut, 3),
+                    "cut_warp_error": round(motion.warp_error, 2)})
+    # jitter first: random shifts also make every frame pair look like a small cut
+    if motion.jitter > cfg.max_jitter:
+        raise Dropped("camera_jitter", f"camera jitter {motion.jitter:.2f} px/frame > {cfg.max_jitter}", metrics)
+    if motion.cut > cfg.max_cut or motion.warp_error > cfg.max_cut_warp_error:
+        raise Dropped("scene_cut", f"scene cut near source frame {motion.cut_frame} of the window: histogram jump {motion.cut:.3f} "
+                      f"(max {cfg.max_cut}), flow-warp residual {motion.warp_error:.1f} (max {cfg.max_cut_warp_error})",
+                      metrics)
+    if motion.motion > cfg.max_motion:
+        raise Dropped("too_much_motion", f"optical-flow motion {motion.motion:.2f} px/frame > {cfg.max_motion}",
+                      metrics)
+    if motion.motion < cfg.min_motion:
+        raise Dropped("too_little_motion", f"optical-flow motion {motion.motion:.2f} px/frame < {cfg.min_motion}",
+                      metrics)
 
     checked = list(range(0, num_frames, max(1, cfg.face_check_stride)))
-    faces = faces_per_frame(detector, frames, checked, cfg.min_face_fraction)
+    faces = faces_per_frame(models.detector, frames, checked, cfg.min_face_fraction)
     counts = [len(f) for f in faces]
-    metrics["faces_min"], metrics["faces_max"] = min(counts), max(counts)
-    bad = [(i, c) for i, c in zip(checked, counts) if c != src.num_faces]
-    if bad:
-        frame, count = bad[0]
-        raise Dropped("face_count", f"{count} face(s) in frame {frame} (and {len(bad) - 1} more checked frames "
-                      f"wrong), expected {src.num_faces} in every frame", metrics)
+    good = [c == src.num_faces for c in counts]
+    share = sum(good) / len(good)
+    metrics.update({"faces_min": min(counts), "faces_max": max(counts), "face_frames": round(share, 3)})
+    if share < cfg.min_face_frames:
+        frame, count = next((i, c) for i, c in zip(checked, counts) if c != src.num_faces)
+        raise Dropped("face_count", f"{sum(good)} of {len(checked)} checked frames hold {src.num_faces} face(s) "
+                      f"({share:.0%} < {cfg.min_face_frames:.0%}); e.g. frame {frame} has {count}", metrics)
+    faces = [f if ok else None for f, ok in zip(faces, good)]  # frames with another count: boxes unknown
+    boxes = interpolate_boxes(checked, faces, src.num_faces, num_frames)
+
+    if models.syncnet is not None:
+        pairing = pair_tracks_with_faces(models.syncnet, frames, cfg.fps, boxes, audio, speech_s, models.sync_check,
+                                         names)
+        metrics.update(pairing.as_metrics())
+        if pairing.reason is not None:
+            raise Dropped(pairing.reason, pairing.detail, metrics)
     if encoders is None:
         raise InputError("prepare: encoders are required to cache a sample")
-    return _encode_and_write(src, cfg, encoders, out, frames, audio, faces, checked, sample_id, metrics, start_s)
+    return _encode_and_write(src, cfg, encoders, out, frames, audio, faces, boxes, checked, sample_id, metrics,
+                             start_s)
 
 
-def _encode_and_write(src, cfg, encoders: Encoders, out, frames, audio, faces, checked, sample_id, metrics,
+def _encode_and_write(src, cfg, encoders: Encoders, out, frames, audio, faces, boxes, checked, sample_id, metrics,
                       start_s) -> dict:
+    """``faces``: the boxes of each checked frame (``None`` where the count was wrong); ``boxes``: ``[N, T, 4]``
+    interpolated between them (frame 0's face crops come from it when frame 0 itself missed a face)."""
     from anytalker_core.faces import build_face_masks, crop_faces
 
     n, num_frames = src.num_faces, frames.shape[0]
     h, w = frames.shape[1:3]
     face_boxes = torch.full((n, num_frames, 4), float("nan"))
-    for i, boxes in zip(checked, faces):
-        face_boxes[:, i] = torch.tensor(boxes, dtype=torch.float32)
-    seen = face_boxes[:, checked]
+    for i, found in zip(checked, faces):
+        if found is not None:
+            face_boxes[:, i] = torch.tensor(found, dtype=torch.float32)
+    seen = face_boxes[:, [i for i, f in zip(checked, faces) if f is not None]]
     global_box = torch.stack([seen[..., 0].amin(1), seen[..., 1].amin(1), seen[..., 2].amax(1), seen[..., 3].amax(1)],
                              dim=-1)
     global_box[:, [0, 2]] = global_box[:, [0, 2]].clamp(0, w)
@@ -510,7 +573,7 @@ def _encode_and_write(src, cfg, encoders: Encoders, out, frames, audio, faces, c
     latents, first_latent = encoders.video_latents(frames)
     lat_f, lat_h, lat_w = latents.shape[1:]
     # the face crops for CLIP come from frame 0's square boxes, as at inference
-    masks = build_face_masks(face_boxes[:, 0].double().numpy(), (h, w), (lat_h, lat_w), lat_f)
+    masks = build_face_masks(np.asarray(boxes[:, 0], dtype=np.float64), (h, w), (lat_h, lat_w), lat_f)
     face_tokens = torch.stack([encoders.image_tokens(c) for c in crop_faces(frames[0], masks.crop_boxes)])
     caption = src.caption or cfg.default_prompt
     tensors = {
@@ -556,8 +619,11 @@ def _device_for_shard(device: str) -> str:
 
 def prepare(cfg: PrepareConfig, encoders: Encoders | None = None, detector=None,
             progress: Callable[[int, int], None] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> dict:
-    """Run data preparation for this process's shard; returns the report (also written as json)."""
+            should_stop: Callable[[], bool] | None = None, syncnet=None) -> dict:
+    """Run data preparation for this process's shard; returns the report (also written as json).
+
+    ``encoders``/``detector``/``syncnet``: already loaded models (else loaded from the config when needed).
+    """
     if not cfg.input or not cfg.output:
         raise InputError("prepare: set both 'input' (clips folder or manifest) and 'output' (cache folder)")
     if cfg.max_frames % 4 != 1 or cfg.min_frames % 4 != 1:
@@ -568,6 +634,12 @@ def prepare(cfg: PrepareConfig, encoders: Encoders | None = None, detector=None,
         raise InputError(f"prepare: cache_format must be 'folder' or 'shards', got {cfg.cache_format!r}")
     if cfg.storage_dtype not in _DTYPES:
         raise InputError(f"prepare: storage_dtype must be one of {sorted(_DTYPES)}, got {cfg.storage_dtype!r}")
+    if not 0.0 <= cfg.min_face_frames <= 1.0:
+        raise InputError(f"prepare: min_face_frames is a share of the checked frames in [0, 1], got {cfg.min_face_frames}")
+    if cfg.syncnet and syncnet is None and not Path(cfg.syncnet).is_file():
+        raise MissingModelError(f"prepare config 'syncnet': SyncNet weights not found at '{cfg.syncnet}'. Download "
+                                "syncnet_v2.model (the syncnet_python project) and give its path, or leave 'syncnet' "
+                                "empty to prepare without the audio-face pairing filter.")
     out = Path(cfg.output)
     (out / "samples").mkdir(parents=True, exist_ok=True)
     shard, shards = resolve_shard(cfg)
@@ -580,6 +652,10 @@ def prepare(cfg: PrepareConfig, encoders: Encoders | None = None, detector=None,
         encoders = Encoders(cfg, _device_for_shard(cfg.device))
     if todo and detector is None:
         detector = _load_detector(cfg)
+    models = FilterModels(cfg, detector, syncnet) if todo else None
+    if todo and models.syncnet is None:
+        log.warning("prepare: no 'syncnet' weights given, so audio tracks are not paired with faces by SyncNet "
+                    "confidence (the paper's Sync-C filter is off)")
     if need_shared:
         write_shared_embeddings(out, encoders, cfg)
 
@@ -613,7 +689,7 @@ def prepare(cfg: PrepareConfig, encoders: Encoders | None = None, detector=None,
                     record({**result, "previously": True})
             else:
                 try:
-                    process_clip(src, cfg, encoders, detector, out, record)
+                    process_clip(src, cfg, encoders, models, out, record)
                 except InputError as exc:  # unreadable file etc.: report and go on
                     record({"id": src.sample_id, "clip": src.sample_id, "source": str(src.video),
                             "status": "dropped", "reason": "unreadable", "detail": str(exc)})
@@ -641,16 +717,20 @@ def _write_report(path: Path, report: dict, started: float) -> None:
 
 # filter settings that decide a drop: an earlier drop is reused only while they are unchanged
 _FILTER_KEYS = ("fps", "max_frames", "min_frames", "segments_per_clip", "max_area", "size_multiple", "num_faces",
-                "face_check_stride", "min_face_fraction", "max_motion", "min_motion", "motion_check_stride",
-                "min_audio_rms_db", "face_detector")
+                "face_check_stride", "min_face_fraction", "min_face_frames", "max_motion", "min_motion",
+                "motion_check_stride", "max_jitter", "max_cut", "max_cut_warp_error", "min_audio_rms_db",
+                "face_detector", "check_speakers", "new_voice_distance", "min_voice_seconds", "syncnet",
+                "min_sync_confidence", "sync_margin", "max_sync_offset", "min_sync_speech_s")
+FILTERS_VERSION = 2  # 2: voices, cuts, jitter, faces in most frames, SyncNet pairing
 _DETERMINISTIC_DROPS = {"no_audio", "audio_undecodable", "silent", "too_much_motion", "too_little_motion",
-                        "face_count", "too_short", "audio_tracks", "short_audio_track"}
+                        "face_count", "too_short", "audio_tracks", "short_audio_track", "speaker_count", "scene_cut",
+                        "camera_jitter", "sync_swapped", "sync_low", "sync_offset"}
 
 
 def _filter_fingerprint(cfg: PrepareConfig) -> str:
     import hashlib
 
-    data = json.dumps({k: getattr(cfg, k) for k in _FILTER_KEYS}, sort_keys=True)
+    data = json.dumps({"version": FILTERS_VERSION, **{k: getattr(cfg, k) for k in _FILTER_KEYS}}, sort_keys=True)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 

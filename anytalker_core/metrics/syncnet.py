@@ -314,6 +314,67 @@ class SyncResult:
     dists: np.ndarray = field(repr=False)
 
 
+def _check_faces(faces_25fps: np.ndarray) -> np.ndarray:
+    faces = np.asarray(faces_25fps)
+    if faces.ndim != 4 or faces.shape[-1] != 3:
+        raise InputError(f"sync_scores: faces must be [T, H, W, 3] uint8, got {faces.shape}")
+    return faces
+
+
+def _num_windows(num_faces: int, num_samples: int) -> int:
+    min_length = min(num_faces, num_samples // SAMPLES_PER_FRAME)
+    last = min_length - WINDOW
+    if last <= 0:
+        raise InputError(f"sync_scores: need at least {MIN_FRAMES} frames (0.24 s) of video and audio at 25 fps, "
+                         f"got {num_faces} frames and {num_samples / SYNCNET_SAMPLE_RATE:.3f} s of audio")
+    return last
+
+
+def lip_embeddings(model: SyncNet, faces_25fps: np.ndarray, num_windows: int, batch_size: int = 20,
+                   should_stop: StopFn | None = None) -> torch.Tensor:
+    """SyncNet lip embeddings ``[num_windows, D]`` of the 5-frame windows starting at frames ``0..num_windows-1``
+    of ``uint8 [T, 224, 224, 3]`` RGB crops at 25 fps (fed as BGR 0..255 floats, as ``SyncNetInstance``)."""
+    faces = _check_faces(faces_25fps)
+    device = next(model.parameters()).device
+    video = torch.from_numpy(np.ascontiguousarray(faces[:num_windows + WINDOW - 1, :, :, ::-1])).permute(3, 0, 1, 2)
+    video = video.float()
+    feats = []
+    with torch.no_grad():
+        for start in range(0, num_windows, batch_size):
+            if should_stop is not None and should_stop():
+                raise Interrupted("SyncNet scoring stopped")
+            lips = torch.stack([video[:, v:v + WINDOW] for v in range(start, min(num_windows, start + batch_size))])
+            feats.append(model.forward_lip(lips.to(device)).cpu())
+    return torch.cat(feats)
+
+
+def audio_embeddings(model: SyncNet, audio_16k: np.ndarray | torch.Tensor, num_windows: int,
+                     batch_size: int = 20) -> torch.Tensor:
+    """SyncNet audio embeddings ``[num_windows, D]`` of the 0.2 s MFCC windows (20 MFCC frames) that start at
+    each video frame (``[S]`` float mono in -1..1 at 16 kHz, aligned with frame 0)."""
+    ceps = torch.from_numpy(mfcc(to_int16_scale(audio_16k)).T.copy()).float()  # [13, N]
+    device = next(model.parameters()).device
+    feats = []
+    with torch.no_grad():
+        for start in range(0, num_windows, batch_size):
+            stop = min(num_windows, start + batch_size)
+            auds = torch.stack([ceps[:, v * MFCC_PER_FRAME:v * MFCC_PER_FRAME + 20] for v in range(start, stop)])
+            feats.append(model.forward_aud(auds.unsqueeze(1).to(device)).cpu())
+    return torch.cat(feats)
+
+
+def score_embeddings(lip: torch.Tensor, aud: torch.Tensor, vshift: int = DEFAULT_VSHIFT) -> SyncResult:
+    """Sync-C / Sync-D / offset from lip and audio embeddings of the same windows (``[W, D]`` each)."""
+    window = 2 * vshift + 1
+    aud_padded = torch.nn.functional.pad(aud, (0, 0, vshift, vshift))
+    dists = torch.stack([torch.nn.functional.pairwise_distance(lip[[i]].repeat(window, 1), aud_padded[i:i + window])
+                         for i in range(len(lip))])  # [W, 2*vshift+1]
+    mean = dists.mean(0)
+    min_val, min_idx = torch.min(mean, 0)
+    return SyncResult(confidence=float(torch.median(mean) - min_val), min_dist=float(min_val),
+                      offset=int(vshift - min_idx), num_windows=int(len(lip)), dists=dists.numpy())
+
+
 def sync_scores(model: SyncNet, faces_25fps: np.ndarray, audio_16k: np.ndarray | torch.Tensor,
                 vshift: int = DEFAULT_VSHIFT, batch_size: int = 20, should_stop: StopFn | None = None
                 ) -> SyncResult:
@@ -326,42 +387,27 @@ def sync_scores(model: SyncNet, faces_25fps: np.ndarray, audio_16k: np.ndarray |
     Raises:
         InputError: fewer than 6 usable frames (audio or video).
     """
-    faces = np.asarray(faces_25fps)
-    if faces.ndim != 4 or faces.shape[-1] != 3:
-        raise InputError(f"sync_scores: faces must be [T, H, W, 3] uint8, got {faces.shape}")
+    faces = _check_faces(faces_25fps)
     samples = to_int16_scale(audio_16k)
-    min_length = min(len(faces), samples.size // SAMPLES_PER_FRAME)
-    last = min_length - WINDOW
-    if last <= 0:
-        raise InputError(f"sync_scores: need at least {MIN_FRAMES} frames (0.24 s) of video and audio at 25 fps, "
-                         f"got {len(faces)} frames and {samples.size / SYNCNET_SAMPLE_RATE:.3f} s of audio")
+    last = _num_windows(len(faces), samples.size)
     if len(faces) * SAMPLES_PER_FRAME != samples.size:
         log.debug("SyncNet: audio %.3f s and video %.3f s differ; scoring the first %d frames",
-                  samples.size / SYNCNET_SAMPLE_RATE, len(faces) / SYNCNET_FPS, min_length)
-    ceps = torch.from_numpy(mfcc(samples).T.copy()).float()  # [13, N]
-    device = next(model.parameters()).device
-    # BGR 0..255 floats, [3, T, H, W], as SyncNetInstance builds them from cv2.imread
-    video = torch.from_numpy(np.ascontiguousarray(faces[:min_length, :, :, ::-1])).permute(3, 0, 1, 2).float()
-    lip_feats, aud_feats = [], []
-    with torch.no_grad():
-        for start in range(0, last, batch_size):
-            if should_stop is not None and should_stop():
-                raise Interrupted("SyncNet scoring stopped")
-            stop = min(last, start + batch_size)
-            lips = torch.stack([video[:, v:v + WINDOW] for v in range(start, stop)]).to(device)
-            auds = torch.stack([ceps[:, v * MFCC_PER_FRAME:v * MFCC_PER_FRAME + 20] for v in range(start, stop)])
-            lip_feats.append(model.forward_lip(lips).cpu())
-            aud_feats.append(model.forward_aud(auds.unsqueeze(1).to(device)).cpu())
-    lip = torch.cat(lip_feats)
-    aud = torch.cat(aud_feats)
-    window = 2 * vshift + 1
-    aud_padded = torch.nn.functional.pad(aud, (0, 0, vshift, vshift))
-    dists = torch.stack([torch.nn.functional.pairwise_distance(lip[[i]].repeat(window, 1), aud_padded[i:i + window])
-                         for i in range(len(lip))])  # [W, 2*vshift+1]
-    mean = dists.mean(0)
-    min_val, min_idx = torch.min(mean, 0)
-    return SyncResult(confidence=float(torch.median(mean) - min_val), min_dist=float(min_val),
-                      offset=int(vshift - min_idx), num_windows=int(len(lip)), dists=dists.numpy())
+                  samples.size / SYNCNET_SAMPLE_RATE, len(faces) / SYNCNET_FPS, last + WINDOW)
+    lip = lip_embeddings(model, faces, last, batch_size, should_stop)
+    aud = audio_embeddings(model, audio_16k, last, batch_size)
+    return score_embeddings(lip, aud, vshift)
+
+
+def sync_matrix(model: SyncNet, faces_25fps: Sequence[np.ndarray], audios_16k: Sequence[np.ndarray | torch.Tensor],
+                vshift: int = DEFAULT_VSHIFT, batch_size: int = 20, should_stop: StopFn | None = None
+                ) -> list[list[SyncResult]]:
+    """``result[i][k]``: face track ``i`` scored against audio track ``k`` (each embedded once), over the
+    windows all of them cover. Pairs audio with faces (data filters) without ``N²`` lip passes."""
+    faces = [_check_faces(f) for f in faces_25fps]
+    last = min(_num_windows(len(f), to_int16_scale(a).size) for f in faces for a in audios_16k)
+    lips = [lip_embeddings(model, f, last, batch_size, should_stop) for f in faces]
+    auds = [audio_embeddings(model, a, last, batch_size) for a in audios_16k]
+    return [[score_embeddings(lip, aud, vshift) for aud in auds] for lip in lips]
 
 
 @dataclass
