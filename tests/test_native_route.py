@@ -14,6 +14,15 @@ magnitude ~5 (measured: 4e-6); 5e-5 leaves room for other CPUs/BLAS while any re
 mask, audio in the uncond branch, the legacy text quirk) moves the latent by 1e-2 or more (the scenarios
 also measure how much the audio changes the result, so a route that ignores AFCA fails).
 
+Long clips (``long_clip``): AnyTalker Long Sampler (native) against the core's ``run_windows`` on the same
+weights, VAE and CLIP vision objects (2 people, 25 frames in 3 windows of 13 frames overlapping by 5). Each
+window's latent equals the core's sampling of the same window inputs within PARITY_ATOL (measured 5e-6). The
+whole clips are compared as frames: the decoded seam frames are uint8, and a pixel whose value sits within
+~1e-5 of a rounding boundary rounds differently in the two routes; that level flips into the next window's
+motion latents (measured 1e-3 .. 4e-3 in window 2/3), so the clips differ by a few levels at a few pixels
+(measured max 6, mean 0.05 of 255). A wrong arithmetic (one shared frame instead of the 5-frame overlap)
+moves the mean by 74 levels.
+
 TorchCompileModel (inductor) is part of every run (about a minute of compiling on this 2-core machine).
 """
 
@@ -33,7 +42,7 @@ pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 
 PARITY_ATOL = 5e-5
 SCENARIOS = ["parity", "fp8", "lora", "memory", "lowvram", "easycache", "preview_interrupt", "pack_previews", "guider",
-             "errors", "compile"]
+             "errors", "compile", "long_clip"]
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +160,41 @@ def test_clear_errors(measured):
 def test_torch_compile_model(measured):
     r = result(measured, "compile")
     assert r["max_abs_diff"] < PARITY_ATOL, r
+
+
+LONG_MEAN_LEVELS = 0.25  # mean |native - core| over the whole clip, in 0..255 levels (measured 0.03-0.05)
+LONG_MAX_LEVELS = 16     # the largest single difference (measured 5-6)
+
+
+@pytest.mark.parametrize("variant", ["fused", "legacy"])
+def test_long_clip_matches_core_run_windows(measured, variant):
+    """Issue 14 item 4: the native long clip is the core's overlapping motion-frame windows, sampled by ComfyUI."""
+    r = result(measured, "long_clip")[variant]
+    assert r["frames"] == r["core_frames"] == 25  # exactly the audio's frame count
+    assert r["size"] == [64, 128]
+    assert r["windows"] == r["plan_windows"] == 3
+    # the window_plan arithmetic: each window's latent length, its pinned motion latents, its own audio span
+    assert r["window_lengths"] == r["plan_latent_frames"] == [4, 4, 3]
+    assert r["known"] == r["plan_known"] == [None, [0, 2], [0, 2]]
+    assert r["audio_is_own_span"] == [True, True, True]
+    assert max(r["same_inputs_latent_max_abs_diff"]) < PARITY_ATOL, r
+    assert r["latent_max_abs_diff"][0] < PARITY_ATOL, r  # window 1: no seam before it
+    assert r["frame_mean_level_diff"] < LONG_MEAN_LEVELS, r
+    assert r["frame_max_level_diff"] <= LONG_MAX_LEVELS, r
+    if variant == "fused":
+        assert r["one_shared_frame_mean_level_diff"] > 40 * LONG_MEAN_LEVELS, "the overlap must matter"
+
+
+def test_long_clip_progress_cancel_resume(measured):
+    r = result(measured, "long_clip")["fused"]
+    total = 3 * 4  # windows x steps, one bar
+    for seen in (r["progress_full"], r["progress_cancelled"], r["progress_resumed"]):
+        assert {t for _, t in seen} == {total}
+        assert [v for v, _ in seen] == sorted(v for v, _ in seen)
+    assert r["progress_full"][-1] == [total, total]
+    assert r["interrupted"] == "InterruptProcessingException"
+    assert r["progress_cancelled"][-1][0] <= 5  # Cancel in window 2 (at step 5) stops at once
+    assert r["kept_after_cancel"] == ["window_0000.npz"]  # the finished window is kept
+    assert r["progress_resumed"][0] == [4, total]  # the re-run starts after window 1
+    assert r["resumed_equals_full"] is True
+    assert r["work_folder_left"] is False

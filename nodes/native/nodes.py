@@ -3,19 +3,18 @@
 Graph: Load AnyTalker Diffusion Model (native) → [LoraLoaderModelOnly, TorchCompileModel, EasyCache,
 ModelSamplingSD3 ...] → AnyTalker To Video (native) (+ CLIP Text Encode, Load CLIP Vision, Load VAE, the
 pack's Audio Encode and Face Masks) → KSampler / SamplerCustomAdvanced (with AnyTalker Text/Audio Guider)
-→ VAE Decode → Create Video. Long clips: per further window AnyTalker Extend Video (native) → KSampler → VAE
-Decode → AnyTalker Join Windows (native).
+→ VAE Decode → Create Video. Long clips: AnyTalker Long Sampler (native) (the same inputs as To Video, KSampler's
+settings; overlapping motion-frame windows, :mod:`.long_clip`) → Create Video.
 """
 
 from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 from comfy_api.latest import io
 
-from anytalker_core.constants import MAX_AREA
+from anytalker_core.constants import MAX_AREA, WINDOW_FRAMES
 from anytalker_core.errors import InputError
 
 from .. import _bridge as bridge
@@ -101,10 +100,19 @@ _OUTPUTS = [
 ]
 
 
-def core_condition(positive, negative, clip_vision, vae, start_image, faces, audio_features, max_pixels: int):
-    """The core ``Conditioning`` (the standalone route's exact DiT inputs), built by AnyTalker Conditioning."""
+def _max_pixels_input():
+    return io.Int.Input("max_pixels", default=MAX_AREA, min=32 * 32, max=1920 * 1088, step=1024, advanced=True,
+                        tooltip="Largest video area; the image's aspect is kept and sides snap to multiples of 32. "
+                                "399360 = 832x480.")
+
+
+def core_condition(positive, negative, clip_vision, vae, start_image, faces, audio_features, max_pixels: int,
+                   window_frames: int):
+    """The core ``Conditioning`` (the standalone route's exact DiT inputs), built by AnyTalker Conditioning:
+    of the whole clip (``window_frames = 0``), or a ``WindowedCondition`` (the first window's conditioning
+    and the whole timeline's audio features) when the clip is longer than ``window_frames``."""
     return AnyTalkerConditioning.execute(positive, negative, clip_vision, vae, start_image, faces, audio_features,
-                                         max_pixels).args[0]
+                                         max_pixels, window_frames).args[0]
 
 
 class AnyTalkerNativeToVideo(io.ComfyNode):
@@ -119,109 +127,104 @@ class AnyTalkerNativeToVideo(io.ComfyNode):
                         "LATENT for KSampler. Put ModelSamplingSD3 (shift 3 at 480p, as the reference) before it.",
             inputs=[
                 *_common_inputs(),
-                io.Int.Input("max_pixels", default=MAX_AREA, min=32 * 32, max=1920 * 1088, step=1024,
-                             advanced=True, tooltip="Largest video area; the image's aspect is kept and sides "
-                                                    "snap to multiples of 32. 399360 = 832x480."),
-                io.Int.Input("window_frames", default=0, min=0, max=4097, step=4, advanced=True,
-                             tooltip="0 = the whole clip in one pass. Otherwise only the first window of this "
-                                     "many frames (4m+1); continue with AnyTalker Extend Video (native)."),
+                _max_pixels_input(),
             ],
             outputs=list(_OUTPUTS),
         )
 
     @classmethod
     def execute(cls, model, positive, negative, clip_vision, vae, start_image, faces, audio_features,
-                max_pixels: int = MAX_AREA, window_frames: int = 0) -> io.NodeOutput:
+                max_pixels: int = MAX_AREA) -> io.NodeOutput:
         from .conditioning import to_native
 
         condition = core_condition(positive, negative, clip_vision, vae, start_image, faces, audio_features,
-                                   max_pixels)
-        if window_frames:
-            condition = condition.window(0, window_length(window_frames, condition.plan.frame_num, 0))
+                                   max_pixels, window_frames=0)
         return io.NodeOutput(*to_native(model, condition, positive, negative))
 
 
-def window_length(window_frames: int, total: int, start: int) -> int:
-    """Frames of the window starting at ``start``: ``window_frames`` (4m+1) or what is left of the clip."""
-    if window_frames < 5 or (window_frames - 1) % 4:
-        raise InputError(f"window_frames: expected 4m+1 frames (5, 9, ..., 81), got {window_frames}")
-    left = total - start
-    if left < 5:
-        raise InputError(f"previous_frames: {start + 1} frames already cover the {total}-frame clip; "
-                         "nothing is left to extend")
-    return min(window_frames, 4 * ((left - 1) // 4) + 1)
-
-
-class AnyTalkerNativeExtend(io.ComfyNode):
+class AnyTalkerNativeLongSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
+        import comfy.samplers
+
+        from ..generate import long_clip_inputs
+
         return io.Schema(
-            node_id="AnyTalkerNativeExtend",
-            display_name="AnyTalker Extend Video (native)",
+            node_id="AnyTalkerNativeLongSampler",
+            display_name="AnyTalker Long Sampler (native)",
             category="AnyTalker/native",
-            description="The next window of a long clip: starts from the last of previous_frames (the clip so "
-                        "far), with the audio of the frames that follow. Sample it, decode it, drop its first "
-                        "frame and append it with AnyTalker Join Windows (native).",
+            description="A clip of any length on the native Wan MODEL, in overlapping windows of window_frames "
+                        "frames sampled by ComfyUI's sampler: each window is conditioned on the last "
+                        "overlap_frames frames of the one before (their latents pinned at every step, as "
+                        "ComfyUI pins known latents), reads its own span of the audio (seed + window index), "
+                        "keeps the start image's identity and is colour-matched to it; the shared frames are "
+                        "blended, so the clip has exactly the audio's frame count. Connect the images to Create "
+                        "Video at 24 fps with the mixed audio. Put ModelSamplingSD3 (shift 3 at 480p) before it.",
             inputs=[
                 *_common_inputs(),
-                io.Image.Input("previous_frames", tooltip="Every frame generated so far (24 fps)."),
-                io.Int.Input("window_frames", default=81, min=5, max=4097, step=4,
-                             tooltip="Frames in this window, 4m+1 (81 = 3.4 s); shortened at the clip's end."),
-                io.Int.Input("max_pixels", default=MAX_AREA, min=32 * 32, max=1920 * 1088, step=1024,
-                             advanced=True, tooltip="The same value as on AnyTalker To Video (native)."),
+                io.Int.Input("window_frames", default=WINDOW_FRAMES, min=5, max=1001, step=4,
+                             tooltip="Frames per window, 4m+1 (81 = 3.4 s, the training length). A clip no "
+                                     "longer than this is one pass."),
+                io.Int.Input("seed", default=42, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Noise seed of window 1; window k uses seed + k - 1."),
+                io.Int.Input("steps", default=30, min=1, max=10000, tooltip="Denoising steps per window."),
+                io.Float.Input("cfg", default=4.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Guidance for text and audio together (reference: 4.5)."),
+                io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS),
+                               default="uni_pc_bh2", tooltip="Any of KSampler's samplers."),
+                io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="simple",
+                               tooltip="Any of KSampler's schedulers (simple: the reference's flow schedule)."),
+                io.Float.Input("audio_cfg", default=0.0, min=0.0, max=20.0, step=0.1, advanced=True,
+                               tooltip="0 = one scale (cfg) for text and audio. Otherwise separate guidance, as "
+                                       "AnyTalker Text/Audio Guider: cfg for the prompt, this for the audio (a "
+                                       "third model pass per step)."),
+                *long_clip_inputs(),
+                _max_pixels_input(),
             ],
-            outputs=[*_OUTPUTS, io.Int.Output(display_name="frames_left",
-                                              tooltip="Frames of the clip after this window (0 = done).")],
+            outputs=[io.Image.Output(display_name="images", tooltip="All frames of the clip (24 fps): exactly "
+                                                                    "the audio's frame count.")],
         )
 
     @classmethod
+    @bridge.comfyui_messages
     def execute(cls, model, positive, negative, clip_vision, vae, start_image, faces, audio_features,
-                previous_frames, window_frames: int = 81, max_pixels: int = MAX_AREA) -> io.NodeOutput:
-        from anytalker_core.generation import stages
+                window_frames: int = WINDOW_FRAMES, seed: int = 42, steps: int = 30, cfg: float = 4.5,
+                sampler_name: str = "uni_pc_bh2", scheduler: str = "simple", audio_cfg: float = 0.0,
+                overlap_frames: int = 0, colour_match: bool = True, overlap_mode: str = "latent",
+                overlap_merge: str = "blend", clip_reference: str = "start", reanchor_every: int = 0,
+                resume: bool = True, max_pixels: int = MAX_AREA) -> io.NodeOutput:
+        import os
 
-        from .conditioning import to_native
+        import folder_paths
 
-        condition = core_condition(positive, negative, clip_vision, vae, start_image, faces, audio_features,
-                                   max_pixels)
-        start = int(previous_frames.shape[0]) - 1
-        if start < 4 or start % 4:
-            raise InputError(f"previous_frames: {start + 1} frames; a clip built from 4m+1-frame windows that "
-                             "share one frame has 4k+1 frames (81, 161, ...)")
-        length = window_length(window_frames, condition.plan.frame_num, start)
-        window = condition.window(start, length)
-        last = bridge.image_to_uint8(previous_frames[-1:], "previous_frames")
-        plan_hw = (window.plan.height, window.plan.width)
-        if tuple(last.shape[:2]) != plan_hw:
-            raise InputError(f"previous_frames are {last.shape[1]}x{last.shape[0]} but this clip is "
-                             f"{plan_hw[1]}x{plan_hw[0]}; pass the decoded frames of the earlier windows")
-        window = stages.condition_from_frame(bridge.ClipVisionAdapter(clip_vision), bridge.VaeAdapter(vae), window,
-                                             np.ascontiguousarray(last))
-        left = condition.plan.frame_num - (start + length)
-        return io.NodeOutput(*to_native(model, window, positive, negative), left)
-
-
-class AnyTalkerNativeJoinWindows(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="AnyTalkerNativeJoinWindows",
-            display_name="AnyTalker Join Windows (native)",
-            category="AnyTalker/native",
-            description="Appends a decoded window to the clip so far. Consecutive windows share one frame (the "
-                        "window starts from the clip's last frame), so the window's first frame is dropped.",
-            inputs=[
-                io.Image.Input("previous_frames", tooltip="The clip so far (what AnyTalker Extend Video got)."),
-                io.Image.Input("window", tooltip="VAE Decode of the window sampled from AnyTalker Extend Video."),
-            ],
-            outputs=[io.Image.Output(display_name="images", tooltip="The clip so far, this window included.")],
+        from anytalker_core.generation.window_plan import (
+            LongClipOptions,
+            check_window_frames,
         )
+        from anytalker_core.generation.windows import WindowedCondition
 
-    @classmethod
-    def execute(cls, previous_frames, window) -> io.NodeOutput:
-        if tuple(previous_frames.shape[1:]) != tuple(window.shape[1:]):
-            raise InputError(f"window: frames are {tuple(window.shape[1:3])} but previous_frames are "
-                             f"{tuple(previous_frames.shape[1:3])}; join windows of the same clip")
-        return io.NodeOutput(torch.cat([previous_frames, window[1:].to(previous_frames)], dim=0))
+        from ..generate import WORK_FOLDER
+        from .long_clip import NativeSampling, generate, native_stages
+
+        window_frames = check_window_frames(window_frames)
+        if window_frames == 0:
+            raise InputError("window_frames: expected 4m+1 frames (5, 9, ..., 81)")
+        options = LongClipOptions(overlap_frames=overlap_frames or None, overlap_mode=overlap_mode,
+                                  merge=overlap_merge, colour_match=colour_match, clip_reference=clip_reference,
+                                  reanchor_every=reanchor_every).checked(window_frames)
+        condition = core_condition(positive, negative, clip_vision, vae, start_image, faces, audio_features,
+                                   max_pixels, window_frames)
+        if isinstance(condition, WindowedCondition):
+            template, features = condition.template, condition.features
+        else:
+            template = condition
+            features = torch.cat([s.audio.detach().float().cpu() for s in condition.speakers])
+        stages = native_stages(model, positive, negative, clip_vision, vae,
+                               NativeSampling(sampler_name, scheduler, cfg, audio_cfg), steps)
+        work = os.path.join(folder_paths.get_output_directory(), WORK_FOLDER) if resume else None
+        frames = generate(stages, template, features, window_frames, options, steps=steps, seed=seed,
+                          work_folder=work)
+        return io.NodeOutput(bridge.uint8_to_image(frames))
 
 
 class AnyTalkerNativeGuider(io.ComfyNode):
@@ -258,5 +261,5 @@ class AnyTalkerNativeGuider(io.ComfyNode):
         return io.NodeOutput(guider)
 
 
-NODES: list[type[io.ComfyNode]] = [AnyTalkerNativeModelLoader, AnyTalkerNativeToVideo, AnyTalkerNativeExtend,
-                                   AnyTalkerNativeJoinWindows, AnyTalkerNativeGuider]
+NODES: list[type[io.ComfyNode]] = [AnyTalkerNativeModelLoader, AnyTalkerNativeToVideo, AnyTalkerNativeLongSampler,
+                                   AnyTalkerNativeGuider]

@@ -446,9 +446,192 @@ def s_fp8(ctx) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------ long clips
+LONG = {"frames": 25, "window": 13, "overlap": 5}  # 3 windows: 0-12, 8-20, 16-24 (the last one shortened)
+
+
+def long_inputs(ctx, cfg, people: int = 2):
+    """ComfyUI objects for the long-clip nodes: CONDITIONING, a tiny CLIP vision (ComfyUI's class, through
+    the test loader), a tiny Wan VAE (ComfyUI's VAE), a start image, boxes and random wav2vec2 features."""
+    import numpy as np
+
+    from anytalker_pack.nodes._bridge import AudioPayload, FaceSelection
+
+    from anytalker_core.audio.timeline import AudioConditioning
+    from anytalker_core.encoders import make_tiny_clip_vision, make_tiny_vae
+
+    if "long_models" not in ctx:
+        spec = importlib.util.spec_from_file_location("anytalker_test_nodes",
+                                                      REPO / "tests" / "comfyui_test_nodes" / "__init__.py")
+        test_nodes = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(test_nodes)
+        clip_path = make_tiny_clip_vision(ctx["tmp"] / "clip_vision_tiny.safetensors", hidden_size=1280, num_layers=2,
+                                          intermediate_size=64)
+        vae_path = make_tiny_vae(ctx["tmp"] / "wan_vae_tiny.safetensors")
+        ctx["long_models"] = (test_nodes.AnyTalkerTestClipVisionLoader.execute(str(clip_path)).args[0],
+                              comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(vae_path))))
+    clip_vision, vae = ctx["long_models"]
+    g = torch.Generator().manual_seed(5)
+    h, w = 64, 64 * people
+    ramp = torch.linspace(0, 1, w)[None, :, None] * torch.tensor([0.8, 0.4, 0.2]) + 0.1
+    image = (ramp.expand(h, w, 3) + 0.1 * torch.rand(h, w, 3, generator=g)).clamp(0, 1)[None]
+    boxes = np.array([[64 * i + 16, 12, 64 * i + 48, 44] for i in range(people)], np.float32)
+    frames = LONG["frames"]
+    audio = AudioConditioning(features=torch.randn(people, frames, 5, cfg.audio_layers, cfg.audio_channels, generator=g),
+                              frame_num=frames, mixed=torch.zeros(frames * 16000 // 24), fps=24.0, mode="pad")
+    positive = [[torch.randn(1, 20, cfg.text_dim, generator=g), {}]]
+    negative = [[torch.randn(1, 20, cfg.text_dim, generator=g), {}]]
+    return dict(positive=positive, negative=negative, clip_vision=clip_vision, vae=vae, start_image=image,
+                faces=FaceSelection(boxes=boxes, masks=None, image_hw=(h, w), source="boxes"),
+                audio_features=AudioPayload(conditioning=audio))
+
+
+def native_long(model, inputs: dict, **kw):
+    """AnyTalker Long Sampler (native) on a shifted MODEL: euler, simple schedule, the LONG windows."""
+    from anytalker_pack.nodes.native.nodes import AnyTalkerNativeLongSampler
+
+    settings = dict(window_frames=LONG["window"], seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
+                    scheduler="simple", overlap_frames=LONG["overlap"], resume=False, max_pixels=64 * 128)
+    settings.update(kw)
+    return AnyTalkerNativeLongSampler.execute(shifted(model), **inputs, **settings).args[0]
+
+
+class _Recorder:
+    """Wraps a stages class's ``denoise`` to record each window's audio, pinned frames and latent."""
+
+    def __init__(self, cls):
+        self.cls, self.calls = cls, []
+
+    def __enter__(self):
+        original = self.original = self.cls.denoise
+        calls = self.calls
+
+        def denoise(stages_self, condition, **kw):
+            latent = original(stages_self, condition, **kw)
+            known = kw.get("known")
+            calls.append({"audio": [s.audio.detach().float().cpu() for s in condition.speakers],
+                          "known": None if known is None else [known.frames.start, known.frames.stop],
+                          "latent": latent.detach().float().cpu(), "condition": condition, "known_latents": known,
+                          "seed": kw["seed"]})
+            return latent
+
+        self.cls.denoise = denoise
+        return self
+
+    def __exit__(self, *exc):
+        self.cls.denoise = self.original
+
+
+def s_long_clip(ctx) -> dict:
+    """The native long clip (ComfyUI's sampler, known latents pinned by its noise mask) against the core's
+    run_windows (the core DiT and sampler, the same VAE and CLIP vision objects): 2 people, 25 frames in 3
+    windows of 13 overlapping by 5, both AFCA variants; plus progress over all windows, Cancel, resume."""
+    import numpy as np
+    from anytalker_pack.nodes.generate import AnyTalkerConditioning
+    from anytalker_pack.nodes.native.long_clip import NativeStages
+    from anytalker_pack.nodes import _bridge as bridge
+
+    from anytalker_core.generation.window_plan import LongClipOptions, plan_windows
+    from anytalker_core.generation.windows import run_windows
+
+    out = {}
+    for variant, path in ctx["ckpt"].items():
+        model = weights.load_native_model(path)
+        cfg = model.model.diffusion_model.anytalker_config
+        inputs = long_inputs(ctx, cfg)
+        with _Recorder(NativeStages) as rec_native:
+            native = bridge.frames_to_uint8(native_long(model, inputs))
+        condition = AnyTalkerConditioning.execute(**inputs, max_pixels=64 * 128,
+                                                  window_frames=LONG["window"]).args[0]
+        core_stages = stages.SamplingModels(load_dit(path), bridge.ClipVisionAdapter(inputs["clip_vision"]),
+                                            bridge.VaeAdapter(inputs["vae"]))
+        chunks = []
+        with _Recorder(stages.SamplingModels) as rec_core:
+            run_windows(core_stages, condition.template, condition.features, LONG["frames"], LONG["window"],
+                        chunks.append, options=LongClipOptions(overlap_frames=LONG["overlap"]), steps=STEPS,
+                        seed=SEED, shift=SHIFT, sampler="euler", guidance=CFG)
+        core = np.concatenate(chunks)
+        # each native window against the core's sampling of the very same window inputs (its motion latents
+        # included): what remains is the sampler arithmetic, not the uint8 rounding of the decoded seams
+        same_inputs = [float((c["latent"] - core_stages.denoise(c["condition"], steps=STEPS, seed=c["seed"],
+                                                                known=c["known_latents"], shift=SHIFT,
+                                                                sampler="euler", guidance=CFG)).abs().max())
+                       for c in rec_native.calls]
+        plan = plan_windows(LONG["frames"], LONG["window"], LONG["overlap"])
+        features = inputs["audio_features"].conditioning.features
+        level = np.abs(native.astype(np.int16) - core.astype(np.int16))
+        out[variant] = {
+            "frames": int(native.shape[0]), "core_frames": int(core.shape[0]), "size": list(native.shape[1:3]),
+            "windows": len(rec_native.calls), "plan_windows": len(plan),
+            "latent_max_abs_diff": [float((a["latent"] - b["latent"]).abs().max())
+                                    for a, b in zip(rec_native.calls, rec_core.calls)],
+            "same_inputs_latent_max_abs_diff": same_inputs,
+            "latent_scale": max(float(c["latent"].abs().max()) for c in rec_core.calls),
+            "frame_max_level_diff": int(level.max()), "frame_mean_level_diff": float(level.mean()),
+            "known": [c["known"] for c in rec_native.calls],
+            "plan_known": [[0, w.known_latent_frames] if w.index else None for w in plan],
+            "audio_is_own_span": [all(torch.equal(a, features[i:i + 1, w.start:w.end]) for i, a in enumerate(c["audio"]))
+                                  for c, w in zip(rec_native.calls, plan)],
+            "window_lengths": [int(c["latent"].shape[2]) for c in rec_native.calls],
+            "plan_latent_frames": [w.latent_frames for w in plan],
+        }
+        if variant == "fused":
+            plain = bridge.frames_to_uint8(native_long(model, inputs, overlap_frames=1, colour_match=False))
+            out[variant]["one_shared_frame_mean_level_diff"] = float(
+                np.abs(plain.astype(np.int16) - core.astype(np.int16)).mean())
+            out[variant].update(long_progress_cancel_resume(model, inputs, native))
+    return out
+
+
+def long_progress_cancel_resume(model, inputs: dict, expected) -> dict:
+    """One progress bar over all windows x steps; Cancel in window 2 stops the run; the re-run resumes after
+    window 1 (its progress starts at STEPS) and gives the uninterrupted result."""
+    import numpy as np
+    from anytalker_pack.nodes import _bridge as bridge
+
+    seen = []
+    windows = 3
+
+    def record(value, total, preview, node_id=None):
+        if total == windows * STEPS:  # the sampler's bar (the conditioning's stage bar has its own total)
+            seen.append((value, total))
+
+    comfy.utils.set_progress_bar_global_hook(record)
+    try:
+        native_long(model, inputs, resume=True)
+        full = list(seen)
+        seen.clear()
+
+        def cancel_in_window_two(value, total, preview, node_id=None):
+            record(value, total, preview)
+            if total == windows * STEPS and value == STEPS + 1:
+                mm.interrupt_current_processing(True)
+
+        comfy.utils.set_progress_bar_global_hook(cancel_in_window_two)
+        interrupted = None
+        try:
+            native_long(model, inputs, resume=True)
+        except mm.InterruptProcessingException:
+            interrupted = "InterruptProcessingException"
+        finally:
+            mm.interrupt_current_processing(False)
+        cancelled = list(seen)
+        work = Path(folder_paths.get_output_directory()) / ".anytalker_windows"
+        kept = sorted(p.name for p in work.glob("*/window_*.npz")) if work.exists() else []
+        seen.clear()
+        comfy.utils.set_progress_bar_global_hook(record)
+        resumed = bridge.frames_to_uint8(native_long(model, inputs, resume=True))
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    return {"progress_full": full, "progress_cancelled": cancelled, "interrupted": interrupted,
+            "kept_after_cancel": kept, "progress_resumed": seen,
+            "resumed_equals_full": bool(np.array_equal(resumed, expected)),
+            "work_folder_left": work.exists() and any(work.iterdir())}
+
+
 SCENARIOS = {"parity": s_parity, "fp8": s_fp8, "lora": s_lora, "memory": s_memory, "lowvram": s_lowvram,
              "easycache": s_easycache, "preview_interrupt": s_preview_interrupt, "pack_previews": s_pack_previews, "guider": s_guider,
-             "compile": s_compile, "errors": s_errors}
+             "compile": s_compile, "errors": s_errors, "long_clip": s_long_clip}
 
 
 def main(argv: list[str]) -> int:
