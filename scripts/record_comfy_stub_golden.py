@@ -21,7 +21,14 @@ OUT = Path(__file__).resolve().parents[1] / "tests" / "comfy_stub" / "golden" / 
 
 def record(comfyui: Path) -> dict:
     sys.path.insert(0, str(comfyui))
+    import comfy.options
+
+    comfy.options.enable_args_parsing(False)
+    from comfy.cli_args import args
+
+    args.cpu = True  # comfy.samplers imports model management, which otherwise looks for CUDA
     import comfy.latent_formats
+    import comfy.samplers
 
     wan = comfy.latent_formats.Wan21()
     commit = subprocess.run(["git", "-C", str(comfyui), "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
@@ -37,6 +44,8 @@ def record(comfyui: Path) -> dict:
             "latents_mean": [float(v) for v in wan.latents_mean.flatten()],
             "latents_std": [float(v) for v in wan.latents_std.flatten()],
         },
+        "samplers.KSampler": {"SAMPLERS": list(comfy.samplers.KSampler.SAMPLERS),
+                              "SCHEDULERS": list(comfy.samplers.KSampler.SCHEDULERS)},
     }
 
 

@@ -7,6 +7,11 @@ width 1280, 128-wide heads) in models/: the UI-format workflows are converted wi
 /object_info and run with the core KSampler to an mp4. TorchCompileModel is taken out of the LoRA + compile
 workflow (compiling again for every workflow would cost minutes; tests/test_native_route.py runs
 TorchCompileModel itself); its LoRA runs.
+
+Long clips: the shipped native long-clip graph (25 frames, 3 overlapping windows) gives exactly the audio's
+frame count, and its frames equal the pack's AnyTalker Long Sampler (the core's run_windows on the core DiT)
+on the same files in the same server within the tolerances of tests/test_native_route.py; the shipped pack
+long-clip workflow gives the audio's frame count for a 3-window clip too.
 """
 
 from __future__ import annotations
@@ -99,6 +104,10 @@ def text_encoder_file(models: dict) -> str:
     return str(text if text.is_file() else next(text.glob("*.safetensors")))
 
 
+LONG_WINDOW = 13  # with the automatic 5-frame overlap: 25 frames = windows 0-12, 8-20, 16-24
+LONG_FRAMES = 25
+
+
 def tiny_prompt(prompt: dict, models: dict, people: int, frames: int, test_nodes: set[str]) -> dict:
     """Point a native workflow at the tiny models and inputs (encoders ComfyUI cannot load tiny become the
     test-only nodes of tests/comfyui_test_nodes that give the same types)."""
@@ -131,10 +140,10 @@ def tiny_prompt(prompt: dict, models: dict, people: int, frames: int, test_nodes
             inputs["frame_count"] = frames
         elif kind == "AnyTalkerFaceMasks":
             inputs["boxes"] = "; ".join(f"{96 * i + 30},20,{96 * i + 66},60" for i in range(people))
-        elif kind in ("AnyTalkerNativeToVideo", "AnyTalkerNativeExtend"):
+        elif kind == "AnyTalkerNativeToVideo":
             inputs["max_pixels"] = 64 * 64 * people
-            if inputs.get("window_frames"):
-                inputs["window_frames"] = 9
+        elif kind == "AnyTalkerNativeLongSampler":
+            inputs.update(max_pixels=64 * 64 * people, window_frames=LONG_WINDOW, steps=2, resume=False)
         elif kind == "KSampler":
             inputs["steps"] = 2
     for node_id, node in list(prompt.items()):  # TorchCompileModel out: its consumers take its input
@@ -157,7 +166,7 @@ def failure(entry: dict) -> str:
 
 
 @pytest.mark.parametrize("name,people,frames", [("native_one_person.json", 1, 9), ("native_two_people.json", 2, 9),
-                                                ("native_three_people.json", 3, 9), ("native_long_clip.json", 2, 13),
+                                                ("native_three_people.json", 3, 9), ("native_long_clip.json", 2, LONG_FRAMES),
                                                 ("native_lora_compile.json", 2, 9)])
 def test_native_workflow_runs(server, name, people, frames):
     from anytalker_core.io.media import read_video
@@ -174,3 +183,93 @@ def test_native_workflow_runs(server, name, people, frames):
     clip = read_video(server.base / "output" / saved[0]["subfolder"] / saved[0]["filename"])
     assert clip.frames.shape[0] == frames
     assert clip.frames.shape[1:3] == (64, 64 * people)
+
+
+def _api(server, name: str, people: int, frames: int) -> tuple[dict, dict]:
+    workflow = json.loads((REPO / "workflows" / name).read_text())
+    info = server.get("/object_info")
+    return tiny_prompt(ui_to_api(workflow, info), server.models, people, frames,
+                       {k for k in info if k.startswith("AnyTalkerTest")}), info
+
+
+def _node(prompt: dict, kind: str) -> str:
+    return next(k for k, v in prompt.items() if v["class_type"] == kind)
+
+
+def _saved_frames(server, name: str):
+    from safetensors.torch import load_file
+
+    return load_file(str(server.base / "output" / name))["value"]
+
+
+def _mp4_frames(server, entry) -> tuple:
+    from anytalker_core.io.media import read_video
+
+    saved = [v for out in entry["outputs"].values() for v in out.get("images", []) + out.get("video", [])
+             if str(v.get("filename", "")).endswith(".mp4")]
+    assert len(saved) == 1, entry["outputs"]
+    return read_video(server.base / "output" / saved[0]["subfolder"] / saved[0]["filename"])
+
+
+def test_native_long_clip_equals_the_pack_long_sampler(server):
+    """The shipped native long-clip graph against the core path (the pack's Long Sampler, run_windows on the
+    core DiT) on the same files, encoders and inputs, in one prompt: 2 people, 25 frames, 3 windows."""
+    from test_native_route import LONG_MAX_LEVELS, LONG_MEAN_LEVELS
+
+    prompt, _ = _api(server, "native_long_clip.json", 2, LONG_FRAMES)
+    native_id = _node(prompt, "AnyTalkerNativeLongSampler")
+    native = prompt[native_id]["inputs"]
+    native.update(sampler_name="euler", scheduler="simple", seed=5, cfg=4.5)
+    shift_id = native["model"][0]
+    assert prompt[shift_id]["class_type"] == "ModelSamplingSD3" and prompt[shift_id]["inputs"]["shift"] == 3.0
+    prompt["900"] = {"class_type": "AnyTalkerModelLoader",
+                     "inputs": {"model_name": server.models["dit"].name, "weight_dtype": "fp32", "attention": "sdpa",
+                                "block_storage": "same"}}
+    prompt["901"] = {"class_type": "AnyTalkerConditioning",
+                     "inputs": {k: native[k] for k in ("positive", "negative", "clip_vision", "vae", "start_image",
+                                                       "faces", "audio_features")}
+                     | {"max_pixels": native["max_pixels"], "window_frames": LONG_WINDOW}}
+    prompt["902"] = {"class_type": "AnyTalkerLongSampler",
+                     "inputs": {"model": ["900", 0], "conditioning": ["901", 0], "vae": native["vae"],
+                                "clip_vision": native["clip_vision"], "window_frames": LONG_WINDOW, "seed": 5,
+                                "steps": 2, "sampler_name": "euler", "cfg": 4.5, "shift": 3.0, "audio_cfg": 0.0,
+                                "overlap_frames": 0, "colour_match": True, "overlap_mode": "latent",
+                                "overlap_merge": "blend", "clip_reference": "start", "reanchor_every": 0,
+                                "resume": False}}
+    prompt["903"] = {"class_type": "AnyTalkerTestSaveTensors",
+                     "inputs": {"filename": "long/native.safetensors", "value": [native_id, 0]}}
+    prompt["904"] = {"class_type": "AnyTalkerTestSaveTensors",
+                     "inputs": {"filename": "long/core.safetensors", "value": ["902", 0]}}
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", failure(entry)
+    native_frames = (_saved_frames(server, "long/native.safetensors") * 255).round()
+    core_frames = (_saved_frames(server, "long/core.safetensors") * 255).round()
+    assert native_frames.shape == core_frames.shape == (LONG_FRAMES, 64, 128, 3)
+    levels = (native_frames - core_frames).abs()
+    assert float(levels.mean()) < LONG_MEAN_LEVELS and float(levels.max()) <= LONG_MAX_LEVELS, \
+        (float(levels.mean()), float(levels.max()))
+    assert _mp4_frames(server, entry).frames.shape[0] == LONG_FRAMES
+
+
+def test_pack_long_workflow_has_the_audio_frame_count(server):
+    """The shipped pack long-clip workflow (AnyTalker Long Sampler) on a 3-window clip: 25 frames, 25/24 s."""
+    workflow = json.loads((REPO / "workflows" / "anytalker_long_clip.json").read_text())
+    info = server.get("/object_info")
+    prompt = ui_to_api(workflow, info)
+    text_loader = "AnyTalkerTestCLIPLoader" in info
+    for node_id, node in list(prompt.items()):
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "AnyTalkerModelLoader":
+            inputs["model_name"] = server.models["dit"].name
+        elif kind == "AnyTalkerConditioning":
+            inputs.update(max_pixels=64 * 64, window_frames=LONG_WINDOW)
+        elif kind == "AnyTalkerLongSampler":
+            inputs.update(window_frames=LONG_WINDOW, steps=2, resume=False)
+    prompt = tiny_prompt(prompt, server.models, 1, LONG_FRAMES, {k for k in info if k.startswith("AnyTalkerTest")})
+    assert text_loader or all(v["class_type"] != "CLIPLoader" for v in prompt.values())
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", failure(entry)
+    clip = _mp4_frames(server, entry)
+    assert clip.frames.shape[:3] == (LONG_FRAMES, 64, 64)
+    assert clip.audio is not None and clip.audio.shape[-1] / clip.sample_rate == pytest.approx(LONG_FRAMES / 24,
+                                                                                               abs=0.03)

@@ -1,5 +1,5 @@
 """Pure parts of the native route (nodes/native) that need no ComfyUI: branch selection, text padding,
-window sizes, the release-config lookup. The route itself runs in the real ComfyUI: tests/test_native_route.py."""
+the pinned-latent mask of long clips, the release-config lookup. The route itself runs in the real ComfyUI: tests/test_native_route.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ if str(REPO) not in sys.path:
 
 from anytalker_core.errors import CheckpointError, InputError
 from nodes.native.conditioning import pad_text
-from nodes.native.nodes import window_length
+from nodes.native.long_clip import NativeSampling, known_latent_inputs
 from nodes.native.patches import ZERO_AUDIO, audio_enabled
 from nodes.native.weights import find_released_config
 
@@ -43,14 +43,27 @@ def test_text_is_padded_with_zero_rows():
         pad_text(torch.randn(1, 13, 8), 12, "positive")
 
 
-def test_window_length():
-    assert window_length(81, 161, 0) == 81
-    assert window_length(81, 161, 80) == 81
-    assert window_length(81, 121, 80) == 41  # what is left, 4j+1
-    with pytest.raises(InputError, match="4m\\+1"):
-        window_length(80, 161, 0)
-    with pytest.raises(InputError, match="nothing is left"):
-        window_length(81, 161, 160)
+def test_known_latents_become_comfyui_noise_mask_and_latent_image():
+    """Long clips: the core's pinned motion latents as ComfyUI's inpainting inputs (0 = keep in the mask)."""
+    from comfy.latent_formats import Wan21
+
+    from anytalker_core.generation.windows import KnownLatents
+
+    values = torch.randn(1, 16, 2, 4, 6)
+    latent, mask = known_latent_inputs(KnownLatents(values, first=0), (1, 16, 5, 4, 6))
+    assert mask.shape == (1, 1, 5, 4, 6)
+    assert not mask[:, :, :2].any() and mask[:, :, 2:].eq(1).all()
+    assert torch.allclose(Wan21().process_in(latent[:, :, :2]), values, atol=1e-5)  # raw scale in, normalised back
+    assert not latent[:, :, 2:].any()
+    later, mask = known_latent_inputs(KnownLatents(values[:, :, :1], first=1), (1, 16, 5, 4, 6))  # re-anchored
+    assert mask[0, 0, :, 0, 0].tolist() == [1, 0, 1, 1, 1] and not later[:, :, 0].any()
+    assert known_latent_inputs(None, (1, 16, 5, 4, 6))[1] is None
+
+
+def test_separate_guidance_only_when_the_scales_differ():
+    assert not NativeSampling("euler", "simple", 4.5).separate
+    assert not NativeSampling("euler", "simple", 4.5, audio_cfg=4.5).separate
+    assert NativeSampling("euler", "simple", 4.5, audio_cfg=6.0).separate
 
 
 def _release_config(path, legacy: bool, dim: int) -> None:

@@ -454,7 +454,6 @@ def long_inputs(ctx, cfg, people: int = 2):
     """ComfyUI objects for the long-clip nodes: CONDITIONING, a tiny CLIP vision (ComfyUI's class, through
     the test loader), a tiny Wan VAE (ComfyUI's VAE), a start image, boxes and random wav2vec2 features."""
     import numpy as np
-
     from anytalker_pack.nodes._bridge import AudioPayload, FaceSelection
 
     from anytalker_core.audio.timeline import AudioConditioning
@@ -481,17 +480,17 @@ def long_inputs(ctx, cfg, people: int = 2):
                               frame_num=frames, mixed=torch.zeros(frames * 16000 // 24), fps=24.0, mode="pad")
     positive = [[torch.randn(1, 20, cfg.text_dim, generator=g), {}]]
     negative = [[torch.randn(1, 20, cfg.text_dim, generator=g), {}]]
-    return dict(positive=positive, negative=negative, clip_vision=clip_vision, vae=vae, start_image=image,
-                faces=FaceSelection(boxes=boxes, masks=None, image_hw=(h, w), source="boxes"),
-                audio_features=AudioPayload(conditioning=audio))
+    return {"positive": positive, "negative": negative, "clip_vision": clip_vision, "vae": vae, "start_image": image,
+                "faces": FaceSelection(boxes=boxes, masks=None, image_hw=(h, w), source="boxes"),
+                "audio_features": AudioPayload(conditioning=audio)}
 
 
 def native_long(model, inputs: dict, **kw):
     """AnyTalker Long Sampler (native) on a shifted MODEL: euler, simple schedule, the LONG windows."""
     from anytalker_pack.nodes.native.nodes import AnyTalkerNativeLongSampler
 
-    settings = dict(window_frames=LONG["window"], seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
-                    scheduler="simple", overlap_frames=LONG["overlap"], resume=False, max_pixels=64 * 128)
+    settings = {"window_frames": LONG["window"], "seed": SEED, "steps": STEPS, "cfg": CFG, "sampler_name": "euler",
+                    "scheduler": "simple", "overlap_frames": LONG["overlap"], "resume": False, "max_pixels": 64 * 128}
     settings.update(kw)
     return AnyTalkerNativeLongSampler.execute(shifted(model), **inputs, **settings).args[0]
 
@@ -527,9 +526,9 @@ def s_long_clip(ctx) -> dict:
     run_windows (the core DiT and sampler, the same VAE and CLIP vision objects): 2 people, 25 frames in 3
     windows of 13 overlapping by 5, both AFCA variants; plus progress over all windows, Cancel, resume."""
     import numpy as np
+    from anytalker_pack.nodes import _bridge as bridge
     from anytalker_pack.nodes.generate import AnyTalkerConditioning
     from anytalker_pack.nodes.native.long_clip import NativeStages
-    from anytalker_pack.nodes import _bridge as bridge
 
     from anytalker_core.generation.window_plan import LongClipOptions, plan_windows
     from anytalker_core.generation.windows import run_windows
