@@ -6,6 +6,10 @@
 * every node whose widgets name a file of ``nodes/model_files.py`` gets ``properties.models`` (ComfyUI's
   Missing Models panel offers the download from it instead of listing the file as "Unknown");
 * nodes are laid out in columns (by x) and stacked without overlap, title bars included;
+* every file name is a readable title (``AnyTalker - two people.json``): ComfyUI 0.29's template browser
+  (frontend 1.47) titles a custom node pack's templates with their file names — ``GET /workflow_templates``
+  lists only the names, and the frontend shows ``{title: name}`` with ``<name>.jpg`` beside it as the
+  thumbnail; it reads no index or title field for them. A bad name is reported, not renamed;
 * ``workflows/<name>.jpg`` (the template browser's thumbnail) shows the numbered-face preview of a real photo
   (scikit-image's astronaut, side by side once per person) with the workflow's title.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -92,6 +97,19 @@ def layout(workflow: dict) -> bool:
     return changed
 
 
+#: what the template browser shows as the title: the pack's name, the route, what the workflow does
+TEMPLATE_NAME = re.compile(r"AnyTalker( native)? - [A-Za-z0-9][A-Za-z0-9 ()]*")
+
+
+def template_name_problem(path: Path) -> str | None:
+    """Why ``path``'s file name is not a readable template title (None when it is)."""
+    if TEMPLATE_NAME.fullmatch(path.stem) and len(path.stem) <= 48:
+        return None
+    return (f"{path.name}: the template browser shows the file name as the title; name it like "
+            "'AnyTalker - two people.json' / 'AnyTalker native - long clip.json' (letters, digits, spaces, "
+            "at most 48 characters)")
+
+
 def people_in(workflow: dict) -> int:
     for node in workflow["nodes"]:
         if node["type"] == "AnyTalkerFaceMasks" and node.get("widgets_values"):
@@ -123,8 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report what is out of date (exit 1 if any)")
     args = parser.parse_args(argv)
-    stale = []
+    stale, bad_names = [], []
     for path in sorted(WORKFLOWS.glob("*.json")):
+        problem = template_name_problem(path)
+        if problem:
+            bad_names.append(problem)
         workflow = json.loads(path.read_text())
         changed = model_metadata(workflow)
         changed = layout(workflow) or changed
@@ -139,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                 thumbnail(workflow, thumb)
     for line in stale:
         print(("out of date: " if args.check else "updated: ") + line)
-    return 1 if args.check and stale else 0
+    for line in bad_names:
+        print("rename: " + line)
+    return 1 if (args.check and stale) or bad_names else 0
 
 
 if __name__ == "__main__":

@@ -156,7 +156,7 @@ def test_workflow_loads_in_the_frontend(page, comfyui_server, artifacts_dir, nam
 def tiny_one_person(paths) -> dict:
     """The one-person workflow with the two loaders ComfyUI cannot give tiny sizes swapped for the test
     loaders (same output types, same links); the rest is edited in the page like a user would."""
-    workflow = json.loads((REPO / "workflows" / "anytalker_one_person.json").read_text())
+    workflow = json.loads((REPO / "workflows" / "AnyTalker - one person.json").read_text())
     for node in workflow["nodes"]:
         if node["type"] == "CLIPLoader":
             node.update(type="AnyTalkerTestCLIPLoader", widgets_values=[str(paths.text_encoder)])
@@ -216,3 +216,48 @@ def test_queue_a_workflow_from_the_page(page, comfyui_server, artifacts_dir):
     assert len(videos) == 1
     video = comfyui_server.base / "output" / videos[0]["subfolder"] / videos[0]["filename"]
     assert video.stat().st_size > 1000
+
+
+CARD_THUMBNAILS = """(titles) => titles.map(title => {
+  const label = [...document.querySelectorAll('[role="dialog"] *')]
+      .find(e => e.childElementCount === 0 && e.textContent.trim() === title);
+  let card = label;
+  while (card && !card.querySelector('img')) card = card.parentElement;
+  const img = card?.querySelector('img');
+  return [title, label ? (img && img.complete ? img.naturalWidth : 0) : -1];
+})"""
+
+
+def test_template_browser_shows_titles_and_thumbnails(page, comfyui_server, artifacts_dir):
+    """Issue 11: in the template browser (Browse Templates) the pack's workflows carry readable titles and
+    their thumbnails (``<title>.jpg``, fetched from the pack's template folder), and a click opens one."""
+    from urllib.parse import unquote
+
+    pack = "ComfyUI-AnyTalker"
+    expected = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
+    fetched = {}
+
+    def on_response(response):
+        if f"/workflow_templates/{pack}/" in response.url and response.url.endswith(".jpg"):
+            fetched[unquote(response.url.rsplit("/", 1)[-1])] = (response.status, response.headers.get("content-type"))
+
+    close_dialogs(page)
+    page.on("response", on_response)
+    try:
+        page.evaluate("async () => { const app = window.app ?? window.comfyAPI.app.app;"
+                      " await app.extensionManager.command.execute('Comfy.BrowseTemplates'); }")
+        page.get_by_text(pack, exact=True).first.click(timeout=30_000)  # the pack's entry under Extensions
+        page.wait_for_function(f"() => ({CARD_THUMBNAILS})({json.dumps(expected)}).every(t => t[1] > 0)",
+                               timeout=60_000)
+    finally:
+        page.remove_listener("response", on_response)
+    page.screenshot(path=str(artifacts_dir / "browser" / "template_browser.png"))
+    assert dict(page.evaluate(CARD_THUMBNAILS, expected)) == dict.fromkeys(expected, 512)  # the 512-wide JPEGs
+    assert fetched == {f"{t}.jpg": (200, "image/jpeg") for t in expected}
+    title = "AnyTalker - two people"
+    page.get_by_text(title, exact=True).first.click()
+    page.wait_for_timeout(1500)
+    workflow = json.loads((REPO / "workflows" / f"{title}.json").read_text())
+    nodes = page.evaluate("() => { const app = window.app ?? window.comfyAPI.app.app;"
+                          " return (app.graph.nodes ?? app.graph._nodes).map(n => n.type).sort(); }")
+    assert nodes == sorted(n["type"] for n in workflow["nodes"])

@@ -194,8 +194,8 @@ def with_tiny_models(prompt: dict, paths, people: int) -> dict:
     return prompt
 
 
-@pytest.mark.parametrize("name,people", [("anytalker_one_person.json", 1), ("anytalker_two_people.json", 2),
-                                         ("anytalker_three_people.json", 3), ("anytalker_long_clip.json", 1)])
+@pytest.mark.parametrize("name,people", [("AnyTalker - one person.json", 1), ("AnyTalker - two people.json", 2),
+                                         ("AnyTalker - three people.json", 3), ("AnyTalker - long clip.json", 1)])
 def test_shipped_workflow_runs(server, name, people):
     workflow = json.loads((REPO / "workflows" / name).read_text())
     prompt = with_tiny_models(ui_to_api(workflow, server.get("/object_info")), server.paths, people)
@@ -212,7 +212,7 @@ def test_shipped_score_workflow_runs(server):
     frames = np.repeat(demo_image(2, size=96)[None], 12, axis=0)  # a still two-person clip, 0.5 s
     wave = np.zeros(8000, dtype=np.float32)
     write_video(server.base / "input" / "anytalker_two_people.mp4", frames, 24, audio=wave, sample_rate=16000)
-    workflow = json.loads((REPO / "workflows" / "anytalker_score_video.json").read_text())
+    workflow = json.loads((REPO / "workflows" / "AnyTalker - score a video.json").read_text())
     prompt = ui_to_api(workflow, server.get("/object_info"))
     entry = server.run(prompt)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:3000]

@@ -165,9 +165,9 @@ def failure(entry: dict) -> str:
     return f"{e['node_type']}: {e['exception_type']}: {e['exception_message']}\n" + "".join(e["traceback"][-4:])
 
 
-@pytest.mark.parametrize("name,people,frames", [("native_one_person.json", 1, 9), ("native_two_people.json", 2, 9),
-                                                ("native_three_people.json", 3, 9), ("native_long_clip.json", 2, LONG_FRAMES),
-                                                ("native_lora_compile.json", 2, 9)])
+@pytest.mark.parametrize("name,people,frames", [("AnyTalker native - one person.json", 1, 9), ("AnyTalker native - two people.json", 2, 9),
+                                                ("AnyTalker native - three people.json", 3, 9), ("AnyTalker native - long clip.json", 2, LONG_FRAMES),
+                                                ("AnyTalker native - LoRA and TorchCompile.json", 2, 9)])
 def test_native_workflow_runs(server, name, people, frames):
     from anytalker_core.io.media import read_video
 
@@ -216,7 +216,7 @@ def test_native_long_clip_equals_the_pack_long_sampler(server):
     core DiT) on the same files, encoders and inputs, in one prompt: 2 people, 25 frames, 3 windows."""
     from test_native_route import LONG_MAX_LEVELS, LONG_MEAN_LEVELS
 
-    prompt, _ = _api(server, "native_long_clip.json", 2, LONG_FRAMES)
+    prompt, _ = _api(server, "AnyTalker native - long clip.json", 2, LONG_FRAMES)
     native_id = _node(prompt, "AnyTalkerNativeLongSampler")
     native = prompt[native_id]["inputs"]
     native.update(sampler_name="euler", scheduler="simple", seed=5, cfg=4.5)
@@ -253,7 +253,7 @@ def test_native_long_clip_equals_the_pack_long_sampler(server):
 
 def test_pack_long_workflow_has_the_audio_frame_count(server):
     """The shipped pack long-clip workflow (AnyTalker Long Sampler) on a 3-window clip: 25 frames, 25/24 s."""
-    workflow = json.loads((REPO / "workflows" / "anytalker_long_clip.json").read_text())
+    workflow = json.loads((REPO / "workflows" / "AnyTalker - long clip.json").read_text())
     info = server.get("/object_info")
     prompt = ui_to_api(workflow, info)
     text_loader = "AnyTalkerTestCLIPLoader" in info

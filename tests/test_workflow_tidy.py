@@ -56,6 +56,14 @@ def test_layout_title_and_thumbnail(path):
         assert im.format == "JPEG" and im.width == 512 and im.height > 100
 
 
+def test_file_names_are_template_titles(tmp_path):
+    """ComfyUI's template browser titles a pack's templates with their file names (see scripts/tidy_workflows.py)."""
+    assert [tidy.template_name_problem(p) for p in WORKFLOWS] == [None] * len(WORKFLOWS)
+    assert {p.stem for p in WORKFLOWS} >= {"AnyTalker - two people", "AnyTalker native - long clip"}
+    for bad in ("anytalker_two_people", "AnyTalker - Two_people", "two people", "AnyTalker - " + "x" * 40):
+        assert "template browser shows the file name" in tidy.template_name_problem(tmp_path / f"{bad}.json")
+
+
 def test_tidy_check_is_clean():
     """`python scripts/tidy_workflows.py --check` finds nothing to do on the committed workflows."""
     assert tidy.main(["--check"]) == 0

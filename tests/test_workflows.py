@@ -21,7 +21,7 @@ from comfy_api.latest import io
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 CORE = json.loads((REPO / "tests" / "data" / "comfyui_core_nodes.json").read_text())
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-PEOPLE = {"anytalker_one_person.json": 1, "anytalker_two_people.json": 2, "anytalker_three_people.json": 3}
+PEOPLE = {"AnyTalker - one person.json": 1, "AnyTalker - two people.json": 2, "AnyTalker - three people.json": 3}
 
 
 def our_signatures() -> dict[str, dict]:
