@@ -84,7 +84,7 @@ def test_entrypoint_lists_every_node_with_a_complete_schema():
             assert inp.tooltip, f"{schema.node_id}.{inp.id} has no tooltip"
             if hasattr(inp, "template"):
                 assert inp.template.input.tooltip
-    assert len(ids) == 14  # 9 pack nodes + 5 of the native route (nodes/native)
+    assert len(ids) == 13  # 9 pack nodes + 4 of the native route (nodes/native)
 
 
 def test_audio_encode_takes_a_variable_number_of_speakers():
@@ -449,7 +449,7 @@ def test_pack_loads_the_way_comfyui_loads_it():
         spec.loader.exec_module(module)
         assert not hasattr(module, "NODE_CLASS_MAPPINGS")  # else ComfyUI would ignore comfy_entrypoint
         extension = asyncio.run(module.comfy_entrypoint())
-        assert len(asyncio.run(extension.get_node_list())) == 14
+        assert len(asyncio.run(extension.get_node_list())) == 13
         assert sys.modules[name + ".nodes"].__file__ == str(REPO / "nodes" / "__init__.py")
     finally:
         for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
