@@ -182,6 +182,7 @@ def test_long_clip_matches_core_run_windows(measured, variant):
     assert r["frame_mean_level_diff"] < LONG_MEAN_LEVELS, r
     assert r["frame_max_level_diff"] <= LONG_MAX_LEVELS, r
     if variant == "fused":
+        assert r["one_pass"]["frames"] == 25 and r["one_pass"]["max_level_diff"] <= 1, r["one_pass"]
         assert r["one_shared_frame_mean_level_diff"] > 40 * LONG_MEAN_LEVELS, "the overlap must matter"
 
 

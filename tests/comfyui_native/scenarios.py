@@ -575,6 +575,13 @@ def s_long_clip(ctx) -> dict:
             "plan_latent_frames": [w.latent_frames for w in plan],
         }
         if variant == "fused":
+            # a clip no longer than window_frames: one pass, as the pack's Long Sampler (no seams, no colour match)
+            one = bridge.frames_to_uint8(native_long(model, inputs, window_frames=29))
+            whole = AnyTalkerConditioning.execute(**inputs, max_pixels=64 * 128, window_frames=0).args[0]
+            ref = core_stages.decode(core_stages.denoise(whole, steps=STEPS, seed=SEED, shift=SHIFT, sampler="euler",
+                                                         guidance=CFG))
+            out[variant]["one_pass"] = {"frames": int(one.shape[0]), "max_level_diff": int(
+                np.abs(one.astype(np.int16) - ref.astype(np.int16)).max())}
             plain = bridge.frames_to_uint8(native_long(model, inputs, overlap_frames=1, colour_match=False))
             out[variant]["one_shared_frame_mean_level_diff"] = float(
                 np.abs(plain.astype(np.int16) - core.astype(np.int16)).mean())
