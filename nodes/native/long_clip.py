@@ -89,10 +89,9 @@ class NativeStages(SamplingModels):
     preview: Any = None
 
     def denoise(self, conditioning: Any, *, steps: int, seed: int, progress: Callable | None = None,
-                should_stop: Callable | None = None, known: Any = None, **_unused: Any) -> torch.Tensor:
+                should_stop: Callable | None = None, known: Any = None) -> torch.Tensor:
         """Sample one window with ComfyUI's sampler; the normalised latent ``[1, 16, F, h, w]`` (float32, CPU)."""
         import comfy.latent_formats
-        import comfy.model_management
         import comfy.sample
         import comfy.samplers
         import comfy.utils
