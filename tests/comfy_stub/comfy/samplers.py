@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 _GOLDEN = json.loads((Path(__file__).resolve().parents[1] / "golden" / "comfyui.json").read_text())
 
 
 class KSampler:
-    SAMPLERS = list(_GOLDEN["samplers.KSampler"]["SAMPLERS"])
-    SCHEDULERS = list(_GOLDEN["samplers.KSampler"]["SCHEDULERS"])
+    SAMPLERS: ClassVar[list[str]] = list(_GOLDEN["samplers.KSampler"]["SAMPLERS"])
+    SCHEDULERS: ClassVar[list[str]] = list(_GOLDEN["samplers.KSampler"]["SCHEDULERS"])
