@@ -20,7 +20,7 @@ window's latent equals the core's sampling of the same window inputs within PARI
 whole clips are compared as frames: the decoded seam frames are uint8, and a pixel whose value sits within
 ~1e-5 of a rounding boundary rounds differently in the two routes; that level flips into the next window's
 motion latents (measured 1e-3 .. 4e-3 in window 2/3), so the clips differ by a few levels at a few pixels
-(measured max 6, mean 0.05 of 255). A wrong arithmetic (one shared frame instead of the 5-frame overlap)
+(measured max 6, mean 0.05 of 255; tolerance mean 0.5, max 24). A wrong arithmetic (one shared frame instead of the 5-frame overlap)
 moves the mean by 74 levels.
 
 TorchCompileModel (inductor) is part of every run (about a minute of compiling on this 2-core machine).
@@ -162,8 +162,10 @@ def test_torch_compile_model(measured):
     assert r["max_abs_diff"] < PARITY_ATOL, r
 
 
-LONG_MEAN_LEVELS = 0.25  # mean |native - core| over the whole clip, in 0..255 levels (measured 0.03-0.05)
-LONG_MAX_LEVELS = 16     # the largest single difference (measured 5-6)
+# |native - core| over a whole long clip, in 0..255 levels (measured: here 0.03-0.05 mean, 5-6 max; the server
+# test's speech and photo 0.11 / 9); a wrong overlap arithmetic moves the mean by ~74
+LONG_MEAN_LEVELS = 0.5
+LONG_MAX_LEVELS = 24
 
 
 @pytest.mark.parametrize("variant", ["fused", "legacy"])
