@@ -178,6 +178,48 @@ def test_overlapping_speech_reaches_every_track_and_order_rules():
     assert np.all(g0[int(2.1 * SR):int(4.9 * SR)] == 0) and np.all(g1[int(4.9 * SR):] == 0)
     assert interval_keys(2) == ["left", "right"] and interval_keys(3) == ["speaker1", "speaker2", "speaker3"]
     assert intervals_json(d.turns) == {"left": [[0.0, 2.0], [5.0, 6.0]], "right": [[1.5, 4.8]]}
+    assert d.overlaps() == [(1.5, 2.0, (0, 1))]
+
+
+def _true_overlaps(conv):
+    """(start, end, speakers) where two true turns overlap."""
+    out = []
+    for a in range(len(conv.turns)):
+        for b in range(a + 1, len(conv.turns)):
+            for s1, e1 in conv.turns[a]:
+                for s2, e2 in conv.turns[b]:
+                    if min(e1, e2) - max(s1, s2) > 0.05:
+                        out.append((max(s1, s2), min(e1, e2), (a, b)))
+    return out
+
+
+def test_deliberate_overlaps_stay_in_both_tracks():
+    # half the turns start 0.6 s before the previous one ends: the two voices overlap for 0.6 s
+    conv = make_conversation(["arctic_a", "low"], 8, seed=11, overlap_s=0.6, overlap_chance=0.5)
+    result = split_voices(conv.mix, SR, num_speakers=2)
+    turns = result.diarization.turns
+    score = diarization_error_rate(conv.turns, turns)
+    assert score.der <= 0.15, score
+    track_of = {r: h for h, r in score.mapping.items()}
+    overlaps = _true_overlaps(conv)
+    assert len(overlaps) == 3
+    time_in_both, shares = 0.0, []
+    for s, e, who in overlaps:
+        a, b = int(s * SR), int(e * SR)
+        gates = {r: gate(conv.mix.size, SR, turns[track_of[r]])[a:b] for r in who}
+        time_in_both += float(np.mean(np.minimum(*gates.values()) > 0.5)) * (e - s)
+        for r in who:  # the overlapped part of each voice is (mostly) in that speaker's own track
+            src = conv.sources[r][a:b]
+            shares.append(float(np.sum((gates[r] * src) ** 2) / np.sum(src ** 2)))
+    assert time_in_both / sum(e - s for s, e, _ in overlaps) >= 0.75, time_in_both
+    assert min(shares) >= 0.5, shares
+    # intervals.json lists each overlapping interval for both speakers
+    listed = result.diarization.overlaps()
+    assert all(any(min(e, le) - max(s, ls) > 0.5 * (e - s) for ls, le, _ in listed) for s, e, _ in overlaps), listed
+    # outside the overlaps the voices stay apart: what leaks is about what gating the true turns lets through
+    keep, leak = _energy_shares(conv, turns, score.mapping)
+    _, true_leak = _energy_shares(conv, conv.turns, {0: 0, 1: 1})
+    assert min(keep) >= 0.9 and max(leak) <= max(true_leak) + 0.05, (keep, leak, true_leak)
 
 
 def test_stereo_44k_file_keeps_its_rate_and_channels(tmp_path):

@@ -8,11 +8,23 @@
    than ``new_voice_distance`` (cosine) count as different people.
 4. The windows are clustered into that many speakers (average-linkage dendrogram under cosine
    distance, scipy); a few rounds of nearest-centre assignment refine the clusters.
-5. Every 10 ms speech frame scores each speaker by the mean cosine similarity of the windows covering
-   it to that speaker's centre; the best speaker wins (so overlapping speech goes to the
-   speaker whose voice dominates it; see docs/audio.md).
-6. Runs shorter than ``min_turn_s`` are absorbed by their neighbours; pauses shorter than
-   ``bridge_s`` inside one speaker's speech are bridged.
+5. A first pass labels every 10 ms speech frame with the speaker whose centre the covering windows
+   are most similar to (runs shorter than ``min_turn_s`` absorbed). Its turn boundaries are only as
+   sharp as the 1.6 s windows: GE2E's embedding is the LSTM's *last* state, so a window that holds
+   the end of one voice and the start of another mostly looks like the later one.
+6. Frame-level re-assignment (:func:`_refine`), on the recording's own timeline:
+
+   * short windows (``fine_window_s``) every ``fine_hop_s`` in both directions: a forward window
+     ending at ``t`` describes the voice just before ``t``, the same window time-reversed the voice
+     just after ``t``; both are compared at ``t`` shifted by the encoder's response lag (``lag_s``);
+   * one class per speaker, its centre from the first pass's *clean* windows (no other voice within
+     ``clean_margin_s``), and one class per pair of speakers (overlapping speech), its centre from
+     mixtures made of the recording's own clean windows of the two (mel power spectra add, so two
+     windows' mels summed are the mel of the mixed speech, at the levels the two actually speak);
+   * each frame takes the best class (a pair less ``overlap_penalty``, the prior that overlap is
+     rarer than one voice); runs under ``min_overlap_s`` are absorbed. A pair frame is in the turns
+     of both speakers, so overlapping speech goes to everyone who speaks in it.
+7. Pauses shorter than ``bridge_s`` inside one speaker's speech are bridged.
 
 Speakers are numbered by :func:`order_speakers` (default: first to speak = speaker 1).
 """
@@ -51,6 +63,14 @@ class DiarizeParams:
     min_turn_s: float = 0.3
     bridge_s: float = 0.25
     refine_rounds: int = 3
+    fine_window_s: float = 0.8
+    fine_hop_s: float = 0.05
+    lag_s: float = 0.15
+    clean_margin_s: float = 0.3
+    overlap: bool = True
+    overlap_mixtures: int = 48
+    overlap_penalty: float = 0.03
+    min_overlap_s: float = 0.1
     vad: VADParams = field(default_factory=VADParams)
 
 
@@ -76,6 +96,21 @@ class Diarization:
 
     def speaking_time(self, i: int) -> float:
         return float(sum(e - s for s, e in self.turns[i]))
+
+    def overlaps(self) -> list[tuple[float, float, tuple[int, ...]]]:
+        """Spans where two or more speakers talk: ``(start, end, speakers)`` (0-based, this order)."""
+        edges = sorted({t for spans in self.turns for s, e in spans for t in (s, e)})
+        out: list[tuple[float, float, tuple[int, ...]]] = []
+        for a, b in zip(edges, edges[1:]):
+            mid = 0.5 * (a + b)
+            who = tuple(i for i, spans in enumerate(self.turns) if any(s <= mid < e for s, e in spans))
+            if len(who) < 2:
+                continue
+            if out and out[-1][2] == who and abs(out[-1][1] - a) < 1e-9:
+                out[-1] = (out[-1][0], b, who)
+            else:
+                out.append((a, b, who))
+        return out
 
 
 def interval_keys(n: int) -> list[str]:
@@ -248,6 +283,96 @@ def _bridge(spans: list[tuple[float, float]], others: list[list[tuple[float, flo
     return [(s, e) for s, e in out]
 
 
+# ----------------------------------------------------------------------------- frame-level re-assignment
+
+
+def _clean_starts(labels: np.ndarray, speaker: int, length: int, margin: int) -> np.ndarray:
+    """Starts ``s`` of windows ``[s, s + length)`` over ``labels`` (``[M]``, ``-1`` = no speech) that are mostly
+    ``speaker``'s speech (≥ 60 % of frames) with no other speaker's frame within ``margin`` frames."""
+    from scipy.ndimage import maximum_filter1d
+
+    other = ((labels != speaker) & (labels >= 0)).astype(np.int8)
+    near_other = maximum_filter1d(other, size=2 * margin + 1) > 0 if margin > 0 else other > 0
+    own = np.concatenate([[0], np.cumsum(labels == speaker)])
+    bad = np.concatenate([[0], np.cumsum(near_other)])
+    n = labels.size - length + 1
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    ok = (own[length:length + n] - own[:n] >= 0.6 * length) & (bad[length:length + n] - bad[:n] == 0)
+    return np.flatnonzero(ok)
+
+
+def _refine(mels: np.ndarray, labels: np.ndarray, k: int, encoder: VoiceEncoder,
+            params: DiarizeParams) -> tuple[np.ndarray, list[tuple[int, ...]]] | None:
+    """Frame classes ``[M]`` (``-1`` = no speech) and the speakers of each class (step 6 of the module doc).
+
+    Args:
+        mels: ``[M, 40]`` mel frames of the whole recording; labels: first-pass speaker per frame
+            (``-1`` outside speech).
+    Returns:
+        ``(classes, members)``; ``members[j]`` is ``(speaker,)`` or ``(a, b)`` for overlap of two. ``None``
+        when the recording is too short or a speaker has no window to learn from (the first pass stands).
+    """
+    from itertools import combinations
+
+    m = mels.shape[0]
+    w = max(8, int(round(params.fine_window_s / FRAME_S)))
+    hop = max(1, int(round(params.fine_hop_s / FRAME_S)))
+    lag = int(round(params.lag_s / FRAME_S))
+    margin = int(round(params.clean_margin_s / FRAME_S))
+    if m < 2 * w:
+        return None
+    clean = []
+    for c in range(k):
+        starts = _clean_starts(labels, c, w, margin)
+        if starts.size == 0:  # a speaker with only short turns: learn from whatever windows are mostly theirs
+            starts = _clean_starts(labels, c, w, 0)
+        if starts.size == 0:
+            log.info("diarisation: speaker %d has no %.1f s of speech alone; keeping first-pass turns", c + 1,
+                     params.fine_window_s)
+            return None
+        clean.append(starts)
+    grid = np.arange(0, m, hop)
+    fwd_starts = np.clip(grid - w, 0, m - w)  # forward window ends at the grid point
+    bwd_starts = np.clip(grid, 0, m - w)  # backward window starts there (time-reversed)
+    reverse = np.ascontiguousarray(mels[::-1])
+    fwd = encoder.embed_windows(mels, fwd_starts, w)
+    bwd = encoder.embed_windows(reverse, m - bwd_starts - w, w)
+    fwd_index = {int(s): i for i, s in enumerate(fwd_starts)}
+    bwd_index = {int(s): i for i, s in enumerate(bwd_starts)}
+    members: list[tuple[int, ...]] = []
+    cent_f, cent_b = [], []
+    for c in range(k):
+        f = [fwd_index[s] for s in clean[c] if s in fwd_index]
+        b = [bwd_index[s] for s in clean[c] if s in bwd_index]
+        if not f or not b:
+            return None
+        cent_f.append(fwd[f].mean(0))
+        cent_b.append(bwd[b].mean(0))
+        members.append((c,))
+    if params.overlap and k > 1:
+        rng = np.random.default_rng(0)
+        span = np.arange(w)
+        n = params.overlap_mixtures
+        for a, b in combinations(range(k), 2):
+            mix = mels[rng.choice(clean[a], n)[:, None] + span] + mels[rng.choice(clean[b], n)[:, None] + span]
+            at = np.arange(n) * w
+            cent_f.append(encoder.embed_windows(mix.reshape(n * w, -1), at, w).mean(0))
+            cent_b.append(encoder.embed_windows(np.ascontiguousarray(mix[:, ::-1]).reshape(n * w, -1), at, w).mean(0))
+            members.append((a, b))
+    sim_f = fwd @ _normalize_rows(np.stack(cent_f)).T  # [G, classes]
+    sim_b = bwd @ _normalize_rows(np.stack(cent_b)).T
+    t = np.arange(m)
+    score = np.stack([0.5 * (np.interp(t + lag, grid, sim_f[:, j]) + np.interp(t - lag, grid, sim_b[:, j]))
+                      for j in range(len(members))], axis=1)
+    score[:, k:] -= params.overlap_penalty
+    speech = labels >= 0
+    classes = np.full(m, -1, dtype=np.int64)
+    classes[speech] = _smooth_runs(np.argmax(score[speech], axis=1),
+                                   max(1, int(round(params.min_overlap_s / FRAME_S))))
+    return classes, members
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -351,6 +476,16 @@ def diarize(
     best = _smooth_runs(best, max(1, int(round(params.min_turn_s / FRAME_S))))
     active = np.zeros((k, frames.size), dtype=bool)
     active[best, np.arange(frames.size)] = True
+    if k > 1:
+        labels = np.full(mels.shape[0], -1, dtype=np.int64)
+        labels[frames] = best
+        refined = _refine(mels, labels, k, encoder, params)
+        if refined is not None:
+            classes, members = refined
+            active[:] = False
+            for j, who in enumerate(members):
+                for c in who:
+                    active[c] |= classes[frames] == j
     turns = [_runs_to_spans(active[c], times[frames], FRAME_S) for c in range(k)]
     turns = [_bridge(turns[c], [turns[o] for o in range(k) if o != c], params.bridge_s) for c in range(k)]
     # a few frames cut off by a pause from the rest of their run (< 0.1 s) are not a turn
