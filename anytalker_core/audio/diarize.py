@@ -22,7 +22,8 @@
      mixtures made of the recording's own clean windows of the two (mel power spectra add, so two
      windows' mels summed are the mel of the mixed speech, at the levels the two actually speak);
    * each frame takes the best class (a pair less ``overlap_penalty``, the prior that overlap is
-     rarer than one voice); runs under ``min_overlap_s`` are absorbed. A pair frame is in the turns
+     rarer than one voice; a pair only where the first pass has both speakers within
+     ``fine_window_s``, i.e. at a turn change between them); runs under ``min_overlap_s`` are absorbed. A pair frame is in the turns
      of both speakers, so overlapping speech goes to everyone who speaks in it.
 7. Pauses shorter than ``bridge_s`` inside one speaker's speech are bridged.
 
@@ -366,6 +367,12 @@ def _refine(mels: np.ndarray, labels: np.ndarray, k: int, encoder: VoiceEncoder,
     score = np.stack([0.5 * (np.interp(t + lag, grid, sim_f[:, j]) + np.interp(t - lag, grid, sim_b[:, j]))
                       for j in range(len(members))], axis=1)
     score[:, k:] -= params.overlap_penalty
+    if len(members) > k:  # two people overlap where both speak nearby (a turn change), not anywhere
+        from scipy.ndimage import maximum_filter1d
+
+        near = [maximum_filter1d((labels == c).astype(np.int8), size=2 * w + 1) > 0 for c in range(k)]
+        for j, (a, b) in enumerate(members[k:], start=k):
+            score[~(near[a] & near[b]), j] = -np.inf
     speech = labels >= 0
     classes = np.full(m, -1, dtype=np.int64)
     classes[speech] = _smooth_runs(np.argmax(score[speech], axis=1),

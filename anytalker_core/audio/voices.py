@@ -2,8 +2,10 @@
 
 :func:`split_voices` diarises the recording (:mod:`.diarize`) and gates the original audio — its own
 sample rate and channels — to each speaker's turns, with short raised-cosine fades so that gating
-does not click. Overlapping speech goes to every speaker who speaks in it. No source separation is
-done: a person's track also holds whatever else sounds during their turns.
+does not click. Overlapping speech goes to every speaker who speaks in it. Without a separation
+model a person's track also holds whatever else sounds during their turns (the other voice in
+overlapping speech included); with one (``separate=``, :mod:`.separation`) it is the separated source
+matched to that person, gated the same way.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import InputError
 from .diarize import MAX_SPEAKERS, Diarization, DiarizeParams, diarize, intervals_json, order_speakers
+
+if TYPE_CHECKING:
+    from .separation import Separator
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +91,7 @@ def split_voices(
     params: DiarizeParams = DiarizeParams(),
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    separate: str | Path | Separator | None = None,
 ) -> SplitVoices:
     """Split one conversation recording into one track per speaker.
 
@@ -94,14 +100,22 @@ def split_voices(
         num_speakers: how many people talk; ``None`` estimates it.
         speaker_order: ``"first"`` (first to speak = person 1) or ``"most"`` (longest = person 1).
         order: manual override after the rule, e.g. ``[2, 1]`` swaps two people (1-based).
+        separate: an Asteroid separation checkpoint (path) or a loaded :class:`.separation.Separator`:
+            each track is then the separated source matched to that speaker (mono on every channel).
     Returns:
         :class:`SplitVoices` with ``[C, S]`` tracks at the input's rate.
     """
+    from .separation import Separator, load_separator, separate_tracks
+
     x = _as_channels(wave)
+    separator = load_separator(separate) if separate is not None and not isinstance(separate, Separator) \
+        else separate  # a bad file fails before the long work
     diar = diarize(x, sample_rate, num_speakers=num_speakers, max_speakers=max_speakers, params=params,
                    progress=progress, should_stop=should_stop)
     diar = order_speakers(diar, speaker_order, order)
-    tracks = [x * gate(x.shape[1], sample_rate, spans)[None] for spans in diar.turns]
+    sources = [x] * diar.num_speakers if separator is None else separate_tracks(
+        x, sample_rate, diar, separator.separate, should_stop=should_stop)
+    tracks = [src * gate(x.shape[1], sample_rate, spans)[None] for src, spans in zip(sources, diar.turns)]
     for i, spans in enumerate(diar.turns):
         log.info("speaker %d: %d turn(s), %.1f s of speech", i + 1, len(spans), diar.speaking_time(i))
     return SplitVoices(tracks=tracks, sample_rate=int(sample_rate), diarization=diar)

@@ -42,6 +42,10 @@ def add_speaker_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> 
     parser.add_argument(f"--{prefix}order", metavar="2,1",
                         help="manual override after the rule: the speaker numbers in the order you want them "
                              "(e.g. 2,1 swaps two people)")
+    parser.add_argument(f"--{prefix}separate", metavar="MODEL",
+                        help="an Asteroid separation checkpoint (e.g. a ConvTasNet's pytorch_model.bin): each "
+                             "person's track becomes the separated source matched to their voice (gated to their "
+                             "turns) instead of the mix; needs pip install --no-deps asteroid asteroid-filterbanks")
 
 
 def add_conversation_arguments(parser) -> None:
@@ -65,8 +69,18 @@ def check_conversation_args(args: argparse.Namespace) -> None:
         raise InputError("--conversation replaces --audio (and cannot be used with --batch); give one or the other")
     if args.conversation is not None and args.audio_mode == "concat":
         raise InputError("--conversation keeps everyone on the recording's timeline: use --audio-mode pad")
-    if args.conversation is None and (args.speakers is not None or args.order):
-        raise InputError("--speakers and --order only apply to --conversation MIX")
+    if args.conversation is None and (args.speakers is not None or args.order or args.separate):
+        raise InputError("--speakers, --order and --separate only apply to --conversation MIX")
+    check_separate(args)
+
+
+def check_separate(args: argparse.Namespace) -> None:
+    """``--separate MODEL`` must name a file (read before any other model is loaded)."""
+    from pathlib import Path
+
+    if args.separate is not None and not Path(args.separate).is_file():
+        raise InputError(f"--separate '{args.separate}': no such file; give an Asteroid separation checkpoint "
+                         "(.bin / .pth) or leave --separate out")
 
 
 def person_tracks(args: argparse.Namespace, files) -> list:
@@ -81,7 +95,7 @@ def person_tracks(args: argparse.Namespace, files) -> list:
     if args.conversation is None:
         return [load_audio(p) for p in files]
     result = split_voices(load_audio(args.conversation), SAMPLE_RATE, num_speakers=args.speakers,
-                          speaker_order=args.speaker_order, order=parse_order(args.order))
+                          speaker_order=args.speaker_order, order=parse_order(args.order), separate=args.separate)
     log.info("--conversation: %d speaker(s); speaking intervals %s", result.diarization.num_speakers,
              result.intervals)
     return [torch.from_numpy(track[0]) for track in result.tracks]
@@ -98,9 +112,10 @@ def run(args: argparse.Namespace) -> int:
     from ..audio.voices import split_voices, write_split
     from ..io.media import load_audio_native
 
+    check_separate(args)
     wave, rate = load_audio_native(args.audio, "MIX")
     result = split_voices(wave, rate, num_speakers=args.speakers, speaker_order=args.speaker_order,
-                          order=parse_order(args.order),
+                          order=parse_order(args.order), separate=args.separate,
                           progress=lambda done, total: log.debug("split-voices: stage %d/%d", done, total))
     paths = write_split(result, args.out)
     diar = result.diarization
@@ -108,5 +123,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{diar.num_speakers} speaker(s) ({found}) in {diar.duration:.1f} s of audio")
     for i, path in enumerate(paths[:-1]):
         print(f"  {path}: {len(diar.turns[i])} turn(s), {diar.speaking_time(i):.1f} s of speech")
+    both = diar.overlaps()
+    if both:
+        print(f"  overlapping speech: {len(both)} span(s), {sum(e - s for s, e, _ in both):.1f} s, in the tracks "
+              "of everyone speaking in it")
     print(f"  {paths[-1]}")
     return 0
