@@ -26,6 +26,11 @@ python install.py
 # webrtcvad dependency (a C build) is not used, so install it without dependencies.
 python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('resemblyzer') is None)" 2>/dev/null \
   || python -m pip install -q --no-deps resemblyzer
+# split-voices --separate MODEL builds Asteroid separation models (optional for users, tested here);
+# its declared dependencies (torchaudio, pytorch-lightning) are not needed, and torchaudio would pull
+# in another torch build, so install it without them.
+python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('asteroid') is None)" 2>/dev/null \
+  || python -m pip install -q --no-deps "asteroid==0.7.0" "asteroid-filterbanks>=0.4"
 
 # System programs, through apt when missing: espeak-ng synthesises the real speech used by the demo
 # and the tests; chromium is the real browser the ComfyUI frontend test drives (through playwright).

@@ -279,6 +279,8 @@ def test_generate_conversation_flags_are_checked_before_loading_models(tmp_path)
     assert main(base + ["--conversation", str(mix), "--audio-mode", "concat"]) == 2
     assert main(base + ["--conversation", str(tmp_path / "missing.wav")]) == 2
     assert main(base + ["--audio", str(mix), "--speakers", "2"]) == 2  # only with --conversation
+    assert main(base + ["--audio", str(mix), "--separate", str(mix)]) == 2
+    assert main(base + ["--conversation", str(mix), "--separate", str(tmp_path / "none.bin")]) == 2
 
 
 # ------------------------------------------------------------------------------------------- separation

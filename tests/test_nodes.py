@@ -531,3 +531,20 @@ def test_split_voices_node_returns_one_audio_per_person_and_intervals():
     assert all(t["waveform"].abs().max() == 0 for t in tracks[2:])  # no third person: silent
     with pytest.raises(InputError, match="order"):
         run(AnyTalkerSplitVoices, audio={"waveform": stereo, "sample_rate": SR}, speakers=2, order="x")
+
+
+def test_split_voices_node_separation_model_input(tmp_path, monkeypatch):
+    from nodes.voices import AnyTalkerSplitVoices, separation_options
+
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path))
+    (tmp_path / "audio_separation").mkdir()
+    (tmp_path / "audio_separation" / "sep.bin").write_bytes(b"not a checkpoint")
+    assert separation_options() == ["none", "sep.bin"]
+    audio = {"waveform": torch.zeros(1, 1, SR), "sample_rate": SR}
+    with pytest.raises(InputError, match="separation_model: 'other.bin' is not in models/audio_separation"):
+        run(AnyTalkerSplitVoices, audio=audio, speakers=2, separation_model="other.bin")
+    pytest.importorskip("asteroid")
+    from anytalker_core.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="separation_model '.*sep.bin' could not be read"):
+        run(AnyTalkerSplitVoices, audio=audio, speakers=2, separation_model="sep.bin")
