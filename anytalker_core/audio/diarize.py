@@ -64,7 +64,7 @@ class DiarizeParams:
     min_turn_s: float = 0.3
     bridge_s: float = 0.25
     refine_rounds: int = 3
-    fine_window_s: float = 0.8
+    fine_window_s: float = 0.6
     fine_hop_s: float = 0.05
     lag_s: float = 0.15
     clean_margin_s: float = 0.3
