@@ -101,7 +101,7 @@ class AnyTalkerConditioning(io.ComfyNode):
         condition = stages.condition(bridge.ClipVisionAdapter(clip_vision, tick), bridge.VaeAdapter(vae, tick), image,
                                      masks, cond_audio, cond_plan, prompts)
         if windowed:
-            condition = WindowedCondition(template=condition, features=audio.features)
+            condition = WindowedCondition(template=condition, features=audio.windowed)
         return io.NodeOutput(condition, plan.width, plan.height)
 
 

@@ -8,7 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from anytalker_core.audio import wav2vec
 from anytalker_core.audio.wav2vec import (
+    CHUNKED_TOLERANCE,
+    CNN_CHUNK_FRAMES,
+    WindowedFeatures,
     infer_wav2vec_config,
     load_wav2vec,
     normalize_state_dict,
@@ -17,6 +21,7 @@ from anytalker_core.audio.wav2vec import (
     window_features,
 )
 from anytalker_core.errors import CheckpointError, InputError, MissingModelError
+from anytalker_core.testing.speech import espeak_available, synthesize_speech
 from anytalker_core.testing.tiny_wav2vec import make_tiny_wav2vec
 
 
@@ -187,3 +192,71 @@ def test_load_errors(tmp_path):
     (hf / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="tensors missing"):
         load_wav2vec(hf)
+
+
+# ----------------------------------------------------------------------------- long tracks: chunked CNN
+
+
+needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng is needed for real speech")
+
+
+@pytest.fixture(scope="module")
+def sentence() -> torch.Tensor:
+    return synthesize_speech("The quick brown fox jumps over the lazy dog, twice.", voice="en-us")  # ~3 s
+
+
+@needs_espeak
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_chunked_feature_encoder_matches_one_pass_on_speech(tmp_path, sentence, norm):
+    """Chunks of 40 CNN frames (0.8 s, the last one partial) give the one-pass features within
+    CHUNKED_TOLERANCE; the group variant only because its GroupNorm statistics are the whole track's."""
+    enc = load_wav2vec(make_tiny_wav2vec(tmp_path / norm, feat_extract_norm=norm))
+    values = enc.normalize(sentence)
+    frames = video_frames_for_samples(values.numel(), 24)
+    assert wav2vec._cnn_frames(values.numel(), enc.config) % 40  # a partial last chunk
+    one = enc.encode(values, frames)  # ~3 s: one pass (the path every clip took before chunking)
+    chunked = enc.encode(values, frames, chunk_frames=40)
+    scale = float(one.abs().max())
+    assert float((chunked - one).abs().max()) <= CHUNKED_TOLERANCE * scale
+    x = values[None]
+    with torch.no_grad():
+        cnn = enc.model.feature_extractor(x)
+        assert float((wav2vec._feature_encoder(enc.model, x, 40) - cnn).abs().max()) <= \
+            CHUNKED_TOLERANCE * float(cnn.abs().max())
+        if norm == "group":  # chunks normalised on their own statistics are far off: the test can tell
+            hop, field = wav2vec._hop(enc.config), wav2vec._receptive_field(enc.config)
+            naive = torch.cat([enc.model.feature_extractor(x[:, j * hop:(j + 39) * hop + field])
+                               for j in range(0, cnn.shape[-1] - 40, 40)], dim=-1)
+            assert float((naive - cnn[..., :naive.shape[-1]]).abs().max()) > 100 * CHUNKED_TOLERANCE * \
+                float(cnn.abs().max())
+
+
+def test_short_tracks_take_the_one_pass_path(tmp_path, noise, monkeypatch):
+    """Up to CNN_CHUNK_FRAMES (10 s) the CNN runs once, bit for bit as before; a one-window clip encodes at
+    most 2 × 81 frames (pad mode's rounding up), which is under it."""
+    enc = load_wav2vec(make_tiny_wav2vec(tmp_path / "m"))
+    assert wav2vec._cnn_frames(int(2 * 81 / 24 * 16000), enc.config) <= CNN_CHUNK_FRAMES
+    calls = []
+    forward = enc.model.feature_extractor.forward
+    monkeypatch.setattr(enc.model.feature_extractor, "forward", lambda x: calls.append(x.shape) or forward(x))
+    values = enc.normalize(noise)
+    one = enc.encode(values, 30)
+    assert calls == [(1, noise.numel())]
+    torch.testing.assert_close(enc.encode(values, 30, keep=12), one[:12], atol=0, rtol=0)
+
+
+def test_windowed_features_equal_the_windowed_stack():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(9, 2, 3, generator=g), torch.randn(4, 2, 3, generator=g)
+    # person 1: frames 0..6 of a 9-frame encoding (its windows read frames 7, 8); person 2: a turn at 5..8
+    stored = WindowedFeatures.on_timeline([[(0, a, 7)], [(5, b, 4)]], num_frames=10)
+    expected = torch.zeros(2, 10, 5, 2, 3)
+    expected[0, :7] = window_features(a)[:7]
+    expected[1, 5:9] = window_features(b)
+    assert stored.shape == expected.shape and stored.rows.shape == (1 + 9 + 4, 2, 3)
+    torch.testing.assert_close(stored.dense(), expected, atol=0, rtol=0)
+    torch.testing.assert_close(stored.span(3, 8), expected[:, 3:8], atol=0, rtol=0)
+    torch.testing.assert_close(stored.cut(4, 10).span(1, 3), expected[:, 5:7], atol=0, rtol=0)
+    torch.testing.assert_close(WindowedFeatures.from_dense(expected).span(2, 9), expected[:, 2:9], atol=0, rtol=0)
+    with pytest.raises(InputError, match=r"\[N, F, 5, L, C\]"):
+        WindowedFeatures.from_dense(a)

@@ -137,6 +137,7 @@ def test_core_audio_encoder_feeds_the_pack(server, base_size_wav2vec):
     assert succeeded(entry), entry["status"]
     pack = load_file(str(server.base / "output" / "ux" / "pack.safetensors"))
     core = load_file(str(server.base / "output" / "ux" / "core.safetensors"))
-    key = "value.conditioning.features"
-    assert pack[key].shape[:3] == (2, 9, 5) and pack[key].shape[-1] == 768
-    torch.testing.assert_close(core[key], pack[key], rtol=1e-4, atol=1e-4)
+    rows, index = "value.conditioning.windowed.rows", "value.conditioning.windowed.index"  # [R, L, C], [N, F, 5]
+    assert pack[index].shape == (2, 9, 5) and pack[rows].shape[-1] == 768
+    torch.testing.assert_close(core[index], pack[index], rtol=0, atol=0)
+    torch.testing.assert_close(core[rows], pack[rows], rtol=1e-4, atol=1e-4)

@@ -34,7 +34,7 @@ from ..input_names import name as input_name
 from ..io.media import check_sample_rate, load_audio, resample
 from . import loudness
 from .vad import VADParams, speech_intervals
-from .wav2vec import SAMPLE_RATE, Wav2VecEncoder, video_frames_for_samples, window_features
+from .wav2vec import SAMPLE_RATE, WINDOW_RADIUS, Wav2VecEncoder, WindowedFeatures, video_frames_for_samples
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ class AudioConditioning:
     """Audio inputs for one generation.
 
     Attributes:
-        features: ``[N, F, 5, L, C]`` float32 (CPU), identity order = track order.
+        windowed: the windowed wav2vec2 features ``[N, F, 5, L, C]`` (identity order = track order), stored
+            once per frame (:class:`~.wav2vec.WindowedFeatures`, CPU); :attr:`features` is the dense stack.
         frame_num: ``F`` video frames (``4n+1``).
         mixed: ``[S]`` float32 16 kHz mono, the audio of the output video (exactly ``F / fps`` s).
         fps: video frame rate.
@@ -74,7 +75,7 @@ class AudioConditioning:
             off) — the same gain :func:`.mix.mix_on_timeline` gives the original-rate mix.
     """
 
-    features: torch.Tensor
+    windowed: WindowedFeatures
     frame_num: int
     mixed: torch.Tensor
     fps: float
@@ -86,8 +87,14 @@ class AudioConditioning:
     gains: list[float] = field(default_factory=list)
 
     @property
+    def features(self) -> torch.Tensor:
+        """The dense windowed features ``[N, F, 5, L, C]`` float32 (built on each access; long clips take
+        ``windowed.span(start, end)`` per window instead)."""
+        return self.windowed.dense()
+
+    @property
     def num_tracks(self) -> int:
-        return int(self.features.shape[0])
+        return self.windowed.num_tracks
 
     @property
     def duration(self) -> float:
@@ -227,14 +234,15 @@ def _prepare_tracks(tracks: Sequence[torch.Tensor | np.ndarray | str | Path], sa
 
 
 def _encode_pad(encoder: Wav2VecEncoder, wave: torch.Tensor, frame_num: int, fps: float) -> torch.Tensor:
-    """The reference's pad-mode encoding of one track → ``[F, 5, L, C]``."""
+    """The reference's pad-mode encoding of one track → per-frame hidden states ``[min(T, F + 2), L, C]``
+    (CPU): the clip's ``F`` frames and the two after them that the last frames' windows read."""
     values = encoder.normalize(wave)
     frames = video_frames_for_samples(values.numel(), fps)
     if frames % frame_num:
         extra = frame_num - frames % frame_num
         values = torch.cat([values, values.new_zeros(extra * int(SAMPLE_RATE // fps))])
         frames += extra
-    return window_features(encoder.encode(values, frames))[:frame_num].cpu()
+    return encoder.encode(values, frames, keep=frame_num + WINDOW_RADIUS).cpu()
 
 
 def build_audio_conditioning(
@@ -290,27 +298,26 @@ def build_audio_conditioning(
     track_frames = [video_frames_for_samples(w.numel(), fps) for w in waves]
     n = len(waves)
 
-    features: list[torch.Tensor] = []
+    segments: list[list[tuple[int, torch.Tensor, int]]] = []  # per track: (timeline start, hidden, frames)
     starts: list[int] = []
     cursor = 0
     for i, wave in enumerate(waves):
         if should_stop is not None and should_stop():
             raise Interrupted("audio feature extraction cancelled")
         if mode == "pad":
-            feats = _encode_pad(encoder, wave, frame_num, fps)
+            segments.append([(0, _encode_pad(encoder, wave, frame_num, fps), frame_num)])
             starts.append(0)
         else:
             starts.append(cursor)
-            single = encoder.features(wave, track_frames[i])  # [T_i, 5, L, C]
-            feats = single.new_zeros((frame_num,) + tuple(single.shape[1:]))
             if cursor < frame_num:
                 keep = min(track_frames[i], frame_num - cursor)
-                feats[cursor:cursor + keep] = single[:keep]
+                hidden = encoder.encode(encoder.normalize(wave), track_frames[i], keep=keep + WINDOW_RADIUS)
+                segments.append([(cursor, hidden.cpu(), keep)])  # zero outside its turn
             else:
                 log.warning("audio track %d starts after the last video frame (%d) and is cut off entirely",
                             i, frame_num)
+                segments.append([])
             cursor += track_frames[i]
-        features.append(feats)
         if progress is not None:
             progress(i + 1, n)
 
@@ -332,6 +339,6 @@ def build_audio_conditioning(
         mixed *= PEAK_CEILING / peak
     log.info("audio conditioning: %d track(s), mode %s, %d frames @ %s fps", n, mode, frame_num, fps)
     return AudioConditioning(
-        features=torch.stack(features).float(), frame_num=frame_num, mixed=mixed, fps=float(fps), mode=mode,
+        windowed=WindowedFeatures.on_timeline(segments, frame_num), frame_num=frame_num, mixed=mixed, fps=float(fps), mode=mode,
         track_frames=track_frames, turns=turns, speaking=speaking, gains=gains,
     )

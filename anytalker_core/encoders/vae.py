@@ -273,7 +273,8 @@ class WanVAE:
             raise InputError(f"VAE encode: height and width must be multiples of 8, got {h}×{w}")
         if not video.is_floating_point():
             raise InputError(f"VAE encode: video must be float in -1..1, got {video.dtype}")
-        peak = float(video.abs().max())
+        low, high = torch.aminmax(video)  # no |video| copy of a whole clip
+        peak = max(-float(low), float(high))
         if peak > 1.5:
             raise InputError(f"VAE encode: video values must lie in -1..1, found magnitude {peak:.3g} "
                              f"(0..255 or 0..1 images must be scaled first: x * 2 - 1)")

@@ -246,11 +246,11 @@ class AnyTalkerPipeline:
 
             store = None
             if work_dir is not None:
-                key, described = run_key_for(self, condition, audio.features, plan.frame_num, request.window_frames,
+                key, described = run_key_for(self, condition, audio.windowed, plan.frame_num, request.window_frames,
                                              long_clip, request.steps, request.seed, sampling)
                 store = WindowStore(work_dir, key, described)
                 work_folder = store.folder
-            num_frames = run_windows(self, condition, audio.features, plan.frame_num, request.window_frames, sink,
+            num_frames = run_windows(self, condition, audio.windowed, plan.frame_num, request.window_frames, sink,
                                      options=long_clip, seed=request.seed, progress=progress,
                                      should_stop=should_stop, store=store, **sampling)
             lap("denoise+decode")

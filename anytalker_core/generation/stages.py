@@ -128,7 +128,7 @@ def prepare_audio(wav2vec: Any, tracks: Sequence[torch.Tensor], mode: str = "pad
     with placement.use(wav2vec):
         audio = build_audio_conditioning(tracks, mode=mode, fps=fps, encoder=wav2vec, frame_num=frame_num,
                                          should_stop=should_stop)
-    check_finite(audio.features, "audio stage", "wav2vec2 audio encoder")
+    check_finite(audio.windowed.rows, "audio stage", "wav2vec2 audio encoder")
     log.info("audio: %d track(s), %s mode -> %d frames (%.2f s at %d fps)", len(tracks), mode,
              audio.frame_num, audio.frame_num / fps, fps)
     return audio
@@ -259,10 +259,13 @@ def encode_frames(vae: Any, frames: np.ndarray, num_frames: int, placement: Plac
     """uint8 ``[n, H, W, 3]`` frames at the video size -> float32 latent ``[1, 16, F, h, w]`` of ``[frames; zeros]``
     (``num_frames = 4j+1 >= n`` frames; ``num_frames = n`` encodes just the frames). Long clips' motion frames
     (:mod:`.windows`)."""
-    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float().div(127.5).sub(1.0)
-    if num_frames > video.shape[2]:
-        pad = video.new_zeros(1, 3, num_frames - video.shape[2], *video.shape[3:])
-        video = torch.cat([video, pad], dim=2)                       # [1, 3, num_frames, H, W]
+    n, height, width = frames.shape[:3]
+    if num_frames < n:
+        raise InputError(f"encode_frames: {n} frames do not fit in {num_frames}")
+    # one buffer of the encoded length, as encode_first_frame_condition (no padded copy beside it)
+    video = torch.zeros(1, 3, num_frames, height, width)             # [1, 3, num_frames, H, W]
+    video[0, :, :n] = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)
+    video[0, :, :n].div_(127.5).sub_(1.0)
     with placement.use(vae), torch.no_grad():
         latent = vae.encode(video.to(placement.device))
     return _batch1(latent, ndim=5).to(placement.device)

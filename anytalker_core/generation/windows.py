@@ -32,8 +32,9 @@ Drift control
     ``P``-th window: its ``y`` first frame (and CLIP tokens) are the start image again while its motion
     frames stay pinned after latent frame 0, and the overlap cross-fade hides the change.
 
-Audio: each window's features are sliced from the timeline (kept on the CPU) and moved to the device for
-that window only. Memory is one window's worth: only each window's conditioning is VAE-encoded, each
+Audio: the timeline's features stay on the CPU once per frame (:class:`~..audio.wav2vec.WindowedFeatures`,
+a fifth of the windowed stack); each window's windowed span is built and moved to the device for that
+window only. Memory is one window's worth: only each window's conditioning is VAE-encoded, each
 window is decoded on its own, and frames go to ``sink`` as soon as they are final.
 
 Resuming: with a :class:`~.window_store.WindowStore`, each finished window's emitted frames and tail are
@@ -42,7 +43,9 @@ persisted atomically; a re-run with the same inputs replays them into ``sink`` a
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -51,6 +54,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
+from ..audio.wav2vec import WindowedFeatures
 from ..errors import InputError, Interrupted
 from .colour import LabStats, lab_stats, match_colour
 from .window_plan import (CLIP_REFERENCES, OVERLAP_MODES, LongClipOptions, Window, needs_windows, plan_windows,
@@ -59,7 +63,7 @@ from .window_store import WindowStore, module_fingerprint, run_key
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LongClipOptions", "WindowedCondition", "window_inputs", "KnownLatents", "WindowStages",
+__all__ = ["LongClipOptions", "WindowedCondition", "WindowedFeatures", "as_windowed", "window_inputs", "KnownLatents", "WindowStages",
            "pin_known_latents", "run_key_for", "run_windows", "OVERLAP_MODES", "CLIP_REFERENCES"]
 
 Sink = Callable[[np.ndarray], None]
@@ -73,15 +77,16 @@ class WindowedCondition:
         template: the condition of one window of ``window_frames`` frames built from the start image
             (``y`` = its mask channels + the latent of start image + zeros, CLIP tokens, face tokens, masks,
             prompts, and the first window's audio).
-        features: the whole timeline's audio features ``[N, total_frames, 5, L, C]`` (CPU).
+        features: the whole timeline's windowed audio features ``[N, total_frames, 5, L, C]``, stored once
+            per frame (CPU).
     """
 
     template: Any
-    features: torch.Tensor
+    features: WindowedFeatures
 
     @property
     def total_frames(self) -> int:
-        return int(self.features.shape[1])
+        return self.features.num_frames
 
     @property
     def window_frames(self) -> int:
@@ -98,13 +103,13 @@ def window_inputs(plan: Any, audio: Any, window_frames: int) -> tuple[Any, Any, 
 
     A clip longer than ``window_frames`` is conditioned for one window (the plan and audio features cut to
     ``window_frames``: only that much first frame + zeros is VAE-encoded), then wrapped in a
-    :class:`WindowedCondition` with the whole ``audio.features``; otherwise the inputs are returned as they are.
+    :class:`WindowedCondition` with the whole ``audio.windowed``; otherwise the inputs are returned as they are.
     """
     windowed = needs_windows(plan.frame_num, window_frames)
     if not windowed:
         return plan, audio, False
     return (dataclasses.replace(plan, frame_num=window_frames),
-            dataclasses.replace(audio, features=audio.features[:, :window_frames], frame_num=window_frames), True)
+            dataclasses.replace(audio, windowed=audio.windowed.cut(0, window_frames), frame_num=window_frames), True)
 
 
 @dataclass
@@ -168,6 +173,28 @@ def pin_known_latents(denoise: Callable, known: KnownLatents, sigmas: torch.Tens
     return wrapped
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library is not glibc."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand the host memory a finished window freed back to the system.
+
+    glibc keeps freed heap pages mapped (and grows its heap where the next window's differently sized
+    buffers do not fit the holes), so without this the process's resident memory creeps up over the
+    first windows although live memory does not; ``malloc_trim(0)`` returns them (~ms per window).
+    Elsewhere (no glibc) it does nothing.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def _fit_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
     import cv2
 
@@ -176,29 +203,38 @@ def _fit_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
 
 
-def _window_condition(template: Any, window: Window, features: torch.Tensor, device: torch.device,
+def _window_condition(template: Any, window: Window, features: WindowedFeatures, device: torch.device,
                       dtype: torch.dtype) -> Any:
     """The template (start image, window length) cut to ``window``'s length with ``window``'s audio."""
     part = template.window(0, window.length)
     lo, hi = window.audio_span
-    speakers = [dataclasses.replace(s, audio=features[i:i + 1, lo:hi].to(device=device, dtype=dtype))
+    audio = features.span(lo, hi)  # [N, hi-lo, 5, L, C], this window's only
+    speakers = [dataclasses.replace(s, audio=audio[i:i + 1].to(device=device, dtype=dtype))
                 for i, s in enumerate(part.speakers)]
     return dataclasses.replace(part, speakers=speakers)
 
 
-def run_key_for(stages: WindowStages, template: Any, features: torch.Tensor, total_frames: int,
+def as_windowed(features: WindowedFeatures | torch.Tensor) -> WindowedFeatures:
+    """:class:`WindowedFeatures` as they are; a dense windowed stack ``[N, T, 5, L, C]`` wrapped."""
+    return features if isinstance(features, WindowedFeatures) else WindowedFeatures.from_dense(features)
+
+
+def run_key_for(stages: WindowStages, template: Any, features: WindowedFeatures | torch.Tensor, total_frames: int,
                 window_frames: int, options: LongClipOptions, steps: int, seed: int, sampling: dict) -> tuple[str, dict]:
-    """The work-folder key of a run and the JSON description stored with it."""
+    """The work-folder key of a run and the JSON description stored with it (``features``: as
+    :func:`run_windows` takes them)."""
+    features = as_windowed(features)
     settings = {"total_frames": total_frames, "window_frames": window_frames, "options": dataclasses.asdict(options),
                 "steps": steps, "seed": seed, "sampling": {k: v for k, v in sampling.items()},
                 "dit": module_fingerprint(stages.dit if isinstance(stages.dit, torch.nn.Module) else None),
                 "size": [template.plan.height, template.plan.width]}
-    tensors = [template.y, template.clip_fea, template.prompts.context, template.prompts.context_null, features,
+    tensors = [template.y, template.clip_fea, template.prompts.context, template.prompts.context_null,
+               features.rows, features.index,
                *(s.face_clip for s in template.speakers), *(s.token_mask for s in template.speakers)]
     return run_key(settings, tensors), settings
 
 
-def run_windows(stages: WindowStages, template: Any, features: torch.Tensor, total_frames: int,
+def run_windows(stages: WindowStages, template: Any, features: WindowedFeatures | torch.Tensor, total_frames: int,
                 window_frames: int, sink: Sink, *, options: LongClipOptions | None = None,
                 steps: int, seed: int, progress: Callable[[int, int], None] | None = None,
                 should_stop: Callable[[], bool] | None = None, store: WindowStore | None = None,
@@ -209,7 +245,8 @@ def run_windows(stages: WindowStages, template: Any, features: torch.Tensor, tot
         stages: see :class:`WindowStages`.
         template: the condition of one full window (``window_frames`` frames) built from the start image
             (its ``y``, CLIP tokens, face tokens, masks, prompts); its audio is replaced per window.
-        features: the whole timeline's audio features ``[N, total_frames, 5, L, C]`` (CPU is fine).
+        features: the whole timeline's windowed audio features ``[N, total_frames, 5, L, C]``, as
+            :class:`WindowedFeatures` (``AudioConditioning.windowed``) or a dense tensor (CPU is fine).
         total_frames: clip length ``4n+1``; window_frames: ``4m+1``.
         sink: receives uint8 frame chunks ``[n, H, W, 3]`` in order; their lengths add up to ``total_frames``.
         options: :class:`LongClipOptions`.
@@ -221,8 +258,9 @@ def run_windows(stages: WindowStages, template: Any, features: torch.Tensor, tot
     """
     options = (options or LongClipOptions()).checked(window_frames)
     windows = plan_windows(total_frames, window_frames, options.overlap_frames)
-    if int(features.shape[1]) != total_frames:
-        raise InputError(f"audio features cover {features.shape[1]} frames but the clip has {total_frames}")
+    features = as_windowed(features)
+    if features.num_frames != total_frames:
+        raise InputError(f"audio features cover {features.num_frames} frames but the clip has {total_frames}")
     if template.plan.frame_num < windows[0].length:
         raise InputError(f"the window template has {template.plan.frame_num} frames, expected {windows[0].length}")
     plan = template.plan
@@ -283,6 +321,8 @@ def run_windows(stages: WindowStages, template: Any, features: torch.Tensor, tot
             store.save(window.index, emitted, tail)
         sink(emitted)
         written += len(emitted)
+        del frames, emitted, condition, known
+        release_freed_memory()
         log.info("window %d/%d: frames %d-%d, seed %d, %.1f s", window.index + 1, len(windows), window.start,
                  window.end - 1, seed + window.index, time.monotonic() - started)
     if written != total_frames:
