@@ -2,7 +2,8 @@
 
 Each measurement runs in a fresh process: the tiny random model set (``anytalker_core.testing.demo``), a
 two-person image (scikit-image's astronaut twice) and a two-person espeak-ng conversation (turns of
-sentences, each track silent while the other speaks) of the length that makes ``N`` windows of
+sentences, each track silent while the other speaks; written to 32-bit float WAV files that the run reads,
+as the CLI's ``--audio`` files) of the length that makes ``N`` windows of
 ``--window-frames`` overlapping by ``--overlap-frames``. The clip goes through the CLI's path
 (``generate_to_file``: frames streamed into the mp4 encoder, work folder for resuming) with one CPU thread.
 
@@ -70,6 +71,7 @@ class RssSampler:
 def measure(windows: int, args: argparse.Namespace) -> dict:
     """One measurement (run in a fresh process by ``main``)."""
     import numpy as np
+    import soundfile
     import torch
 
     torch.set_num_threads(1)
@@ -91,7 +93,11 @@ def measure(windows: int, args: argparse.Namespace) -> dict:
         face = height
         boxes = [[0.3 * face, 0.2 * face, 0.7 * face, 0.62 * face],
                  [face + 0.3 * face, 0.2 * face, face + 0.7 * face, 0.62 * face]]
-        tracks = synthesize_conversation(frames / 24 + 0.5)
+        tracks = []  # files, as the CLI reads them (the waveforms are not held beside the run)
+        for i, wave in enumerate(synthesize_conversation(frames / 24 + 0.5)):
+            tracks.append(tmp / f"person{i + 1}.wav")
+            soundfile.write(tracks[-1], wave.numpy(), 16000, subtype="FLOAT")
+        del wave
         request = GenerationRequest(image=image, audio=tracks, prompt="two astronauts talk", steps=args.steps,
                                     seed=1, max_area=height * width, boxes=boxes, frame_num=frames,
                                     window_frames=args.window_frames,

@@ -83,9 +83,21 @@ class Spy:
 
 @needs_espeak
 def test_windows_condition_on_the_previous_motion_frames(pipe, speech, monkeypatch):
+    from anytalker_core.audio.wav2vec import WindowedFeatures
+
     spy = Spy(pipe, monkeypatch)
+    spans, span = [], WindowedFeatures.span
+
+    def spy_span(self, start=0, end=None):
+        out = span(self, start, end)
+        spans.append(int(out.shape[1]))
+        return out
+
+    monkeypatch.setattr(WindowedFeatures, "span", spy_span)
     updates = []
     result = pipe.generate(request(speech), progress=lambda d, t: updates.append((d, t)))
+    assert spans and max(spans) <= 13  # the windowed audio stack is built for one window at a time, never all 33
+    monkeypatch.setattr(WindowedFeatures, "span", span)
     windows = plan_windows(33, 13, 5)  # (0, 13), (8, 13), (16, 13), (24, 9)
     assert result.frames.shape[0] == 33 and result.audio.numel() == round(33 / 24 * 16000)
     assert [(c.plan.frame_num, seed) for c, seed, _ in spy.denoised] == [(13, 5), (13, 6), (13, 7), (9, 8)]
@@ -288,3 +300,19 @@ def test_cli_sixty_second_two_person_conversation(models, tmp_path, caplog):
     assert clip.num_frames == 1441 and clip.frames.shape[1:3] == (32, 64)  # exactly the audio's frame count
     assert clip.audio.shape[-1] / clip.sample_rate == pytest.approx(1441 / 24, abs=0.05)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["person1.wav", "person2.wav", "talk.mp4", "two.png"]
+
+
+def test_later_windows_encode_their_first_frame_as_the_first_window(pipe):
+    """A window's first frame + zeros goes through the same single-buffer encode as the first window's
+    condition (stages.encode_frames vs encode_first_frame_condition): equal bit for bit."""
+    import torch
+
+    from anytalker_core.encoders.vae import encode_first_frame_condition
+    from anytalker_core.generation import stages
+
+    frame = demo_image(1, size=64)
+    image = torch.from_numpy(frame).permute(2, 0, 1)[None].float().div(127.5).sub(1.0)
+    with torch.no_grad():
+        expected = encode_first_frame_condition(pipe.vae, image, 13)
+    got = stages.encode_frames(pipe.vae, frame[None], 13)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)

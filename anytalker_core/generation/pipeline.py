@@ -225,11 +225,12 @@ class AnyTalkerPipeline:
                              f"{input_name('audio')}(s); give exactly one box per person, left to right")
 
         audio = self.prepare_audio(tracks, request.audio_mode, request.frame_num, request.fps, should_stop)
+        del tracks  # the waveforms read from files are not needed any more (audio.mixed is muxed at the end)
         lap("audio")
         plan = self.plan(image.shape[:2], audio.frame_num, request.max_area)
         # long clips: conditioned for one window (start image + zeros for W frames, not the whole timeline)
         cond_plan, cond_audio, windowed = window_inputs(plan, audio, request.window_frames)
-        faces = self.prepare_faces(image, len(tracks), cond_plan, boxes=request.boxes, masks=request.masks)
+        faces = self.prepare_faces(image, audio.num_tracks, cond_plan, boxes=request.boxes, masks=request.masks)
         lap("faces")
         prompts = self.encode_prompts(request.prompt, request.negative_prompt)
         lap("text")
