@@ -316,3 +316,14 @@ def test_later_windows_encode_their_first_frame_as_the_first_window(pipe):
         expected = encode_first_frame_condition(pipe.vae, image, 13)
     got = stages.encode_frames(pipe.vae, frame[None], 13)
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+def test_vae_decode_into_one_buffer_equals_diffusers_decode(pipe):
+    """Each window's decode writes the frames into one buffer (no torch.cat per latent frame): the values
+    are diffusers' AutoencoderKLWan.decode's, bit for bit."""
+    vae = pipe.vae
+    latent = torch.randn(1, 16, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    z = latent / vae.latents_inv_std + vae.latents_mean
+    with torch.inference_mode():
+        expected = vae.model.decode(z).sample.float().clamp_(-1.0, 1.0)
+    torch.testing.assert_close(vae.decode(latent), expected, atol=0, rtol=0)

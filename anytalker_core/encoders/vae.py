@@ -289,8 +289,38 @@ class WanVAE:
             shape = tuple(latent.shape) if isinstance(latent, torch.Tensor) else type(latent).__name__
             raise InputError(f"VAE decode: latent must be a tensor [B, {self.z_dim}, F, h, w], got {shape}")
         z = latent.to(self.device, torch.float32) / self.latents_inv_std + self.latents_mean
-        video = self.model.decode(z.to(self.dtype)).sample
+        model = self.model
+        if model.use_tiling or model.config.patch_size is not None or not hasattr(model, "_feat_map"):
+            video = model.decode(z.to(self.dtype)).sample
+        else:
+            video = _decode_into_one_buffer(model, z.to(self.dtype))
         return video.float().clamp_(-1.0, 1.0)
+
+
+def _decode_into_one_buffer(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """diffusers' ``AutoencoderKLWan._decode`` (one latent frame at a time through the causal decoder and its
+    feature cache; the same calls, so the same values) writing each frame's output into one preallocated
+    video instead of ``torch.cat``-ing it onto the frames so far, which allocates a new, larger copy of
+    the whole video for every latent frame (21 of them for 81 frames; the freed ones are what made the
+    process's resident memory during a decode several times the video's size, and different each time).
+    ``z [B, 16, F, h, w]`` (denormalised) -> ``[B, 3, 4(F-1)+1, 8h, 8w]`` clamped to -1..1."""
+    frames = int(z.shape[2])
+    model.clear_cache()
+    x = model.post_quant_conv(z)
+    out, pos = None, 0
+    for i in range(frames):
+        model._conv_idx = [0]
+        part = model.decoder(x[:, :, i:i + 1], feat_cache=model._feat_map, feat_idx=model._conv_idx,
+                             first_chunk=i == 0)
+        if out is None:
+            out = part.new_empty(part.shape[0], part.shape[1], 1 + 4 * (frames - 1), *part.shape[3:])
+        out[:, :, pos:pos + part.shape[2]] = part
+        pos += int(part.shape[2])
+        del part
+    model.clear_cache()
+    if pos != out.shape[2]:
+        raise RuntimeError(f"VAE decode: the decoder produced {pos} frames, expected {out.shape[2]}")
+    return out.clamp_(-1.0, 1.0)
 
 
 def encode_first_frame_condition(vae: WanVAE, image: torch.Tensor, num_frames: int) -> torch.Tensor:
