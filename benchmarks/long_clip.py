@@ -9,7 +9,7 @@ as the CLI's ``--audio`` files) of the length that makes ``N`` windows of
 
 Reported per ``N``: clip length, CPU seconds of the generating thread per window (median and the spread of the
 windows after the first; CPU time because wall time on a shared machine measures the neighbours), wall
-seconds per window, peak resident memory of the process (RSS sampled every 5 ms) above the memory held once the
+seconds per window, peak resident memory of the process (the kernel's exact high-water mark, VmHWM) above the memory held once the
 models are loaded, during the whole generation and during the window loop alone (from the first
 denoising step), and the frames written. Command and results: BENCHMARKS.md ("Long clips").
 
@@ -22,50 +22,46 @@ import argparse
 import ctypes
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-class RssSampler:
-    """Peak RSS (bytes) of this process, sampled in a thread; ``mark(name)`` starts a named peak."""
+class PeakRss:
+    """Exact peak RSS (bytes) of this process: the kernel's high-water mark (``VmHWM`` in
+    ``/proc/self/status``), reset by writing 5 to ``/proc/self/clear_refs``. A sampling thread misses the
+    short spikes of single allocations (and catches more of them the longer the run), so it is not used.
+    ``mark(name)`` closes the peak of the running phase and starts ``name``'s; ``phases[name]`` is then the
+    highest RSS from its mark to the next mark (or to ``close()``)."""
 
-    def __init__(self, period: float = 0.005) -> None:
-        self.period = period
+    def __init__(self) -> None:
         self.page = os.sysconf("SC_PAGE_SIZE")
-        self.peaks: dict[str, int] = {}
-        self._active: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.phases: dict[str, int] = {}
+        self._current: str | None = None
 
     def rss(self) -> int:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * self.page
 
+    @staticmethod
+    def high_water() -> int:
+        with open("/proc/self/status") as f:
+            return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024
+
     def mark(self, name: str) -> None:
-        self.peaks[name] = self.rss()
-        self._active.append(name)
+        if self._current is not None:
+            self.phases[self._current] = self.high_water()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # peak RSS := current RSS
+        self._current = name
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            value = self.rss()
-            for name in self._active:
-                if value > self.peaks[name]:
-                    self.peaks[name] = value
-            time.sleep(self.period)
-
-    def __enter__(self) -> "RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+    def close(self) -> None:
+        self.mark("")
 
 
 def measure(windows: int, args: argparse.Namespace) -> dict:
@@ -113,19 +109,21 @@ def measure(windows: int, args: argparse.Namespace) -> dict:
                 libc.malloc_trim(0)
             live.append(sampler.rss() / 2**20)
             if not ends:
-                sampler.mark("windows")
+                sampler.mark("windows")  # the stages before the first denoising step end here
             ends.append(time.monotonic())
             cpu.append(time.thread_time())
             return denoise(condition, **kw)
 
         pipe.denoise = timed_denoise
-        with RssSampler() as sampler:
-            loaded = sampler.rss()  # models loaded, inputs built
-            sampler.mark("generate")
-            started = time.monotonic()
-            result = generate_to_file(pipe, request, tmp / "clip.mp4")
-            total = time.monotonic() - started
-        peaks = sampler.peaks
+        sampler = PeakRss()
+        loaded = sampler.rss()  # models loaded, inputs built
+        sampler.mark("before")
+        started = time.monotonic()
+        result = generate_to_file(pipe, request, tmp / "clip.mp4")
+        total = time.monotonic() - started
+        sampler.close()
+        peaks = {"windows": sampler.phases["windows"],
+                 "generate": max(sampler.phases["before"], sampler.phases["windows"])}
         ends.append(time.monotonic())
         cpu.append(time.thread_time())
         per_window = np.diff(np.array(ends))
