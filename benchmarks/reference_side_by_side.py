@@ -133,11 +133,14 @@ def print_row(r: dict, ref_cpu: float) -> None:
 
 
 def run_jobs(args) -> None:
-    """Each (case, N) in its own process, ``--jobs`` at a time; the rows are printed in order at the end."""
+    """Each (case, N) in its own process, ``--jobs`` at a time. Every finished job's rows are added to
+    ``--json`` at once; at the end all rows are printed in (case, N) order, also when a job failed
+    (its failure is named and the exit code is 1)."""
     import subprocess
     import tempfile
 
     pairs = [(c, n) for c in args.case for n in args.identities]
+    failed = []
     with tempfile.TemporaryDirectory() as tmp:
         pending, running, results = list(enumerate(pairs)), [], {}
         while pending or running:
@@ -153,19 +156,26 @@ def run_jobs(args) -> None:
             time.sleep(2)
             for job in list(running):
                 i, out, proc = job
-                if proc.poll() is not None:
-                    running.remove(job)
-                    if proc.returncode:
-                        raise SystemExit(f"job {pairs[i]} failed with exit code {proc.returncode}")
+                if proc.poll() is None:
+                    continue
+                running.remove(job)
+                if proc.returncode:
+                    failed.append(f"job {pairs[i]} failed with exit code {proc.returncode}")
+                if out.is_file():
                     results[i] = json.loads(out.read_text())
-        rows = [r for i in sorted(results) for r in results[i]]
-    print("\n== all rows ==")
+                rows = [r for k in sorted(results) for r in results[k]]
+                if args.json:
+                    args.json.write_text(json.dumps(rows, indent=1))
+    rows = [r for k in sorted(results) for r in results[k]]
+    print(f"\n== all rows ({len(rows)}) ==", flush=True)
     for r in rows:
-        ref = next(x for x in rows if x["case"] == r["case"] and x["n"] == r["n"] and x["kind"] == r["kind"]
-                   and x["impl"] == "reference")
+        ref = next((x for x in rows if x["case"] == r["case"] and x["n"] == r["n"] and x["kind"] == r["kind"]
+                    and x["impl"] == "reference"), r)
         print_row(r, ref["cpu_s"])
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    for message in failed:
+        print(message, file=sys.stderr)
+    if failed:
+        raise SystemExit(1)
 
 
 def main() -> None:

@@ -74,13 +74,19 @@ def test_cached_keys_values_equal_per_block_projection(model, n):
 
 
 def test_ffn_in_pieces_equals_whole(model, monkeypatch):
+    """The FFN sublayer (norm, modulation, FFN, gated residual) one row and 7 tokens at a time == at once."""
     import anytalker_core.model.dit as dit
 
     block = model.blocks[0]
-    h = torch.randn(2, 40, model.config.dim)
-    whole = block.ffn(h)
+    dim = model.config.dim
+    x = torch.randn(2, 40, dim)
+    shift, scale, gate = torch.randn(3, 2, 1, dim)
+    whole = x + block.ffn(block.norm2(x) * (1 + scale) + shift) * gate
     monkeypatch.setattr(dit, "FFN_CHUNK_TOKENS", 7)
-    torch.testing.assert_close(block._ffn(h), whole, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(block._ffn(x, shift, scale, gate), whole, atol=1e-6, rtol=1e-6)
+    # modulation of batch 1 (one timestep) serves every row
+    whole = x + block.ffn(block.norm2(x) * (1 + scale[:1]) + shift[:1]) * gate[:1]
+    torch.testing.assert_close(block._ffn(x, shift[:1], scale[:1], gate[:1]), whole, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("separate", [False, True])

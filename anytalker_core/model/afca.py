@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .attention import attention, attention_with_lse, merge_attention
-from .layout import group_by_frame
+from .layout import group_by_frame, stack_rows
 from .prepared import KV, IdentityKV, IdentityTokens, branch_row
 from .quantization import linear_compute_dtype
 
@@ -150,35 +150,55 @@ def project_fused_identities(identities: list[IdentityTokens], k_audio: nn.Modul
 
 
 def fused_afca_sum(q: torch.Tensor, identities: list[IdentityKV], branches: int, frames: int, vae_scale: int,
-                   impl=fused_afca) -> torch.Tensor | None:
+                   impl=fused_afca, face_parts: dict | None = None) -> torch.Tensor | None:
     """``Σ_i mask_i ⊙ AFCA_i`` as ``[K, S, dim]`` for ``K = branches`` rows, or None without identities.
 
     q ``[1 or K, S, H, D]`` is the normed cross-attention query shared with text and image attention
     (batch 1: the same for every branch, as in the first block of a guided step). Work shared by
-    branches (the same query and face, or the same audio) is done once.
+    branches (the same query and face, or the same audio) is done once. ``face_parts``: a dict the
+    caller keeps across calls whose ``q`` holds the same values (one call per branch), so that the
+    attention of that query over a face is computed once for all of them. Each identity's output is added into the
+    branch's sum as soon as it is computed.
     """
     if not identities:
         return None
-    face_parts: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-    results: dict[tuple[int, int, int], torch.Tensor] = {}
-    rows = []
+    face_parts = {} if face_parts is None else face_parts
+    results: dict[tuple, torch.Tensor] = {}
+    # audio tensors several branches share (zero audio): their results are kept for the later branches
+    uses: dict[tuple, int] = {}
+
+    def result_key(b: int, i: int) -> tuple:
+        ident = identities[i]
+        return (0 if q.shape[0] == 1 else b, i, branch_row(ident.face.k, b).data_ptr(), id(ident.audio[b]))
+
     for b in range(branches):
-        qi = 0 if q.shape[0] == 1 else b
+        for i in range(len(identities)):
+            key = result_key(b, i)
+            uses[key] = uses.get(key, 0) + 1
+
+    def row(b: int) -> torch.Tensor:
         qb = branch_row(q, b)
         total = None
         for i, ident in enumerate(identities):
-            fi = 0 if ident.face.k.shape[0] == 1 else b
-            key = (qi, i, id(ident.audio[b]))
-            if key not in results:
+            key = result_key(b, i)
+            out = results.get(key)
+            if out is None:
                 face = KV(branch_row(ident.face.k, b), branch_row(ident.face.v, b))
-                if impl is fused_afca and (qi, fi, i) not in face_parts:
-                    face_parts[(qi, fi, i)] = attention_with_lse(qb, face.k, face.v)
-                results[key] = impl(qb, face, ident.audio[b], frames, vae_scale,
-                                    face_part=face_parts.get((qi, fi, i))).flatten(2)
-            out = results[key] * branch_row(ident.mask, b).to(q.dtype)
-            total = out if total is None else total + out
-        rows.append(total)
-    return torch.cat(rows) if branches > 1 else rows[0]
+                face_key = ("face", i, face.k.data_ptr(), 0 if q.shape[0] == 1 else b)
+                if impl is fused_afca and face_key not in face_parts:
+                    face_parts[face_key] = attention_with_lse(qb, face.k, face.v)
+                out = impl(qb, face, ident.audio[b], frames, vae_scale, face_part=face_parts.get(face_key)).flatten(2)
+                if uses[key] > 1:
+                    results[key] = out
+            uses[key] -= 1
+            if uses[key] == 0:
+                results.pop(key, None)
+            out = out * branch_row(ident.mask, b).to(q.dtype)
+            total = out if total is None else total.add_(out)
+            del out
+        return total
+
+    return stack_rows(branches, row)
 
 
 class LegacyAudioCrossAttention(nn.Module):
@@ -214,18 +234,21 @@ class LegacyAudioCrossAttention(nn.Module):
                                   audio=[done[id(a)] for a in ident.audio], mask=ident.mask))
         return out
 
-    def forward(self, x: torch.Tensor, identities: list[IdentityKV], frames: int) -> torch.Tensor:
-        """x ``[K, S, dim]`` (already ``norm_x``-ed), keys/values from :meth:`project` -> ``[K, S, dim]``."""
+    def attend(self, x: torch.Tensor, identities: list[IdentityKV], branch: int, frames: int) -> torch.Tensor:
+        """x ``[1, S, dim]`` (already ``norm_x``-ed) of branch ``branch``, keys/values from :meth:`project`
+        -> ``[1, S, dim]``."""
         dtype = linear_compute_dtype(self.q_linear)
         q = group_by_frame(_heads(self.q_linear(x.to(dtype)), self.heads), frames)
-        rows = []
-        for b in range(x.shape[0]):
-            total = None
-            for ident in identities:
-                fk, fv = branch_row(ident.face.k, b), branch_row(ident.face.v, b)
-                audio = ident.audio[b]
-                out = per_frame_attention(q[b:b + 1], fk, fv, audio.k, audio.v)
-                out = out.flatten(1, 2).flatten(2) * branch_row(ident.mask, b).to(dtype)
-                total = out if total is None else total + out
-            rows.append(total)
-        return self.proj(torch.cat(rows))
+        total = None
+        for ident in identities:
+            fk, fv = branch_row(ident.face.k, branch), branch_row(ident.face.v, branch)
+            audio = ident.audio[branch]
+            out = per_frame_attention(q, fk, fv, audio.k, audio.v)
+            out = out.flatten(1, 2).flatten(2) * branch_row(ident.mask, branch).to(dtype)
+            total = out if total is None else total.add_(out)
+            del out
+        return self.proj(total)
+
+    def forward(self, x: torch.Tensor, identities: list[IdentityKV], frames: int) -> torch.Tensor:
+        """x ``[K, S, dim]`` (already ``norm_x``-ed), keys/values from :meth:`project` -> ``[K, S, dim]``."""
+        return torch.cat([self.attend(x[b:b + 1], identities, b, frames) for b in range(x.shape[0])])

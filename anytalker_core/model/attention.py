@@ -201,6 +201,6 @@ def merge_attention(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Ten
     lse = torch.logsumexp(torch.stack(torch.broadcast_tensors(*(l for _, l in parts))), dim=0)
     total = None
     for out, part_lse in parts:
-        term = out.float() * torch.exp(part_lse - lse).unsqueeze(-1)
-        total = term if total is None else total + term
+        weight = torch.exp(part_lse - lse).unsqueeze(-1)
+        total = out.float() * weight if total is None else total.addcmul_(out.float(), weight)
     return total.to(parts[0][0].dtype)

@@ -24,9 +24,9 @@ from .speaker import Speaker
 from .config import AnyTalkerConfig
 from .embeddings import apply_rope, rope_angles, rope_rotation, sinusoidal_embedding
 from ..errors import InputError
-from .layout import audio_window_for_latent_frames, flatten_token_mask, unpatchify
+from .layout import audio_window_for_latent_frames, flatten_token_mask, stack_rows, unpatchify
 from .norms import FP32LayerNorm, RMSNorm
-from .prepared import KV, BlockKV, PreparedConditioning, IdentityTokens
+from .prepared import KV, BlockKV, IdentityKV, IdentityTokens, PreparedConditioning, branch_row
 from .projections import AudioProjection, LegacyAudioProjection, MLPProj
 from .quantization import linear_compute_dtype
 
@@ -57,10 +57,11 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         """x ``[B, S, dim]``, rope ``[S, 1, head_dim/2]`` complex rotations -> ``[B, S, dim]``."""
         x = x.to(linear_compute_dtype(self.q))
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.heads, -1))
-        k = self.norm_k(self.k(x)).unflatten(-1, (self.heads, -1))
+        q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, (self.heads, -1)), rope)
+        k = apply_rope(self.norm_k(self.k(x)).unflatten(-1, (self.heads, -1)), rope)
         v = self.v(x).unflatten(-1, (self.heads, -1))
-        out = sequence_attention(apply_rope(q, rope), apply_rope(k, rope), v)
+        out = sequence_attention(q, k, v)
+        del q, k, v  # only the attention output is needed for the projection
         return self.o(out.flatten(2))
 
 
@@ -104,28 +105,47 @@ class CrossAttention(nn.Module):
                                                   self.v_face, self.norm_k_audio, self.norm_k_face, self.heads)
         return BlockKV(text=text_kv, image=image_kv, identities=identities or [])
 
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        """The query ``norm_q(q(x))`` ``[B, S, heads, head_dim]`` shared by text, image and AFCA attention."""
+        return self._heads(self.norm_q(self.q(x.to(linear_compute_dtype(self.q)))))
+
+    def attend(self, q: torch.Tensor, kv: BlockKV, branch: int, frames: int,
+               shared: dict | None = None) -> torch.Tensor:
+        """The cross-attention output ``o(text + image + Σ_i mask_i ⊙ AFCA_i)`` ``[1, S, dim]`` of one branch.
+
+        q ``[1, S, heads, head_dim]`` (:meth:`query`) of this branch's tokens; ``kv`` of all branches.
+        ``shared``: a dict kept across the branches of one call when they all use the same ``q`` (the
+        first block of a guided step): the image and face attentions, equal in every branch, are
+        computed for the first branch only.
+        """
+        out = attention(q, branch_row(kv.text.k, branch), branch_row(kv.text.v, branch)).flatten(2)
+        image = kv.image
+        if shared is not None and image.k.shape[0] == 1:
+            if "image" not in shared:
+                shared["image"] = attention(q, image.k, image.v).flatten(2)
+            out = out + shared["image"]
+        else:
+            out = out + attention(q, branch_row(image.k, branch), branch_row(image.v, branch)).flatten(2)
+        if self.has_afca and kv.identities:
+            rows = [IdentityKV(face=KV(branch_row(i.face.k, branch), branch_row(i.face.v, branch)),
+                               audio=[i.audio[branch]], mask=branch_row(i.mask, branch)) for i in kv.identities]
+            split = sequence_split()  # AFCA needs each token's frame: run it at the tokens' place in the clip
+            afca = fused_afca_sum(split.full(q, 1), rows, 1, frames, self.vae_scale, face_parts=shared)
+            out.add_(split.local(afca, 1))
+        return self.o(out)
+
     def forward(self, x: torch.Tensor, kv: BlockKV, frames: int) -> torch.Tensor:
         """x ``[1 or K, S, dim]``, keys/values of ``K`` branches -> ``[K, S, dim]``.
 
         x with batch 1 is shared by every branch (first block of a guided step): its query, its image
-        attention and its face attention are computed once.
+        attention and its face attention are computed once. Each branch is attended on its own, so
+        the attention's intermediate tensors exist for one branch at a time.
         """
-        dtype = linear_compute_dtype(self.q)
         branches = kv.text.k.shape[0]
-        q = self._heads(self.norm_q(self.q(x.to(dtype))))
-        q_all = q.expand(branches, *q.shape[1:]) if q.shape[0] != branches else q
-        out = attention(q_all, kv.text.k, kv.text.v).flatten(2)
-        image = kv.image
-        if image.k.shape[0] != q.shape[0]:
-            image = KV(image.k.expand(branches, *image.k.shape[1:]), image.v.expand(branches, *image.v.shape[1:]))
-            out = out + attention(q_all, image.k, image.v).flatten(2)
-        else:
-            out = out + attention(q, image.k, image.v).flatten(2)
-        if self.has_afca and kv.identities:
-            split = sequence_split()  # AFCA needs each token's frame: run it at the tokens' place in the clip
-            out = out + split.local(fused_afca_sum(split.full(q, 1), kv.identities, branches, frames,
-                                                   self.vae_scale), 1)
-        return self.o(out)
+        if x.shape[0] == 1:
+            q, shared = self.query(x), ({} if branches > 1 else None)
+            return stack_rows(branches, lambda b: self.attend(q, kv, b, frames, shared))
+        return stack_rows(branches, lambda b: self.attend(self.query(x[b:b + 1]), kv, b, frames))
 
 
 class Block(nn.Module):
@@ -160,32 +180,54 @@ class Block(nn.Module):
         """x ``[1 or K, S, dim]`` float32 residual stream; e ``[1 or K, 6, dim]`` float32 time projection;
         ``kv`` of ``K`` branches -> ``[K, S, dim]``. A batch-1 ``x`` is shared by every branch up to
         the cross-attention, where the branches' conditioning first differs. ``kv=None``: projected here
-        from ``cond`` (inside the block's own call, where a sharded block has its weights gathered)."""
+        from ``cond`` (inside the block's own call, where a sharded block has its weights gathered).
+
+        Every sublayer runs one batch row at a time (the FFN also in pieces of
+        :data:`FFN_CHUNK_TOKENS` tokens) and adds its output to the residual stream row by row, so a
+        batch of guidance branches costs the intermediate tensors of one branch, not of all of them.
+        """
         if kv is None:
             kv = self.project(cond)
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e).chunk(6, dim=1)
-        y = self.self_attn(self.norm1(x).float() * (1 + scale1) + shift1, rope)
-        x = x + y.float() * gate1
-        x = x + self.cross_attn(self.norm3(x), kv, frames).float()
+
+        def self_attention(r: int) -> torch.Tensor:
+            xr = x[r:r + 1]
+            h = self.norm1(xr).float() * (1 + branch_row(scale1, r)) + branch_row(shift1, r)
+            return xr + self.self_attn(h, rope).float() * branch_row(gate1, r)
+
+        x = stack_rows(x.shape[0], self_attention)
+        x = self._cross_attention(x, kv, frames)
         if self.legacy and kv.identities:
             split = sequence_split()
-            x = x + split.local(self.audio_cross_attn(split.full(self.norm_x(x), 1), kv.identities, frames), 1).float()
-        y = self._ffn((self.norm2(x).float() * (1 + scale2) + shift2).to(linear_compute_dtype(self.ffn[0])))
-        return x + y.float() * gate2
+            x = stack_rows(x.shape[0], lambda b: x[b:b + 1] + split.local(self.audio_cross_attn.attend(
+                split.full(self.norm_x(x[b:b + 1]), 1), kv.identities, b, frames), 1).float())
+        return self._ffn(x, shift2, scale2, gate2)
 
-    def _ffn(self, h: torch.Tensor) -> torch.Tensor:
-        """The FFN over ``[B, S, dim]`` in pieces of at most :data:`FFN_CHUNK_TOKENS` tokens of one row.
+    def _cross_attention(self, x: torch.Tensor, kv: BlockKV, frames: int) -> torch.Tensor:
+        """``x + cross_attn(norm3(x))`` ``[K, S, dim]`` float32, one branch at a time (x ``[1 or K, S, dim]``)."""
+        ca, branches = self.cross_attn, kv.text.k.shape[0]
+        if x.shape[0] == 1:
+            q, shared = ca.query(self.norm3(x)), ({} if branches > 1 else None)
+            return stack_rows(branches, lambda b: x + ca.attend(q, kv, b, frames, shared).float())
+        return stack_rows(branches, lambda b: x[b:b + 1] + ca.attend(
+            ca.query(self.norm3(x[b:b + 1])), kv, b, frames).float())
 
-        The FFN acts on each token alone, so the pieces give the same result while its
-        ``ffn_dim``-wide hidden layer (the largest activation of a block) exists for one piece at a time.
+    def _ffn(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """``x + gate * ffn(norm2(x) * (1 + scale) + shift)`` over ``[B, S, dim]`` float32, in pieces of at
+        most :data:`FFN_CHUNK_TOKENS` tokens of one row.
+
+        The norm, the modulation and the FFN act on each token alone, so the pieces give the same result
+        while the FFN's ``ffn_dim``-wide hidden layer (the largest activation of a block) exists for one
+        piece at a time.
         """
-        if h.shape[0] * h.shape[1] <= FFN_CHUNK_TOKENS:
-            return self.ffn(h)
-        rows = h.reshape(-1, h.shape[-1])
-        out = torch.empty(rows.shape[0], self.ffn[2].out_features, dtype=h.dtype, device=h.device)
-        for start in range(0, rows.shape[0], FFN_CHUNK_TOKENS):
-            out[start:start + FFN_CHUNK_TOKENS] = self.ffn(rows[start:start + FFN_CHUNK_TOKENS])
-        return out.reshape(*h.shape[:-1], -1)
+        dtype = linear_compute_dtype(self.ffn[0])
+        out = torch.empty_like(x)
+        for r in range(x.shape[0]):
+            for start in range(0, x.shape[1], FFN_CHUNK_TOKENS):
+                piece = x[r:r + 1, start:start + FFN_CHUNK_TOKENS]
+                h = (self.norm2(piece).float() * (1 + branch_row(scale, r)) + branch_row(shift, r)).to(dtype)
+                out[r:r + 1, start:start + FFN_CHUNK_TOKENS] = piece + self.ffn(h).float() * branch_row(gate, r)
+        return out
 
 
 class Head(nn.Module):
@@ -380,6 +422,7 @@ class AnyTalkerDiT(nn.Module):
         grid = tuple(h.shape[2:])
         frames = grid[0]
         tokens = h.flatten(2).transpose(1, 2).contiguous().float()  # [B, S, dim] float32 residual stream
+        del h
         rope = self.rope(grid, x.device)
         split = sequence_split(grid)  # sequence parallelism: this process's latent frames (else all tokens)
         tokens, rope = split.local(tokens, 1), split.local(rope, 0)

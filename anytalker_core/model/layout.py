@@ -6,6 +6,8 @@ Token order everywhere is the latent grid after 1x2x2 patching flattened f-major
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
@@ -52,3 +54,18 @@ def audio_window_for_latent_frames(audio: torch.Tensor, vae_scale: int = 4) -> t
     middle = groups[:, :, 1:-1, mid]
     tail = groups[:, :, -1, mid:]
     return first, torch.cat([head, middle, tail], dim=2)
+
+
+def stack_rows(rows: int, row: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    """``[rows, ...]`` from ``row(r)`` ``[1, ...]`` computed one after the other and written into one
+    tensor, so that only one row's intermediate tensors exist at a time (``torch.cat`` would hold every
+    row twice)."""
+    first = row(0)
+    if rows == 1:
+        return first
+    out = first.new_empty(rows, *first.shape[1:])
+    out[:1] = first
+    del first
+    for r in range(1, rows):
+        out[r:r + 1] = row(r)
+    return out
