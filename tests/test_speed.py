@@ -57,7 +57,7 @@ def branch_inputs_of(case):
     return inputs
 
 
-@pytest.mark.parametrize("n", [0, 1, 2])
+@pytest.mark.parametrize("n", [0, 1, 2, 3])
 def test_cached_keys_values_equal_per_block_projection(model, n):
     case = make_case(model.config, n)
     t = torch.tensor([700])
@@ -90,17 +90,22 @@ def test_ffn_in_pieces_equals_whole(model, monkeypatch):
 
 
 @pytest.mark.parametrize("separate", [False, True])
-@pytest.mark.parametrize("n", [0, 2])
-def test_batched_branches_equal_one_forward_per_branch(model, n, separate):
-    """Batched cond/uncond (/text_only) with the shared first-block prefix == the reference's separate
-    calls of the plain forward, one per branch."""
+@pytest.mark.parametrize("n", [0, 1, 2, 3])
+def test_batched_branches_equal_one_forward_per_branch(model, n, separate, monkeypatch):
+    """Batched cond/uncond (/text_only) with the shared first-block prefix, each sublayer run one branch
+    at a time and the FFN in 5-token pieces == the reference's separate calls of the plain forward, one
+    per branch."""
+    import anytalker_core.model.dit as dit
+
     case = make_case(model.config, n)
     guidance = Guidance(text_scale=5.0, audio_scale=3.0) if separate else Guidance(4.5)
     inputs = branch_inputs_of(case)
     t = torch.tensor([999])
     with torch.no_grad():
-        batched = GuidedDenoiser(model, inputs, case["clip"], case["y"], SpeedOptions(cfg_batch=True))(
-            case["x"], t, guidance.branches)
+        with monkeypatch.context() as patch:
+            patch.setattr(dit, "FFN_CHUNK_TOKENS", 5)  # 18 tokens per row: pieces of 5, 5, 5, 3
+            batched = GuidedDenoiser(model, inputs, case["clip"], case["y"], SpeedOptions(cfg_batch=True))(
+                case["x"], t, guidance.branches)
         single = GuidedDenoiser(model, inputs, case["clip"], case["y"],
                                 SpeedOptions(kv_cache=False, cfg_batch=False))(case["x"], t, guidance.branches)
         plain = [model(case["x"], t, *inputs(b)[:1], case["clip"], case["y"], inputs(b)[1])
@@ -111,15 +116,43 @@ def test_batched_branches_equal_one_forward_per_branch(model, n, separate):
         torch.testing.assert_close(b, c, atol=1e-6, rtol=1e-6)
 
 
-def test_full_sampling_run_unchanged_by_the_savings(model):
-    case = make_case(model.config, 2)
+@pytest.mark.parametrize("n", [0, 1, 2, 3])
+def test_full_sampling_run_unchanged_by_the_savings(model, n):
+    case = make_case(model.config, n)
     inputs = branch_inputs_of(case)
     results = []
-    for options in (SpeedOptions(), SpeedOptions(kv_cache=False, cfg_batch=False)):
+    for options in (SpeedOptions(), SpeedOptions(kv_cache=True, cfg_batch=False),
+                    SpeedOptions(kv_cache=False, cfg_batch=True), SpeedOptions(kv_cache=False, cfg_batch=False)):
         denoiser = GuidedDenoiser(model, inputs, case["clip"], case["y"], options)
         with torch.no_grad():
             results.append(sample(denoiser, case["x"], make_scheduler("unipc", 4, 3.0), Guidance(4.5)))
-    torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=1e-5)
+    for other in results[1:]:
+        torch.testing.assert_close(results[0], other, atol=1e-5, rtol=1e-5)
+
+
+def test_unconditional_audio_path_is_exact(model):
+    """The unconditional branch's zeroed audio: projected from one video frame, its keys/values stored once
+    for every speaker and attended as one key set with a log-count offset — the same prediction as
+    projecting and attending all T frames of zero features, as the reference does."""
+    case = make_case(model.config, 2)
+    speakers = [s.without_audio() for s in case["speakers"]]
+    t = torch.tensor([400])
+    with torch.no_grad():
+        fast = model.condition(case["context_null"], case["clip"], speakers, cache_kv=True)
+        full = model.condition(case["context_null"], case["clip"], speakers, cache_kv=False)
+        every_frame = model._embed_audio(speakers[0].audio)  # [1, T, tokens, d]: all frames of zero features
+        for ident, spk in zip(full.identities, speakers):
+            ident.audio = [model._embed_audio(spk.audio)]  # one projection per speaker, every frame
+        a = model.forward_conditioned(case["x"], t, case["y"], fast)
+        b = model.forward_conditioned(case["x"], t, case["y"], full)
+    if model.config.afca == "fused":
+        # the premise of the one-frame projection: every frame of zero features gives the same tokens (up to
+        # the matmul's rounding, which differs between rows of one call)
+        assert fast.blocks[0].identities[0].audio[0].k.shape[1] == 1
+        torch.testing.assert_close(every_frame, every_frame[:, :1].expand_as(every_frame), atol=1e-6, rtol=1e-5)
+        assert full.identities[0].audio[0].shape[1] == speakers[0].audio.shape[1]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert float(a.norm()) > 0
 
 
 def test_zero_audio_projected_once(model):
