@@ -69,7 +69,8 @@ class CrossAttention(nn.Module):
     """Text + image cross-attention; with ``afca`` also the fused Audio-Face Cross Attention.
 
     One query ``q = norm_q(q(x))`` serves all three; their outputs are summed *before* the shared
-    output projection ``o``: ``o(text + image + Σ_i mask_i ⊙ AFCA_i)``.
+    output projection ``o``: ``o(text + image + Σ_i mask_i ⊙ AFCA_i)``. The block calls :meth:`query`
+    once per query row and :meth:`attend` once per guidance branch (``Block._cross_attention``).
     """
 
     def __init__(self, cfg: AnyTalkerConfig, afca: bool, device=None, dtype=None):
@@ -133,19 +134,6 @@ class CrossAttention(nn.Module):
             afca = fused_afca_sum(split.full(q, 1), rows, 1, frames, self.vae_scale, face_parts=shared)
             out.add_(split.local(afca, 1))
         return self.o(out)
-
-    def forward(self, x: torch.Tensor, kv: BlockKV, frames: int) -> torch.Tensor:
-        """x ``[1 or K, S, dim]``, keys/values of ``K`` branches -> ``[K, S, dim]``.
-
-        x with batch 1 is shared by every branch (first block of a guided step): its query, its image
-        attention and its face attention are computed once. Each branch is attended on its own, so
-        the attention's intermediate tensors exist for one branch at a time.
-        """
-        branches = kv.text.k.shape[0]
-        if x.shape[0] == 1:
-            q, shared = self.query(x), ({} if branches > 1 else None)
-            return stack_rows(branches, lambda b: self.attend(q, kv, b, frames, shared))
-        return stack_rows(branches, lambda b: self.attend(self.query(x[b:b + 1]), kv, b, frames))
 
 
 class Block(nn.Module):
