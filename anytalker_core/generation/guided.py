@@ -47,11 +47,10 @@ class SpeedOptions:
 
 
 def activation_bytes_per_branch(dit: torch.nn.Module, tokens: int) -> int:
-    """Rough peak of one more batch row in a block: the float32 residual stream and its normed copy,
-    q/k/v/attention outputs and the FFN hidden layer (in the compute dtype)."""
-    cfg = dit.config
-    compute = torch.finfo(dit.dtype).bits // 8 if dit.dtype.is_floating_point else 4
-    return tokens * (3 * cfg.dim * 4 + (5 * cfg.dim + 2 * cfg.ffn_dim) * compute)
+    """Extra peak memory of one more batched branch. The blocks run every sublayer one batch row at a
+    time (:func:`~anytalker_core.model.layout.stack_rows`), so a branch adds only its rows of the float32
+    residual stream: the block's input, the sublayer output being written and the one read (3 rows)."""
+    return 3 * tokens * dit.config.dim * 4
 
 
 def free_memory_bytes(device: torch.device) -> int:
