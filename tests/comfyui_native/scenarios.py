@@ -457,6 +457,7 @@ def long_inputs(ctx, cfg, people: int = 2):
     from anytalker_pack.nodes._bridge import AudioPayload, FaceSelection
 
     from anytalker_core.audio.timeline import AudioConditioning
+    from anytalker_core.audio.windowed import WindowedFeatures
     from anytalker_core.encoders import make_tiny_clip_vision, make_tiny_vae
 
     if "long_models" not in ctx:
@@ -476,7 +477,8 @@ def long_inputs(ctx, cfg, people: int = 2):
     image = (ramp.expand(h, w, 3) + 0.1 * torch.rand(h, w, 3, generator=g)).clamp(0, 1)[None]
     boxes = np.array([[64 * i + 16, 12, 64 * i + 48, 44] for i in range(people)], np.float32)
     frames = LONG["frames"]
-    audio = AudioConditioning(features=torch.randn(people, frames, 5, cfg.audio_layers, cfg.audio_channels, generator=g),
+    dense = torch.randn(people, frames, 5, cfg.audio_layers, cfg.audio_channels, generator=g)
+    audio = AudioConditioning(windowed=WindowedFeatures.from_dense(dense),
                               frame_num=frames, mixed=torch.zeros(frames * 16000 // 24), fps=24.0, mode="pad")
     positive = [[torch.randn(1, 20, cfg.text_dim, generator=g), {}]]
     negative = [[torch.randn(1, 20, cfg.text_dim, generator=g), {}]]
