@@ -449,7 +449,18 @@ def test_unexpected_error_is_one_line_with_a_verbose_hint(models, inputs, tmp_pa
     assert leftovers(tmp_path) == []
 
 
-def test_ctrl_c_exits_130_not_2(models, inputs, tmp_path, caplog, monkeypatch):
+@pytest.fixture
+def sigint_default():
+    """SIGINT as an interactive shell leaves it. A shell that starts pytest in the background (``cmd &``)
+    sets SIGINT to SIG_IGN, and the CLI then rightly stays deaf to Ctrl-C; these tests are about Ctrl-C."""
+    import signal
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_ctrl_c_exits_130_not_2(models, inputs, tmp_path, caplog, monkeypatch, sigint_default):
     """SIGINT (Ctrl-C) while the models load: exit 130 (2 is bad input), one line, nothing written."""
     import signal
 
@@ -515,7 +526,7 @@ def test_batch_runs_past_failing_entries_and_prints_the_summary(models, inputs, 
 
 
 def test_interrupted_batch_keeps_finished_clips_and_prints_the_summary(models, inputs, tmp_path, caplog, capsys,
-                                                                     monkeypatch):
+                                                                     monkeypatch, sigint_default):
     import signal
 
     batch = tmp_path / "tasks.json"
