@@ -14,7 +14,7 @@ from conftest import REPO
 DIST = {"PIL": "pillow", "cv2": "opencv-python-headless", "skimage": "scikit-image", "yaml": "pyyaml"}
 #: imported only when present, and said so where they are used (optional kernels, optional text cleaning,
 #: DeepSpeed checkpoints) or installed by scripts/setup.sh by hand (mediapipe: --no-deps); ComfyUI's own
-HOST_OR_OPTIONAL = {"flash_attn", "sageattention", "ftfy", "deepspeed", "mediapipe", "comfy", "comfy_api",
+HOST_OR_OPTIONAL = {"flash_attn", "sageattention", "ftfy", "deepspeed", "mediapipe", "asteroid", "comfy", "comfy_api",
                     "comfy_extras", "folder_paths", "latent_preview", "server", "nodes"}
 
 

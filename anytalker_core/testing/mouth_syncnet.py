@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..constants import SAMPLE_RATE
 from ..metrics.syncnet import SyncNet
 
 __all__ = ["make_mouth_syncnet", "mouth_clip", "loudness_envelope", "MOUTH_ROWS", "MOUTH_COLS"]
@@ -97,7 +98,7 @@ def make_mouth_syncnet(lip_scale: float = 20.0, audio_scale: float = 1.0, loudne
     return net.eval()
 
 
-def loudness_envelope(wave: torch.Tensor | np.ndarray, fps: float, num_frames: int, sample_rate: int = 16000
+def loudness_envelope(wave: torch.Tensor | np.ndarray, fps: float, num_frames: int, sample_rate: int = SAMPLE_RATE
                       ) -> np.ndarray:
     """RMS of ``wave`` in each video frame, scaled to 0..1 (``[num_frames]``)."""
     x = np.asarray(wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else wave, dtype=np.float64)
