@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from anytalker_core.audio import wav2vec
+from anytalker_core.audio import wav2vec_cnn
 from anytalker_core.audio.wav2vec import (
     CHUNKED_TOLERANCE,
     CNN_CHUNK_FRAMES,
@@ -213,7 +213,7 @@ def test_chunked_feature_encoder_matches_one_pass_on_speech(tmp_path, sentence, 
     enc = load_wav2vec(make_tiny_wav2vec(tmp_path / norm, feat_extract_norm=norm))
     values = enc.normalize(sentence)
     frames = video_frames_for_samples(values.numel(), 24)
-    assert wav2vec._cnn_frames(values.numel(), enc.config) % 40  # a partial last chunk
+    assert wav2vec_cnn.cnn_frames(values.numel(), enc.config) % 40  # a partial last chunk
     one = enc.encode(values, frames)  # ~3 s: one pass (the path every clip took before chunking)
     chunked = enc.encode(values, frames, chunk_frames=40)
     scale = float(one.abs().max())
@@ -221,10 +221,10 @@ def test_chunked_feature_encoder_matches_one_pass_on_speech(tmp_path, sentence, 
     x = values[None]
     with torch.no_grad():
         cnn = enc.model.feature_extractor(x)
-        assert float((wav2vec._feature_encoder(enc.model, x, 40) - cnn).abs().max()) <= \
+        assert float((wav2vec_cnn.feature_encoder(enc.model, x, 40) - cnn).abs().max()) <= \
             CHUNKED_TOLERANCE * float(cnn.abs().max())
         if norm == "group":  # chunks normalised on their own statistics are far off: the test can tell
-            hop, field = wav2vec._hop(enc.config), wav2vec._receptive_field(enc.config)
+            hop, field = wav2vec_cnn.hop_samples(enc.config), wav2vec_cnn.receptive_field(enc.config)
             naive = torch.cat([enc.model.feature_extractor(x[:, j * hop:(j + 39) * hop + field])
                                for j in range(0, cnn.shape[-1] - 40, 40)], dim=-1)
             assert float((naive - cnn[..., :naive.shape[-1]]).abs().max()) > 100 * CHUNKED_TOLERANCE * \
@@ -235,7 +235,7 @@ def test_short_tracks_take_the_one_pass_path(tmp_path, noise, monkeypatch):
     """Up to CNN_CHUNK_FRAMES (10 s) the CNN runs once, bit for bit as before; a one-window clip encodes at
     most 2 × 81 frames (pad mode's rounding up), which is under it."""
     enc = load_wav2vec(make_tiny_wav2vec(tmp_path / "m"))
-    assert wav2vec._cnn_frames(int(2 * 81 / 24 * 16000), enc.config) <= CNN_CHUNK_FRAMES
+    assert wav2vec_cnn.cnn_frames(int(2 * 81 / 24 * 16000), enc.config) <= CNN_CHUNK_FRAMES
     calls = []
     forward = enc.model.feature_extractor.forward
     monkeypatch.setattr(enc.model.feature_extractor, "forward", lambda x: calls.append(x.shape) or forward(x))

@@ -2,7 +2,7 @@
 
 import torch
 
-from anytalker_core.audio.wav2vec import window_features
+from anytalker_core.audio.windowed import window_features
 from train.data import window_audio
 
 

@@ -83,7 +83,7 @@ class Spy:
 
 @needs_espeak
 def test_windows_condition_on_the_previous_motion_frames(pipe, speech, monkeypatch):
-    from anytalker_core.audio.wav2vec import WindowedFeatures
+    from anytalker_core.audio.windowed import WindowedFeatures
 
     spy = Spy(pipe, monkeypatch)
     spans, span = [], WindowedFeatures.span

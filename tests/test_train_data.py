@@ -347,7 +347,7 @@ def test_window_audio_matches_reference_clamping():
     w = window_audio(x)
     assert w.shape == (6, 5, 1, 1)
     assert w[0, :, 0, 0].tolist() == [0, 0, 0, 1, 2] and w[5, :, 0, 0].tolist() == [3, 4, 5, 5, 5]
-    from anytalker_core.audio.wav2vec import window_features
+    from anytalker_core.audio.windowed import window_features
 
     h = torch.randn(7, 2, 3)
     assert torch.equal(window_audio(h), window_features(h))

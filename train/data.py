@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from anytalker_core.audio.wav2vec import window_features
+from anytalker_core.audio.windowed import window_features
 from anytalker_core.errors import InputError
 
 # the cache's names, re-exported: train.data was their home before train.cache
@@ -130,7 +130,7 @@ def identity_masks(
 
 def window_audio(features: torch.Tensor, window: int = 5) -> torch.Tensor:
     """``[..., T, L, C]`` → ``[..., T, window, L, C]``: frame t takes frames t−2 … t+2, clamped at the ends
-    (:func:`anytalker_core.audio.wav2vec.window_features`, the one windowing rule of inference)."""
+    (:func:`anytalker_core.audio.windowed.window_features`, the one windowing rule of inference)."""
     return window_features(features, radius=window // 2)
 
 

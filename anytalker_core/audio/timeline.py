@@ -34,7 +34,8 @@ from ..input_names import name as input_name
 from ..io.media import check_sample_rate, load_audio, resample
 from . import loudness
 from .vad import VADParams, speech_intervals
-from .wav2vec import SAMPLE_RATE, WINDOW_RADIUS, Wav2VecEncoder, WindowedFeatures, video_frames_for_samples
+from .wav2vec import SAMPLE_RATE, Wav2VecEncoder, video_frames_for_samples
+from .windowed import WINDOW_RADIUS, WindowedFeatures
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class AudioConditioning:
 
     Attributes:
         windowed: the windowed wav2vec2 features ``[N, F, 5, L, C]`` (identity order = track order), stored
-            once per frame (:class:`~.wav2vec.WindowedFeatures`, CPU); :attr:`features` is the dense stack.
+            once per frame (:class:`~.windowed.WindowedFeatures`, CPU); :attr:`features` is the dense stack.
         frame_num: ``F`` video frames (``4n+1``).
         mixed: ``[S]`` float32 16 kHz mono, the audio of the output video (exactly ``F / fps`` s).
         fps: video frame rate.

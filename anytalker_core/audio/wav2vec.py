@@ -42,7 +42,6 @@ import json
 import logging
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,18 +51,15 @@ import torch.nn.functional as F
 
 from ..constants import FPS, SAMPLE_RATE
 from ..errors import CheckpointError, InputError, MissingModelError
+from .wav2vec_cnn import CHUNKED_TOLERANCE, CNN_CHUNK_FRAMES, feature_encoder, receptive_field
+from .windowed import WindowedFeatures, window_features
 
 log = logging.getLogger(__name__)
 
-WINDOW_RADIUS = 2  # ±2 neighbours → 5 rows per frame
 NORM_EPS = 1e-7  # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
 STANDARD_CONV_KERNEL = (10, 3, 3, 3, 3, 2, 2)
 STANDARD_CONV_STRIDE = (5, 2, 2, 2, 2, 2, 2)
 _CONFIG_METADATA_KEY = "wav2vec2_config"
-#: CNN frames (50 Hz) per chunk of the feature encoder: 10 s of audio; a track up to this long runs in one pass
-CNN_CHUNK_FRAMES = 500
-#: chunked against one-pass features: largest difference / largest magnitude (measured ≤ 1.2e-6, BENCHMARKS.md)
-CHUNKED_TOLERANCE = 1e-5
 # checkpoint parts that the base model does not use (CTC head, pre-training quantiser, ...)
 _IGNORED_ROOTS = ("lm_head.", "quantizer.", "project_q.", "project_hid.", "dropout_features", "classifier.",
                   "projector.")
@@ -108,108 +104,6 @@ def video_frames_for_samples(num_samples: int, fps: float, sample_rate: int = SA
     return int(math.ceil(num_samples / sample_rate * fps))
 
 
-def window_features(hidden: torch.Tensor, radius: int = WINDOW_RADIUS) -> torch.Tensor:
-    """``[..., T, L, C]`` → ``[..., T, 2r+1, L, C]``: frame t takes frames ``clamp(t-r … t+r, 0, T-1)``.
-
-    The one audio-windowing function (inference, training's cached features, the parity runner).
-    """
-    if hidden.ndim < 3:
-        raise InputError(f"window_features expects [..., T, L, C], got shape {tuple(hidden.shape)}")
-    index = window_index(hidden.shape[-3], radius).to(hidden.device)  # [T, 2r+1]
-    return hidden[..., index, :, :]  # [..., T, 2r+1, L, C]
-
-
-def window_index(num_rows: int, radius: int = WINDOW_RADIUS, count: int | None = None) -> torch.Tensor:
-    """The rows frame ``t`` of :func:`window_features` reads: ``clamp(t-r … t+r, 0, num_rows-1)`` for
-    ``t < count`` (default ``num_rows``) → int64 ``[count, 2r+1]``."""
-    count = num_rows if count is None else count
-    offsets = torch.arange(-radius, radius + 1)
-    return (torch.arange(count)[:, None] + offsets[None, :]).clamp(0, num_rows - 1)
-
-
-@dataclass(frozen=True)
-class WindowedFeatures:
-    """Windowed audio features ``[N, F, 2r+1, L, C]`` stored once per frame: slot ``(i, t, k)`` of the
-    windowed stack is ``rows[index[i, t, k]]`` (row 0 is zeros: a frame outside a person's audio).
-
-    Equal value for value to the stack :func:`window_features` builds, at a fifth of its size; a long clip
-    takes each window's :meth:`span` (this is what keeps a 3-minute timeline's features small).
-
-    Attributes:
-        rows: ``[R, L, C]`` float32 (CPU) per-frame hidden states of every layer, row 0 zeros.
-        index: ``[N, F, 2r+1]`` int64, the row of each slot.
-    """
-
-    rows: torch.Tensor
-    index: torch.Tensor
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """The windowed stack's shape ``(N, F, 2r+1, L, C)``."""
-        return (*self.index.shape, *self.rows.shape[1:])
-
-    @property
-    def num_tracks(self) -> int:
-        return int(self.index.shape[0])
-
-    @property
-    def num_frames(self) -> int:
-        return int(self.index.shape[1])
-
-    def span(self, start: int = 0, end: int | None = None) -> torch.Tensor:
-        """The windowed stack of frames ``start .. end-1``: float32 ``[N, end-start, 2r+1, L, C]``."""
-        return self.rows[self.index[:, start:end]]
-
-    def dense(self) -> torch.Tensor:
-        """The whole windowed stack ``[N, F, 2r+1, L, C]`` (what the one-pass path conditions on)."""
-        return self.span()
-
-    def cut(self, start: int, end: int) -> "WindowedFeatures":
-        """Frames ``start .. end-1`` (sharing ``rows``)."""
-        return WindowedFeatures(self.rows, self.index[:, start:end])
-
-    @classmethod
-    def from_dense(cls, features: torch.Tensor) -> "WindowedFeatures":
-        """Wrap an already windowed stack ``[N, F, K, L, C]`` (no copy of its values beyond a reshape)."""
-        if features.ndim != 5:
-            raise InputError(f"windowed audio features must be [N, F, 5, L, C], got shape {tuple(features.shape)}")
-        n, f, k = features.shape[:3]
-        flat = features.detach().float().reshape(n * f * k, *features.shape[3:])
-        rows = torch.cat([flat.new_zeros(1, *flat.shape[1:]), flat])
-        return cls(rows, torch.arange(1, n * f * k + 1).reshape(n, f, k))
-
-    @classmethod
-    def on_timeline(cls, tracks: list[list[tuple[int, torch.Tensor, int]]], num_frames: int,
-                    radius: int = WINDOW_RADIUS) -> "WindowedFeatures":
-        """Lay per-frame hidden states out on a ``num_frames`` timeline.
-
-        Args:
-            tracks: per person, segments ``(start, hidden [T, L, C], count)``: timeline frames
-                ``start .. start+count-1`` are the segment's frames ``0 .. count-1``, windowed within the
-                segment (:func:`window_index` with ``T`` rows: ``hidden`` may carry frames after ``count``,
-                which the last frames' windows read). Frames outside every segment are zeros.
-        """
-        parts = [None]
-        index = torch.zeros(len(tracks), num_frames, 2 * radius + 1, dtype=torch.int64)
-        base = 1
-        width = None
-        for i, segments in enumerate(tracks):
-            for start, hidden, count in segments:
-                count = max(0, min(count, num_frames - start))
-                if count == 0:
-                    continue
-                hidden = hidden.detach().float().cpu()
-                index[i, start:start + count] = window_index(int(hidden.shape[0]), radius, count) + base
-                parts.append(hidden)
-                base += int(hidden.shape[0])
-                width = tuple(hidden.shape[1:])
-        if width is None:
-            raise InputError("no audio frame falls on the video timeline")
-        parts[0] = torch.zeros(1, *width)
-        return cls(torch.cat(parts), index)
-
-
-# ----------------------------------------------------------------------------- checkpoints
 
 
 def _find_prefix(keys: list[str]) -> str:
@@ -410,7 +304,7 @@ class Wav2VecEncoder:
             input_values: ``[S]`` normalised 16 kHz waveform (see :meth:`normalize`).
             num_frames: ``T``, number of video frames to interpolate the CNN features to.
             keep: return only the first ``keep`` frames (the transformer still attends over all ``T``).
-            chunk_frames: CNN frames per chunk of the feature encoder (:func:`_feature_encoder`); a track of
+            chunk_frames: CNN frames per chunk of the feature encoder (:func:`~.wav2vec_cnn.feature_encoder`); a track of
                 at most this many runs in one pass.
         Returns:
             ``[T, L, C]`` (``[keep, L, C]``) float32 on the model's device: the output of every transformer
@@ -421,7 +315,7 @@ class Wav2VecEncoder:
             raise InputError(f"wav2vec2 input must be a mono waveform [S], got shape {tuple(input_values.shape)}")
         if num_frames < 1:
             raise InputError(f"wav2vec2: num_frames must be at least 1, got {num_frames}")
-        receptive = _receptive_field(model.config)
+        receptive = receptive_field(model.config)
         if input_values.numel() < receptive:
             raise InputError(
                 f"audio too short for wav2vec2: {input_values.numel()} samples, need at least {receptive} "
@@ -429,7 +323,7 @@ class Wav2VecEncoder:
             )
         keep = int(num_frames) if keep is None else min(int(keep), int(num_frames))
         x = input_values.to(device=self.device, dtype=self.dtype)[None]  # [1, S]
-        cnn = _feature_encoder(model, x, chunk_frames)  # [1, C_conv, T50]
+        cnn = feature_encoder(model, x, chunk_frames)  # [1, C_conv, T50]
         del x
         cnn = F.interpolate(cnn, size=int(num_frames), mode="linear", align_corners=True)  # [1, C_conv, T]
         hidden, _ = model.feature_projection(cnn.transpose(1, 2))  # [1, T, C]
@@ -478,86 +372,6 @@ class Wav2VecEncoder:
             num_frames = video_frames_for_samples(values.numel(), fps)
         return window_features(self.encode(values, num_frames)).cpu()
 
-
-def _cnn_frames(num_samples: int, config: Any) -> int:
-    """Frames the CNN feature encoder makes of ``num_samples`` samples (no padding: ``(n − k) // s + 1`` per layer)."""
-    n = int(num_samples)
-    for k, s in zip(config.conv_kernel, config.conv_stride):
-        n = (n - k) // s + 1
-    return n
-
-
-def _hop(config: Any) -> int:
-    return int(np.prod(config.conv_stride))
-
-
-def _feature_encoder(model: Any, x: torch.Tensor, chunk_frames: int) -> torch.Tensor:
-    """``model.feature_extractor`` of ``x [1, S]`` → ``[1, C_conv, T50]``, in chunks of ``chunk_frames`` output
-    frames when the track is longer (see the module docstring); one pass otherwise."""
-    config = model.config
-    total = _cnn_frames(x.shape[-1], config)
-    if chunk_frames < 1:
-        raise InputError(f"wav2vec2: chunk_frames must be at least 1, got {chunk_frames}")
-    if total <= chunk_frames:
-        return model.feature_extractor(x)
-    hop, field = _hop(config), _receptive_field(config)
-    layers = list(model.feature_extractor.conv_layers)
-    group = config.feat_extract_norm == "group"
-    spans = [(j, min(total, j + chunk_frames)) for j in range(0, total, chunk_frames)]
-
-    def piece(j0: int, j1: int) -> torch.Tensor:  # the samples CNN frames j0 .. j1-1 read: [1, 1, S']
-        return x[:, None, j0 * hop:(j1 - 1) * hop + field]
-
-    if group:
-        # the GroupNorm after the first conv normalises each channel over the whole track: gather its
-        # statistics first (exact combination of the chunks' means and variances, Chan et al.)
-        first = layers[0]
-        k0, s0 = int(config.conv_kernel[0]), int(config.conv_stride[0])
-        frames0 = (x.shape[-1] - k0) // s0 + 1  # the first conv's frames over the whole track
-        block = chunk_frames * hop // s0
-        count, mean, m2 = 0, None, None
-        for i0 in range(0, frames0, block):
-            i1 = min(frames0, i0 + block)
-            h = first.conv(x[:, None, i0 * s0:(i1 - 1) * s0 + k0])[0].float()  # [C, i1-i0]
-            n_b = int(h.shape[1])
-            var_b, mean_b = torch.var_mean(h, dim=1, correction=0)
-            mean_b, m2_b = mean_b.double().cpu(), var_b.double().cpu() * n_b
-            if mean is None:
-                count, mean, m2 = n_b, mean_b, m2_b
-            else:
-                delta = mean_b - mean
-                both = count + n_b
-                mean = mean + delta * (n_b / both)
-                m2 = m2 + m2_b + delta.square() * (count * n_b / both)
-                count = both
-            del h
-        norm = first.layer_norm
-        scale = (norm.weight.double().cpu() / torch.sqrt(m2 / count + norm.eps))
-        shift = norm.bias.double().cpu() - mean * scale
-        scale, shift = (t.to(device=x.device, dtype=x.dtype)[None, :, None] for t in (scale, shift))
-    out = None
-    for j0, j1 in spans:
-        h = piece(j0, j1)
-        if group:
-            h = first.activation(first.conv(h) * scale + shift)
-            rest = layers[1:]
-        else:
-            rest = layers
-        for layer in rest:
-            h = layer(h)
-        if h.shape[-1] != j1 - j0:  # cannot happen for a valid conv stack
-            raise RuntimeError(f"wav2vec2 chunk {j0}-{j1}: {h.shape[-1]} CNN frames, expected {j1 - j0}")
-        if out is None:
-            out = h.new_empty(1, h.shape[1], total)
-        out[:, :, j0:j1] = h
-    return out
-
-
-def _receptive_field(config: Any) -> int:
-    size = 1
-    for k, s in reversed(list(zip(config.conv_kernel, config.conv_stride))):
-        size = (size - 1) * s + k
-    return size
 
 
 def _build_model(config_kwargs: dict[str, Any] | Any, sd: dict[str, torch.Tensor], source: str) -> Any:

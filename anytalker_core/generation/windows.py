@@ -32,7 +32,7 @@ Drift control
     ``P``-th window: its ``y`` first frame (and CLIP tokens) are the start image again while its motion
     frames stay pinned after latent frame 0, and the overlap cross-fade hides the change.
 
-Audio: the timeline's features stay on the CPU once per frame (:class:`~..audio.wav2vec.WindowedFeatures`,
+Audio: the timeline's features stay on the CPU once per frame (:class:`~..audio.windowed.WindowedFeatures`,
 a fifth of the windowed stack); each window's windowed span is built and moved to the device for that
 window only. Memory is one window's worth: only each window's conditioning is VAE-encoded, each
 window is decoded on its own, and frames go to ``sink`` as soon as they are final.
@@ -54,7 +54,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
-from ..audio.wav2vec import WindowedFeatures
+from ..audio.windowed import WindowedFeatures
 from ..errors import InputError, Interrupted
 from .colour import LabStats, lab_stats, match_colour
 from .window_plan import (CLIP_REFERENCES, OVERLAP_MODES, LongClipOptions, Window, needs_windows, plan_windows,
