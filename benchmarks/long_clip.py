@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from fresh_process import emit, measure_in_fresh_process
 
 
 class PeakRss:
@@ -157,7 +155,7 @@ def main() -> int:
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one measurement, JSON out
     args = parser.parse_args()
     if args.one is not None:
-        print("RESULT " + json.dumps(measure(args.one, args)))
+        emit(measure(args.one, args))
         return 0
     rows = []
     for n in args.windows:
@@ -167,14 +165,10 @@ def main() -> int:
             cmd += ["--overlap-frames", str(args.overlap_frames)]
         if args.trim:
             cmd.append("--trim")
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            print(out.stdout[-3000:], out.stderr[-3000:], file=sys.stderr)
+        row = measure_in_fresh_process(cmd)
+        if row is None:
             return 1
-        rows.append(json.loads(line[len("RESULT "):]))
-        print(json.dumps(rows[-1]), file=sys.stderr)
+        rows.append(row)
     print("| windows | frames | clip | frames written | CPU s / window (median) | min–max after the first | "
           "wall s / window | RSS, models loaded | RSS at window starts (first / last) | peak RSS, whole generation | "
           "peak RSS, window loop |")

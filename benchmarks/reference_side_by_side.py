@@ -33,7 +33,6 @@ equivalents, as the golden fixtures were made (``/work/shared/fixtures/README.md
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import json
 import os

@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from fresh_process import emit, measure_in_fresh_process
 WIDTHS = {"tiny": dict(hidden_size=64, num_layers=2, num_heads=1, intermediate_size=64, conv_dim=32),
           "base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, conv_dim=512,
                        pos_conv_kernel=128)}
@@ -99,21 +97,16 @@ def main() -> int:
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # internal: seconds width norm
     args = parser.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(measure(float(args.one[0]), args.one[1], args.one[2])))
+        emit(measure(float(args.one[0]), args.one[1], args.one[2]))
         return 0
     rows = []
     for width in args.widths:
         for norm in args.norms:
             for seconds in args.seconds:
-                env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-                out = subprocess.run([sys.executable, __file__, "--one", str(seconds), width, norm],
-                                     capture_output=True, text=True, env=env, cwd=REPO)
-                line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-                if line is None:
-                    print(out.stdout[-3000:], out.stderr[-3000:], file=sys.stderr)
+                row = measure_in_fresh_process([sys.executable, __file__, "--one", str(seconds), width, norm])
+                if row is None:
                     return 1
-                rows.append(json.loads(line[len("RESULT "):]))
-                print(json.dumps(rows[-1]), file=sys.stderr)
+                rows.append(row)
     print("| widths | feature-extractor norm | track | frames | max difference / max value | "
           "peak RSS one pass | peak RSS chunked | CPU s one pass | CPU s chunked |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
