@@ -33,6 +33,19 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI=true nothing may be skipped: scripts/setup.sh installs every program and package the tests
+    use, so a skip there (a ``skipif`` on a missing espeak-ng, an ``importorskip``) means a missing install
+    step and fails the test, naming the reason."""
+    outcome = yield
+    report = outcome.get_result()
+    if in_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where nothing may be skipped: {reason}"
+
+
 def missing(reason: str):
     """Skip on a developer machine, fail in CI (where nothing may be skipped for a missing program)."""
     if in_ci():
