@@ -256,6 +256,17 @@ class AnyTalkerSampler(io.ComfyNode):
 WORK_FOLDER = ".anytalker_windows"  # in ComfyUI's output folder: finished windows of unfinished long clips
 
 
+def long_clip_options(window_frames: int, overlap_frames: int, colour_match: bool, overlap_mode: str,
+                      overlap_merge: str, clip_reference: str, reanchor_every: int):
+    """The :func:`long_clip_inputs` values as the core's checked ``LongClipOptions`` (``overlap_frames`` 0 =
+    automatic)."""
+    from anytalker_core.generation.window_plan import LongClipOptions
+
+    return LongClipOptions(overlap_frames=overlap_frames or None, overlap_mode=overlap_mode, merge=overlap_merge,
+                           colour_match=colour_match, clip_reference=clip_reference,
+                           reanchor_every=reanchor_every).checked(window_frames)
+
+
 def long_clip_inputs() -> list:
     """AnyTalker Long Sampler's long-clip settings (after the sampler settings, so older workflows keep theirs)."""
     from anytalker_core.generation.window_plan import OVERLAP_MERGES
@@ -328,14 +339,13 @@ class AnyTalkerLongSampler(io.ComfyNode):
         import folder_paths
 
         from anytalker_core.generation.stages import Placement, SamplingModels
-        from anytalker_core.generation.window_plan import LongClipOptions, check_window_frames, needs_windows
+        from anytalker_core.generation.window_plan import check_window_frames, needs_windows
         from anytalker_core.generation.window_store import WindowStore
         from anytalker_core.generation.windows import WindowedCondition, run_key_for, run_windows
 
         window_frames = check_window_frames(window_frames)
-        options = LongClipOptions(overlap_frames=overlap_frames or None, overlap_mode=overlap_mode,
-                                  merge=overlap_merge, colour_match=colour_match, clip_reference=clip_reference,
-                                  reanchor_every=reanchor_every).checked(window_frames)
+        options = long_clip_options(window_frames, overlap_frames, colour_match, overlap_mode, overlap_merge,
+                                    clip_reference, reanchor_every)
         if isinstance(conditioning, WindowedCondition):
             if window_frames > conditioning.window_frames:
                 raise InputError(f"window_frames {window_frames} is longer than the window_frames "

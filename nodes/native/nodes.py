@@ -197,21 +197,17 @@ class AnyTalkerNativeLongSampler(io.ComfyNode):
 
         import folder_paths
 
-        from anytalker_core.generation.window_plan import (
-            LongClipOptions,
-            check_window_frames,
-        )
+        from anytalker_core.generation.window_plan import check_window_frames
         from anytalker_core.generation.windows import WindowedCondition
 
-        from ..generate import WORK_FOLDER
+        from ..generate import WORK_FOLDER, long_clip_options
         from .long_clip import NativeSampling, generate, native_stages
 
         window_frames = check_window_frames(window_frames)
         if window_frames == 0:
             raise InputError("window_frames: expected 4m+1 frames (5, 9, ..., 81)")
-        options = LongClipOptions(overlap_frames=overlap_frames or None, overlap_mode=overlap_mode,
-                                  merge=overlap_merge, colour_match=colour_match, clip_reference=clip_reference,
-                                  reanchor_every=reanchor_every).checked(window_frames)
+        options = long_clip_options(window_frames, overlap_frames, colour_match, overlap_mode, overlap_merge,
+                                    clip_reference, reanchor_every)
         condition = core_condition(positive, negative, clip_vision, vae, start_image, faces, audio_features,
                                    max_pixels, window_frames)
         if isinstance(condition, WindowedCondition):
