@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from anytalker_core.encoders.onednn_conv import route_convolutions_through_onednn
 from anytalker_core.encoders.vae import (
     WAN21_LATENTS_MEAN,
     WAN21_LATENTS_STD,
@@ -55,6 +56,8 @@ def test_key_remap_is_exact_against_diffusers(tmp_path):
         for name, p in model.named_parameters():  # no dead branch: perturb norms and biases too
             p.add_(0.05 * torch.randn_like(p))
     nrb = model.config.num_res_blocks
+    # the same convolution kernels as load_vae's model (oneDNN; tests/test_onednn_conv.py pins that change)
+    route_convolutions_through_onednn(model)
     wan_state = {diffusers_to_wan_key(k, nrb): v.contiguous() for k, v in model.state_dict().items()}
     assert "encoder.downsamples.2.resample.1.weight" in wan_state and "decoder.upsamples.4.shortcut.weight" in wan_state
     path = tmp_path / "wan_2.1_vae.safetensors"

@@ -26,6 +26,7 @@ import torch
 from ..errors import CheckpointError, InputError, MissingModelError
 from ..io.weights import (LazyStateDict, describe_checkpoint, is_quant_key, load_into_empty, strip_prefix,
                           to_compute_dtype)
+from .onednn_conv import route_convolutions_through_onednn
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,7 @@ class WanVAE:
     spatial_stride = 8
 
     def __init__(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype):
+        route_convolutions_through_onednn(model)  # no unfolded column buffers on the CPU (onednn_conv)
         self.model = model
         self.device = device
         self.dtype = dtype
