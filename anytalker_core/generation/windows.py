@@ -301,6 +301,7 @@ def run_windows(stages: WindowStages, template: Any, features: WindowedFeatures 
         known = None
         if window.index > 0:
             condition, known = _condition_on_motion(stages, condition, template, window, tail, options)
+            release_freed_memory()  # the motion-frame encode's buffers, before the decode needs its own
         done = window.index * steps
 
         def window_progress(step: int, _steps: int, done: int = done) -> None:
