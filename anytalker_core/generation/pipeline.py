@@ -36,6 +36,7 @@ from ..input_names import name as input_name
 from . import stages
 from .inputs import check_image, check_tracks, detect_faces_for_preview, fit_length, load_image, make_face_detector
 from .guided import SpeedOptions
+from .host_memory import release_freed_memory
 from .stages import Placement
 from .types import (Condition, Conditioning, GenerationRequest, GenerationResult, ProgressFn, PromptEmbeds, StopFn,
                     VideoPlan)
@@ -226,6 +227,7 @@ class AnyTalkerPipeline:
 
         audio = self.prepare_audio(tracks, request.audio_mode, request.frame_num, request.fps, should_stop)
         del tracks  # the waveforms read from files are not needed any more (audio.mixed is muxed at the end)
+        release_freed_memory()  # the audio stage's copies of the tracks, before the frames need memory
         lap("audio")
         plan = self.plan(image.shape[:2], audio.frame_num, request.max_area)
         # long clips: conditioned for one window (start image + zeros for W frames, not the whole timeline)
@@ -235,6 +237,7 @@ class AnyTalkerPipeline:
         prompts = self.encode_prompts(request.prompt, request.negative_prompt)
         lap("text")
         condition = self.build_condition(image, faces, cond_audio, cond_plan, prompts)
+        release_freed_memory()
         lap("condition")
         sampling = dict(steps=request.steps, shift=request.shift, sampler=request.sampler, guidance=request.guidance,
                         text_guidance=request.text_guidance, audio_guidance=request.audio_guidance)

@@ -43,9 +43,7 @@ persisted atomically; a re-run with the same inputs replays them into ``sink`` a
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -57,6 +55,7 @@ import torch
 from ..audio.windowed import WindowedFeatures
 from ..errors import InputError, Interrupted
 from .colour import LabStats, lab_stats, match_colour
+from .host_memory import release_freed_memory
 from .window_plan import (CLIP_REFERENCES, OVERLAP_MODES, LongClipOptions, Window, needs_windows, plan_windows,
                           split_window)
 from .window_store import WindowStore, module_fingerprint, run_key
@@ -171,28 +170,6 @@ def pin_known_latents(denoise: Callable, known: KnownLatents, sigmas: torch.Tens
         return outputs
 
     return wrapped
-
-
-@functools.lru_cache(maxsize=1)
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where the C library is not glibc."""
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-def release_freed_memory() -> None:
-    """Hand the host memory a finished window freed back to the system.
-
-    glibc keeps freed heap pages mapped (and grows its heap where the next window's differently sized
-    buffers do not fit the holes), so without this the process's resident memory creeps up over the
-    first windows although live memory does not; ``malloc_trim(0)`` returns them (~ms per window).
-    Elsewhere (no glibc) it does nothing.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def _fit_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
