@@ -5,7 +5,11 @@ two-person image (scikit-image's astronaut twice) and a two-person espeak-ng con
 sentences, each track silent while the other speaks; written to 32-bit float WAV files that the run reads,
 as the CLI's ``--audio`` files) of the length that makes ``N`` windows of
 ``--window-frames`` overlapping by ``--overlap-frames``. The clip goes through the CLI's path
-(``generate_to_file``: frames streamed into the mp4 encoder, work folder for resuming) with one CPU thread.
+(``generate_to_file``: frames streamed into the mp4 encoder, work folder for resuming) with one CPU thread,
+and glibc's mmap threshold fixed as ``anytalker generate`` fixes it
+(``host_memory.serve_large_blocks_from_mmap``). Baselines in the same invocation's terms: ``--heap-default``
+(the threshold left dynamic, as inside ComfyUI) and ``--pytorch-convs`` (the VAE's convolutions on
+PyTorch's own kernel choice instead of oneDNN).
 
 Reported per ``N``: clip length, CPU seconds of the generating thread per window (median and the spread of the
 windows after the first; CPU time because wall time on a shared machine measures the neighbours), wall
@@ -13,13 +17,12 @@ seconds per window, peak resident memory of the process (the kernel's exact high
 models are loaded, during the whole generation and during the window loop alone (from the first
 denoising step), and the frames written. Command and results: BENCHMARKS.md ("Long clips").
 
-    python benchmarks/long_clip.py --windows 1 6 18 60 --size 64x128 --steps 2 --trim
+    python benchmarks/long_clip.py --windows 1 6 18 60 --size 64x128 --steps 2
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import re
 import sys
@@ -70,6 +73,10 @@ def measure(windows: int, args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(1)
     from anytalker_core.cli.generate import generate_to_file
+    from anytalker_core.generation.host_memory import serve_large_blocks_from_mmap
+
+    if not args.heap_default:
+        serve_large_blocks_from_mmap()  # as `anytalker generate` does
     from anytalker_core.generation.pipeline import AnyTalkerPipeline, GenerationRequest
     from anytalker_core.generation.window_plan import default_overlap
     from anytalker_core.generation.window_plan import LongClipOptions
@@ -83,6 +90,10 @@ def measure(windows: int, args: argparse.Namespace) -> dict:
         tmp = Path(tmp)
         paths = build_demo_models(tmp / "models")
         pipe = AnyTalkerPipeline.from_paths(paths, face_backend="mediapipe")
+        if args.pytorch_convs:  # the baseline: PyTorch's own kernel choice (slow_conv3d for the demo VAE's widths)
+            for module in pipe.vae.model.modules():
+                if isinstance(module, torch.nn.Conv3d | torch.nn.Conv2d) and "_conv_forward" in vars(module):
+                    del module._conv_forward
         image = demo_image(2, size=height)
         face = height
         boxes = [[0.3 * face, 0.2 * face, 0.7 * face, 0.62 * face],
@@ -100,11 +111,8 @@ def measure(windows: int, args: argparse.Namespace) -> dict:
         cpu: list[float] = []
         live: list[float] = []
         denoise = pipe.denoise
-        libc = ctypes.CDLL("libc.so.6") if args.trim else None
 
         def timed_denoise(condition, **kw):
-            if libc is not None:  # hand freed heap pages back, so RSS follows live memory
-                libc.malloc_trim(0)
             live.append(sampler.rss() / 2**20)
             if not ends:
                 sampler.mark("windows")  # the stages before the first denoising step end here
@@ -149,9 +157,12 @@ def main() -> int:
     parser.add_argument("--overlap-frames", type=int, default=None)
     parser.add_argument("--size", default="96x192", help="video HxW (two faces side by side)")
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--trim", action="store_true",
-                        help="call glibc's malloc_trim(0) at each window start, so that RSS follows live memory "
-                             "instead of the heap pages glibc keeps after they are freed")
+    parser.add_argument("--heap-default", action="store_true",
+                        help="leave glibc's mmap threshold dynamic (a library inside another program, e.g. ComfyUI); "
+                             "by default it is fixed as `anytalker generate` fixes it")
+    parser.add_argument("--pytorch-convs", action="store_true",
+                        help="baseline: the VAE's convolutions on PyTorch's own kernel choice instead of oneDNN "
+                             "(anytalker_core/encoders/onednn_conv.py)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one measurement, JSON out
     args = parser.parse_args()
     if args.one is not None:
@@ -163,8 +174,10 @@ def main() -> int:
                "--size", args.size, "--steps", str(args.steps)]
         if args.overlap_frames:
             cmd += ["--overlap-frames", str(args.overlap_frames)]
-        if args.trim:
-            cmd.append("--trim")
+        if args.heap_default:
+            cmd.append("--heap-default")
+        if args.pytorch_convs:
+            cmd.append("--pytorch-convs")
         row = measure_in_fresh_process(cmd)
         if row is None:
             return 1
