@@ -75,6 +75,8 @@ def test_what_oneDNN_does_not_take_keeps_pytorchs_own_path():
         assert "aten::mkldnn_convolution" not in _kernels(lambda: conv(x))
     finally:
         torch.backends.mkldnn.enabled = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast decides the dtype: PyTorch's kernels in bf16
+        assert conv(x).dtype == torch.bfloat16
     conv.to(torch.float64)  # other dtypes
     assert "aten::mkldnn_convolution" not in _kernels(lambda: conv(x.double()))
     conv.to(torch.float32).requires_grad_(True)  # training: autograd through PyTorch's kernels

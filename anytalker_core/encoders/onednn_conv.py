@@ -12,8 +12,8 @@ and made a long clip's resident memory peak differ from window to window (BENCHM
 
 Wide convolutions already take the oneDNN path, so on the released VAE at video sizes almost nothing
 changes; values differ from the unfolded path by float32 rounding only (≤ 3e-5, typically 3e-7, on a decoded
-video in -1..1). GPU tensors, other dtypes, ``torch.backends.mkldnn.enabled = False`` and builds without oneDNN
-take PyTorch's own choice, checked at every call (a model may move between devices).
+video in -1..1). GPU tensors, other dtypes, CPU autocast, ``torch.backends.mkldnn.enabled = False`` and builds
+without oneDNN take PyTorch's own choice, checked at every call (a model may move between devices).
 """
 
 from __future__ import annotations
@@ -27,10 +27,17 @@ __all__ = ["route_convolutions_through_onednn"]
 _ROUTED = "_anytalker_onednn"
 
 
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 def _onednn_ready(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available())
+            and torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available() and not _cpu_autocast())
 
 
 def _conv_forward(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor,

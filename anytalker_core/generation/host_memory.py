@@ -3,8 +3,8 @@
 glibc's ``malloc`` keeps the pages of freed heap blocks mapped, and serves blocks below its *mmap
 threshold* from that heap; the threshold rises (up to 32 MiB) to the size of every large block freed, so
 after the first few a stage's multi-MiB buffers come from the heap too. Resident memory then depends on
-how earlier stages left the heap, not only on what is alive: after the audio stage of a 3-minute track
-the process held 50–70 MiB of freed pages into the first window, and one window's decode made its
+how earlier stages left the heap, not only on what is alive: after the audio stage of a 3-minute clip
+the process held ~40 MiB of freed pages into the first window, and one window's decode made its
 resident size grow by anything from 14 to 42 MiB for the same live buffers (BENCHMARKS.md, "Long clips").
 
 - :func:`release_freed_memory` (``malloc_trim(0)``, ~ms) after each stage that frees a lot: the library
@@ -57,9 +57,9 @@ def serve_large_blocks_from_mmap(threshold: int = LARGE_BLOCK_BYTES) -> bool:
     """Fix glibc's mmap threshold at ``threshold`` bytes (and its heap-top trim threshold at 16 × that, so
     small blocks do not make the heap shrink and grow); returns False where that is not possible.
 
-    A block of ``threshold`` bytes or more then costs a fresh mapping (page faults) every time; measured on
-    a long clip at 64×128: +1.7 % CPU per window, for a resident peak that no longer depends on the heap's
-    history."""
+    A block of ``threshold`` bytes or more then costs a fresh mapping (page faults) every time: a few per
+    long-clip window, no measurable CPU time (BENCHMARKS.md), for a resident peak that no longer depends
+    on the heap's history."""
     libc = _libc()
     if libc is None:
         return False
