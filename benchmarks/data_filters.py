@@ -44,7 +44,7 @@ def motion_and_faces(ref: Path) -> None:
     from train.config import PrepareConfig
     from train.filters import faces_per_frame
     from train.filters_motion import motion_stats
-    from train.prepare import clip_size, resize_cover
+    from train.clip_windows import clip_size, resize_cover
 
     frames = read_video(ref / "benchmark" / "interact_11.mp4").frames
     rng = np.random.default_rng(0)

@@ -5,7 +5,7 @@ import pytest
 from anytalker_core.generation.stages import plan
 from anytalker_core.sampling import target_size
 from train.config import PrepareConfig
-from train.prepare import clip_size
+from train.clip_windows import clip_size
 
 AREAS = [832 * 480, 1280 * 720, 640 * 640, 96 * 160, 128 * 128]
 

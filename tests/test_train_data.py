@@ -14,7 +14,8 @@ from train.buckets import BucketBatchSampler
 from train.data import (CacheIndex, CachedSample, SharedEmbeddings, Unpairable, collate, concat_side_by_side,
                         half_crop_start, identity_masks,
                         load_sample, window_audio)
-from train.prepare import frames_for_training, resample_indices, write_sample
+from train.clip_windows import frames_for_training, resample_indices
+from train.encode import write_sample
 from train.trainer import apply_condition_dropout, lr_lambda
 
 from anytalker_core.errors import InputError
@@ -173,7 +174,7 @@ def test_lr_schedule_warms_up_linearly():
 
 
 def test_resize_cover_fills_the_bucket_without_distortion():
-    from train.prepare import resize_cover
+    from train.clip_windows import resize_cover
 
     frames = np.zeros((2, 100, 180, 3), dtype=np.uint8)
     frames[:, :, 90:] = 255  # right half white

@@ -197,7 +197,7 @@ def test_motion_is_measured_at_the_source_rate():
     from skimage import data
 
     from train.filters_motion import motion_stats
-    from train.prepare import resample_indices
+    from train.clip_windows import resample_indices
 
     pan = np.stack([_crop(data.astronaut(), 20 + 6 * i) for i in range(40)])  # 6 px/frame of the photo at 30 fps
     smooth, retimed = motion_stats(pan), motion_stats(pan[resample_indices(len(pan), 30.0, 24.0)])

@@ -18,7 +18,7 @@ from conftest import REPO
 from anytalker_core.errors import InputError
 from train.checkpointing import export_checkpoint, find_latest, read_model_state_dict
 from train.config import load_toml
-from train.prepare import write_sample
+from train.encode import write_sample
 from train.trainer import Trainer
 
 F_LAT, LAT_H, LAT_W = 2, 8, 8

@@ -205,7 +205,8 @@ def test_truncated_mp4_and_short_speaker_track_are_named(clips: Path, models: di
 
 def test_prepare_shards_split_the_clips(clips: Path, models: dict, tmp_path: Path):
     """Two shards of a manifest see disjoint clips whose union is the whole manifest."""
-    from train.prepare import discover_clips, prepare
+    from train.clips import discover_clips
+    from train.prepare import prepare
 
     manifest = tmp_path / "clips.jsonl"
     names = ["noface", "silent", "shaky", "short"]  # all dropped by filters: no encoding needed here

@@ -1,4 +1,4 @@
-"""The sharded cache (train/shards.py, train/cache.py) and every window of a clip (train/prepare.py).
+"""The sharded cache (train/shards.py, train/cache.py) and every window of a clip (train/prepare.py, train/clip_windows.py).
 
 * tar shards hold the same samples as the folder layout (read back through CacheIndex and, independently,
   with Python's ``tarfile``), close at their size limit, survive an interrupted write, and ``pack`` moves a

@@ -1,6 +1,8 @@
 """AnyTalker two-stage training (imports anytalker_core, never ComfyUI).
 
 * :mod:`train.prepare` — clips → filtered, encoded samples on disk (the only stage with encoders)
+  (:mod:`train.clips` finds the clips, :mod:`train.clip_windows` cuts them into windows, :mod:`train.encode`
+  encodes and writes a sample, :mod:`train.prepare_report` the report and earlier drops)
 * :mod:`train.cache` — the cached sample, its two on-disk layouts, the index read once per run
 * :mod:`train.shards` — tar shards with an index: writer (prepare, ``pack``) and reader
 * :mod:`train.data` — cached samples → batches, stage 1's side-by-side two-person concatenation

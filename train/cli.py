@@ -89,7 +89,7 @@ def _run_prepare(args) -> int:
             raise InputError(f"--shard must look like I/N (e.g. 0/4), got {args.shard!r}") from None
         cfg.shard_index, cfg.num_shards = index, count
     if cfg.output:
-        from .prepare import resolve_shard
+        from .clips import resolve_shard
 
         shard, shards = resolve_shard(cfg)
         log_path = Path(cfg.output) / "reports" / f"prepare-shard-{shard}-of-{shards}.log"
