@@ -16,7 +16,8 @@ from train.data import (CacheIndex, CachedSample, SharedEmbeddings, Unpairable, 
                         load_sample, window_audio)
 from train.clip_windows import frames_for_training, resample_indices
 from train.encode import write_sample
-from train.trainer import apply_condition_dropout, lr_lambda
+from train.trainer import apply_condition_dropout
+from train.trainer_setup import lr_lambda
 
 from anytalker_core.errors import InputError
 from anytalker_core.sampling import target_size

@@ -152,7 +152,7 @@ def test_partial_initialisation_from_a_checkpoint(tmp_path: Path):
     from safetensors.torch import load_file, save_file
 
     from train.config import ModelSection
-    from train.trainer import build_model
+    from train.model import build_model
 
     source = AnyTalkerDiT(AnyTalkerConfig.tiny())
     full = tmp_path / "full.safetensors"
@@ -174,7 +174,7 @@ def test_initialisation_from_a_checkpoint_of_another_size_names_it(tmp_path: Pat
     from anytalker_core.model.dit import AnyTalkerDiT
 
     from train.config import ModelSection
-    from train.trainer import build_model
+    from train.model import build_model
 
     wider = save_dit(AnyTalkerDiT(AnyTalkerConfig.tiny(dim=64, ffn_dim=128)), tmp_path / "wider.safetensors")
     with pytest.raises(InputError, match=r"init_checkpoint '.*wider.safetensors': \d+ tensor\(s\) have the model's "

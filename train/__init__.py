@@ -8,7 +8,8 @@
 * :mod:`train.data` — cached samples → batches, stage 1's side-by-side two-person concatenation
 * :mod:`train.buckets` — resolution buckets and the resumable, distributed bucket batch sampler
 * :mod:`train.flow` — flow-matching loss pieces (shifted timesteps, noising, velocity target)
-* :mod:`train.trainer` — the accelerate training loop (both stages)
+* :mod:`train.trainer` — the accelerate training loop (both stages); :mod:`train.trainer_setup` — its set-up
+  (accelerate, data, CLIP, optimiser, LR schedule); :mod:`train.model` — the DiT a run trains
 * :mod:`train.checkpointing` — atomic checkpoints, resume, export to the inference format
 * :mod:`train.parallel` — FSDP2 (meta-device build, sharded checkpoints); :mod:`train.sequence_parallel`
   — one sample's tokens over several processes (Ulysses all-to-all); :mod:`train.memory` — memory per GPU

@@ -1,7 +1,7 @@
 """Resolution buckets and a distributed-aware batch sampler that never mixes shapes in a batch.
 
 * A clip's training size is :func:`anytalker_core.sampling.target_size`, the very function inference
-  uses, so training and inference see the same sizes (``train.prepare`` calls it).
+  uses, so training and inference see the same sizes (``train.clip_windows.clip_size`` calls it).
 * :class:`BucketBatchSampler` groups cached samples by a shape key (identities, latent frames,
   latent height, latent width) and yields lists of sample indices. Each epoch's batch list is a pure
   function of ``(seed, epoch)``: indices are shuffled inside buckets, every batch flips the
