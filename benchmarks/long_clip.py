@@ -5,11 +5,9 @@ two-person image (scikit-image's astronaut twice) and a two-person espeak-ng con
 sentences, each track silent while the other speaks; written to 32-bit float WAV files that the run reads,
 as the CLI's ``--audio`` files) of the length that makes ``N`` windows of
 ``--window-frames`` overlapping by ``--overlap-frames``. The clip goes through the CLI's path
-(``generate_to_file``: frames streamed into the mp4 encoder, work folder for resuming) with one CPU thread,
-and glibc's mmap threshold fixed as ``anytalker generate`` fixes it
-(``host_memory.serve_large_blocks_from_mmap``). Baselines in the same invocation's terms: ``--heap-default``
-(the threshold left dynamic, as inside ComfyUI) and ``--pytorch-convs`` (the VAE's convolutions on
-PyTorch's own kernel choice instead of oneDNN).
+(``generate_to_file``: frames streamed into the mp4 encoder, work folder for resuming) with one CPU thread.
+Baseline in the same terms: ``--pytorch-convs`` (the VAE's convolutions on PyTorch's own kernel choice
+instead of oneDNN).
 
 Reported per ``N``: clip length, CPU seconds of the generating thread per window (median and the spread of the
 windows after the first; CPU time because wall time on a shared machine measures the neighbours), wall
@@ -73,10 +71,6 @@ def measure(windows: int, args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(1)
     from anytalker_core.cli.generate import generate_to_file
-    from anytalker_core.generation.host_memory import serve_large_blocks_from_mmap
-
-    if not args.heap_default:
-        serve_large_blocks_from_mmap()  # as `anytalker generate` does
     from anytalker_core.generation.pipeline import AnyTalkerPipeline, GenerationRequest
     from anytalker_core.generation.window_plan import default_overlap
     from anytalker_core.generation.window_plan import LongClipOptions
@@ -157,9 +151,6 @@ def main() -> int:
     parser.add_argument("--overlap-frames", type=int, default=None)
     parser.add_argument("--size", default="96x192", help="video HxW (two faces side by side)")
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--heap-default", action="store_true",
-                        help="leave glibc's mmap threshold dynamic (a library inside another program, e.g. ComfyUI); "
-                             "by default it is fixed as `anytalker generate` fixes it")
     parser.add_argument("--pytorch-convs", action="store_true",
                         help="baseline: the VAE's convolutions on PyTorch's own kernel choice instead of oneDNN "
                              "(anytalker_core/encoders/onednn_conv.py)")
@@ -174,8 +165,6 @@ def main() -> int:
                "--size", args.size, "--steps", str(args.steps)]
         if args.overlap_frames:
             cmd += ["--overlap-frames", str(args.overlap_frames)]
-        if args.heap_default:
-            cmd.append("--heap-default")
         if args.pytorch_convs:
             cmd.append("--pytorch-convs")
         row = measure_in_fresh_process(cmd)

@@ -1,8 +1,7 @@
 """Host memory between stages (anytalker_core.generation.host_memory), judged by the kernel's resident size.
 
-Each case runs in a fresh interpreter (the settings are process-wide): a freed multi-MiB block that glibc
-serves from its heap stays resident until ``release_freed_memory``; with ``serve_large_blocks_from_mmap``
-it is its own mapping and leaves with ``free``.
+Run in a fresh interpreter (the heap is the process's): a freed multi-MiB block that glibc serves from
+its heap stays resident until ``release_freed_memory``.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc are Linux's")
 
 _SCRIPT = textwrap.dedent("""
-    import ctypes, json, os, sys
+    import ctypes, json, os
     from anytalker_core.generation import host_memory
     page = os.sysconf("SC_PAGE_SIZE")
     libc = ctypes.CDLL("libc.so.6")
@@ -28,30 +27,23 @@ _SCRIPT = textwrap.dedent("""
             return int(f.read().split()[1]) * page / 2**20
     def touch(p, n):
         ctypes.memset(p, 1, n)
-    fixed = sys.argv[1] == "fixed" and host_memory.serve_large_blocks_from_mmap()
     big = libc.malloc(16 << 20); touch(big, 16 << 20); libc.free(big)   # glibc's threshold rises to 16 MiB
     block = libc.malloc(8 << 20); touch(block, 8 << 20)
     pin = libc.malloc(4096); touch(pin, 4096)                            # a live block after it
     before = rss(); libc.free(block); freed = rss()
     host_memory.release_freed_memory(); trimmed = rss()
-    print(json.dumps({"fixed": bool(fixed), "dropped_at_free": before - freed, "dropped_at_release": freed - trimmed}))
+    print(json.dumps({"dropped_at_free": before - freed, "dropped_at_release": freed - trimmed}))
 """)
 
 
-def _run(mode: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", _SCRIPT, mode], capture_output=True, text=True, timeout=60)
+def _run() -> dict:
+    out = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_a_freed_heap_block_stays_resident_until_released():
-    r = _run("default")
+    r = _run()
     assert r["dropped_at_free"] < 1  # free(): glibc keeps the 8 MiB of pages
     assert r["dropped_at_release"] > 7  # malloc_trim(0) hands them back
 
-
-def test_large_blocks_from_mmap_leave_with_free():
-    r = _run("fixed")
-    assert r["fixed"] is True
-    assert r["dropped_at_free"] > 7  # the 8 MiB block was its own mapping: gone at free()
-    assert r["dropped_at_release"] < 1

@@ -273,11 +273,9 @@ def _write_png(path: Path, image) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``anytalker generate``: checks (no model loaded), then the models, then the clip(s)."""
-    from ..generation.host_memory import serve_large_blocks_from_mmap
     from .validate import check_device, check_flags
 
     check_flags(args)
-    serve_large_blocks_from_mmap()  # this command owns its process: resident memory that follows live memory
     if args.preview_faces is not None and not args.demo:
         return _preview_only(args)
     device = check_device(args.device)
