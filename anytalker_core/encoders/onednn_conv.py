@@ -50,7 +50,8 @@ def _conv_forward(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor
 
 def route_convolutions_through_onednn(model: torch.nn.Module) -> int:
     """Make every ``Conv2d`` / ``Conv3d`` of ``model`` (zero padding given as numbers, not ``"same"``) run
-    ``mkldnn_convolution`` for float32 CPU inputs that need no gradient; returns how many were routed.
+    ``mkldnn_convolution`` for float32 CPU inputs when no gradient is recorded and CPU autocast is off;
+    returns how many were routed.
     Idempotent; other inputs take the module's own ``_conv_forward``."""
     routed = 0
     for module in model.modules():
