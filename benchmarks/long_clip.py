@@ -71,6 +71,7 @@ def measure(windows: int, args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(1)
     from anytalker_core.cli.generate import generate_to_file
+    from anytalker_core.encoders.onednn_conv import restore_pytorch_convolutions
     from anytalker_core.generation.pipeline import AnyTalkerPipeline, GenerationRequest
     from anytalker_core.generation.window_plan import default_overlap
     from anytalker_core.generation.window_plan import LongClipOptions
@@ -85,9 +86,7 @@ def measure(windows: int, args: argparse.Namespace) -> dict:
         paths = build_demo_models(tmp / "models")
         pipe = AnyTalkerPipeline.from_paths(paths, face_backend="mediapipe")
         if args.pytorch_convs:  # the baseline: PyTorch's own kernel choice (slow_conv3d for the demo VAE's widths)
-            for module in pipe.vae.model.modules():
-                if isinstance(module, torch.nn.Conv3d | torch.nn.Conv2d) and "_conv_forward" in vars(module):
-                    del module._conv_forward
+            restore_pytorch_convolutions(pipe.vae.model)
         image = demo_image(2, size=height)
         face = height
         boxes = [[0.3 * face, 0.2 * face, 0.7 * face, 0.62 * face],

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.profiler import profile
 
-from anytalker_core.encoders.onednn_conv import route_convolutions_through_onednn
+from anytalker_core.encoders.onednn_conv import restore_pytorch_convolutions, route_convolutions_through_onednn
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
 
@@ -49,6 +49,10 @@ def test_narrow_vae_decodes_through_onednn_with_the_same_values():
     assert diff.max() <= 1e-4 * expected.abs().max() and diff.mean() <= 2e-5 * expected.abs().mean()
     assert expected.abs().mean() > 0.05
     assert route_convolutions_through_onednn(model) == routed  # idempotent: nothing wrapped twice
+    with torch.inference_mode():  # the benchmarks' baseline: back on PyTorch's own kernels, bit for bit
+        assert restore_pytorch_convolutions(model) == routed
+        assert "aten::slow_conv3d" in _kernels(lambda: model.decode(z))
+        assert torch.equal(model.decode(z).sample, expected)
 
 
 def test_every_conv_shape_matches_pytorch():

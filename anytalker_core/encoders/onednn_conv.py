@@ -22,7 +22,7 @@ import functools
 
 import torch
 
-__all__ = ["route_convolutions_through_onednn"]
+__all__ = ["route_convolutions_through_onednn", "restore_pytorch_convolutions"]
 
 _ROUTED = "_anytalker_onednn"
 
@@ -66,3 +66,15 @@ def route_convolutions_through_onednn(model: torch.nn.Module) -> int:
         setattr(module, _ROUTED, True)
         routed += 1
     return routed
+
+
+def restore_pytorch_convolutions(model: torch.nn.Module) -> int:
+    """Undo :func:`route_convolutions_through_onednn` (every convolution back on PyTorch's own kernel
+    choice: a baseline for benchmarks); returns how many were restored."""
+    restored = 0
+    for module in model.modules():
+        if getattr(module, _ROUTED, False):
+            del module._conv_forward  # the class's method again
+            delattr(module, _ROUTED)
+            restored += 1
+    return restored
